@@ -1,0 +1,62 @@
+"""Runtimes: one module per runtime behind one small interface.
+
+    lower(parts, recipe, target, out_dir) -> Lowered   write model files into out_dir
+    open(artifact, threads) -> Session                  load them for run/verify/probe
+
+A Session is what `run`, `verify` and `probe` share:
+
+    encode(input_ids int64[1, S], attention_mask int64[1, S]) -> state
+    decode(token, position, state) -> logits float32[V]  (numpy)
+
+S is the recipe's max_input_len (the caller pads). Backend modules import their
+heavy runtime lazily so `edgeseq --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import InputError
+
+
+class Session(Protocol):
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Any: ...
+
+    def decode(self, token: int, position: int, state: Any) -> np.ndarray: ...
+
+
+@dataclass
+class Lowered:
+    """What a backend wrote: its files, program signatures and per-program facts."""
+
+    files: list[str]
+    programs: dict[str, Any]
+    report: dict[str, Any] = field(default_factory=dict)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+
+
+# runtime name -> module path. Explicit, so a typo or duplicate fails loudly.
+_RUNTIMES: dict[str, str] = {}
+
+
+def register(runtime: str, module: str) -> None:
+    if runtime in _RUNTIMES:
+        raise RuntimeError(f"runtime {runtime!r} registered twice")
+    _RUNTIMES[runtime] = module
+
+
+register("executorch", "toolchain.backends.executorch")
+
+
+def runtimes() -> list[str]:
+    return sorted(_RUNTIMES)
+
+
+def get(runtime: str):
+    if runtime not in _RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}; available: {', '.join(runtimes())}")
+    return importlib.import_module(_RUNTIMES[runtime])

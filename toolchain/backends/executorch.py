@@ -1,0 +1,157 @@
+"""ExecuTorch runtime, XNNPACK delegate.
+
+One program file, ``model.pte``, with two methods, ``encode`` and ``decode``, and
+one weights file, ``weights.ptd``. Why the split into .pte + .ptd: the embedding
+is used by a portable kernel (the gather in both methods) *and* by the XNNPACK
+lm_head (tied weights). In a single .pte the portable copy lives in the program's
+constant buffer and the delegate's copy in the delegate's named data, so the
+largest tensor of the model is stored twice (seen: +27% on a t5-small-sized
+model). Tagging every constant, delegated or not, for one external file puts them
+all in one NamedDataStore, which deduplicates by content: each tensor once.
+
+The self-attention cache is mutable buffers inside ``decode`` (initialised to
+zeros with InitializedMutableBufferPass: an uninitialised buffer can hold NaN,
+and NaN * 0 attention weight is still NaN).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import Lowered
+
+PTE, PTD = "model.pte", "weights.ptd"
+_DATA_TAG = "weights"
+# Nodes that are bookkeeping, not compute: they never reach a kernel.
+_NON_COMPUTE = {"getitem"}
+
+
+def preload() -> None:
+    """Import the runtime, so a probe's load time measures loading the model, not Python imports."""
+    import torch  # noqa: F401
+    from executorch.extension.pybindings import portable_lib  # noqa: F401
+    from executorch.runtime import Runtime
+
+    Runtime.get()
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {"executorch": version("executorch")}
+
+
+def _export(name: str, module, args):
+    """torch.export, then tag every constant for the shared external weights file.
+
+    Constants are keyed by their fully qualified name in the weights file, so the two
+    programs must not share names for different tensors (encode's `layers.0.q.weight`
+    is not decode's): each program is exported under its own prefix. A tensor that
+    really is shared (the embedding) gets two names and one stored copy, because the
+    data store deduplicates by content.
+    """
+    import torch
+    from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
+
+    class Prefixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.add_module(name, module)  # parameters and buffers now live under `name.`
+
+        def forward(self, *inputs):
+            return getattr(self, name)(*inputs)
+
+    with torch.no_grad():
+        ep = torch.export.export(Prefixed(), args, strict=False)
+        gm = ep.module()
+        delegate_external_constants_pass_unlifted(gm, lambda _node: _DATA_TAG)
+        return torch.export.export(gm, args, strict=False)
+
+
+def _delegation(graph_module) -> dict[str, Any]:
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    portable = Counter()
+    delegated = 0
+    for op, stats in info.delegation_by_operator.items():
+        if op in _NON_COMPUTE:
+            continue
+        delegated += stats.delegated
+        if stats.non_delegated:
+            portable[op] += stats.non_delegated
+    total = delegated + sum(portable.values())
+    return {
+        "delegate": "XnnpackBackend",
+        "delegated_subgraphs": info.num_delegated_subgraphs,
+        "delegated_nodes": delegated,
+        "portable_nodes": sum(portable.values()),
+        "delegated_fraction": round(delegated / total, 4) if total else 1.0,
+        "portable_ops": dict(sorted(portable.items())),
+    }
+
+
+def lower(parts, recipe, target, out_dir: Path) -> Lowered:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+    if target.backend != "xnnpack":
+        from ..errors import InputError
+        raise InputError(f"target {target.name}: executorch backend {target.backend!r} is not available; "
+                         f"available: xnnpack")
+    programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
+                "decode": _export("decode", parts.decode, parts.decode_inputs())}
+    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+    report = {name: _delegation(edge.exported_program(name).graph_module) for name in programs}
+    et = edge.to_executorch(ExecutorchBackendConfig(
+        external_constants=lambda _node: _DATA_TAG,
+        passes=[InitializedMutableBufferPass(["cache_"])]))
+    (out_dir / PTE).write_bytes(et.buffer)
+    et.write_tensor_data_to_file(str(out_dir))
+    written = out_dir / f"{_DATA_TAG}.ptd"
+    if written.name != PTD:
+        written.rename(out_dir / PTD)
+    sig = parts.describe()
+    sig["encode"].update(file=PTE, method="encode")
+    sig["decode"].update(file=PTE, method="decode",
+                         kv_cache="in-program mutable buffers (cache_k_*, cache_v_*), zero-initialised")
+    for name in sig:
+        sig[name]["data_file"] = PTD
+    return Lowered(files=[PTE, PTD], programs=sig, report={"delegation": report}, tool_versions=versions())
+
+
+class ExecuTorchSession:
+    def __init__(self, artifact, threads: int | None = None):
+        import torch
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+
+        self._torch = torch
+        if threads:
+            portable_lib._unsafe_reset_threadpool(int(threads))
+        progs = artifact.manifest["programs"]
+        program = Runtime.get().load_program(artifact.file(progs["encode"]["file"]),
+                                             data_path=artifact.file(progs["encode"]["data_file"]))
+        self._encode = program.load_method(progs["encode"]["method"])
+        self._decode = program.load_method(progs["decode"]["method"])
+        self._token = torch.zeros(1, 1, dtype=torch.long)
+        self._pos = torch.zeros(1, dtype=torch.long)
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list:
+        t = self._torch
+        return list(self._encode.execute([t.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
+                                          t.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))]))
+
+    def decode(self, token: int, position: int, state: list) -> np.ndarray:
+        self._token[0, 0] = token
+        self._pos[0] = position
+        return self._decode.execute([self._token, self._pos, *state])[0].reshape(-1).numpy()
+
+
+def open(artifact, threads: int | None = None) -> ExecuTorchSession:  # noqa: A001 (the interface's name)
+    return ExecuTorchSession(artifact, threads)

@@ -1,0 +1,230 @@
+"""The `edgeseq` command line: thin. Parse, call the library, print.
+
+Exit codes: 0 ok, 1 a check failed, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from .errors import CheckFailed, InputError
+
+
+def _quiet() -> None:
+    """Third-party import noise (torchao's optional CUDA kernels, deprecations) is not for users."""
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.disable(logging.WARNING)
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except InputError as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except CheckFailed as e:
+            click.echo(f"check failed: {e}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=Group)
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="edgeseq")
+def main(debug: bool) -> None:
+    """Export trained encoder-decoder transformers to on-device encode/decode programs,
+    verify them against eager PyTorch, and measure them.
+
+    \b
+    Example:
+      edgeseq export demo/date-t5 -t executorch-xnnpack -r fp32 -o build/a
+      edgeseq verify build/a
+      edgeseq run build/a "the 3rd of March, 2021"
+    """
+    if not debug:
+        _quiet()
+
+
+def _emit(data, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=1) if as_json else text)
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option("--allow-pickle", is_flag=True, help="Accept pickle (.bin) weights. They can run code: trust them first.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def inspect(path: str, allow_pickle: bool, as_json: bool) -> None:
+    """Describe a checkpoint (family, sizes, targets) or an artifact (programs, sizes, delegation).
+
+    Example: edgeseq inspect demo/date-t5
+    """
+    from .inspection import inspect_path
+
+    data, text = inspect_path(Path(path), allow_pickle)
+    _emit(data, as_json, text)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("-t", "--target", "target_name", required=True, help="Target name (see `edgeseq targets`) or YAML file.")
+@click.option("-r", "--recipe", "recipe_name", default="fp32", show_default=True, help="Recipe name (see `edgeseq recipes`) or YAML file.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Artifact directory to create.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (atomically, after a successful export).")
+@click.option("--allow-pickle", is_flag=True, help="Accept pickle (.bin) weights. They can run code: trust them first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+def export(checkpoint: str, target_name: str, recipe_name: str, out: str, force: bool, allow_pickle: bool,
+           as_json: bool) -> None:
+    """Export CHECKPOINT to one artifact directory for a target and recipe.
+
+    Example: edgeseq export demo/date-t5 -t executorch-xnnpack -r fp32 -o build/a
+    """
+    from .checkpoint import load_checkpoint
+    from .export import export as do_export
+    from .specs import load_recipe, load_target
+
+    source = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    recipe, target = load_recipe(recipe_name), load_target(target_name)
+    log = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
+    art = do_export(source, recipe, target, Path(out), force=force, log=log)
+    m = art.manifest
+    summary = {"artifact": str(art.path), "files": m["files"], "sizes": m["sizes"],
+               "delegation": m.get("delegation"), "export_seconds": m["export_seconds"]}
+    lines = [f"wrote {art.path} in {m['export_seconds']} s"]
+    for name, e in m["files"].items():
+        lines.append(f"  {name:<16} {e['bytes']:>12,d} B  sha256 {e['sha256'][:12]}")
+    lines.append(f"  model bytes / (params x 4) = {m['sizes']['ratio_to_fp32_params']}")
+    for prog, d in (m.get("delegation") or {}).items():
+        lines.append(f"  {prog}: {d['delegated_nodes']} nodes delegated, {d['portable_nodes']} portable "
+                     f"({d['delegated_fraction']:.1%} in {d['delegate']}) {d['portable_ops'] or ''}")
+    _emit(summary, as_json, "\n".join(lines))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--checkpoint", help="Checkpoint to compare against (default: the path recorded in the manifest).")
+@click.option("--eval", "eval_file", type=click.Path(), help="JSONL eval set ({\"input\", \"target\"}); default: the checkpoint's eval.jsonl.")
+@click.option("--limit", type=int, help="Use only the first N eval examples.")
+@click.option("--allow-pickle", is_flag=True, help="Accept pickle (.bin) weights for the reference model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verify report as JSON.")
+def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: int | None,
+           allow_pickle: bool, as_json: bool) -> None:
+    """Compare ARTIFACT with eager PyTorch: logits, greedy tokens, task accuracy.
+
+    Exits 1 when the recipe's tolerance is not met. The result is stored in the manifest.
+
+    Example: edgeseq verify build/a --json
+    """
+    from .artifact import open_artifact
+    from .verify import verify as do_verify
+
+    art = open_artifact(artifact)
+    report = do_verify(art, checkpoint=checkpoint, eval_file=eval_file, limit=limit, allow_pickle=allow_pickle)
+    art.update("verify", report.to_dict())
+    r = report
+    acc = ("" if r.task_accuracy is None else
+           f"  task_accuracy {r.task_accuracy:.4f} (eager reference {r.reference_accuracy:.4f})\n")
+    text = (f"verify {artifact} ({r.runtime}, {r.examples} examples from {r.eval_source})\n"
+            f"  sequence_match {r.sequence_match:.4f}  top1_agreement {r.top1_agreement:.4f}  "
+            f"max_abs_logit_diff {r.max_abs_logit_diff:.3g}\n{acc}"
+            f"  {'PASS' if r.passed else 'FAIL: ' + '; '.join(r.failures)}")
+    _emit(report.to_dict(), as_json, text)
+    if not r.passed:
+        raise CheckFailed("; ".join(r.failures))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.argument("text")
+@click.option("--max-new-tokens", type=int, help="Stop after N tokens (default: the artifact's cache size).")
+@click.option("--min-new-tokens", type=int, default=0, show_default=True, help="Suppress EOS for the first N tokens.")
+@click.option("--truncate", is_flag=True, help="Truncate input longer than the recipe's max_input_len instead of failing.")
+@click.option("--threads", type=int, help="Runtime threads (default: the target's).")
+def run(artifact: str, text: str, max_new_tokens: int | None, min_new_tokens: int, truncate: bool,
+        threads: int | None) -> None:
+    """Generate greedily from TEXT with ARTIFACT; prints only the output text.
+
+    Example: edgeseq run build/a "the 3rd of March, 2021"
+    """
+    from .runner import generate_text
+
+    click.echo(generate_text(artifact, text, max_new_tokens, min_new_tokens, truncate, threads))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--device", default="local", show_default=True, help="Where to run: local (ssh:// and macOS come later).")
+@click.option("--runs", type=int, default=10, show_default=True, help="Measured generations.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Unmeasured generations first.")
+@click.option("--input-len", type=int, help="Input tokens (default: the recipe's max_input_len).")
+@click.option("--output-len", type=int, help="Forced output tokens (default: the recipe's max_output_len).")
+@click.option("--threads", type=int, help="Runtime threads (default: the target's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the probe report as JSON.")
+def probe(artifact: str, device: str, runs: int, warmup: int, input_len: int | None, output_len: int | None,
+          threads: int | None, as_json: bool) -> None:
+    """Measure load time, time to first token, per-token decode, tokens/s, memory, size.
+
+    Runs in a fresh process through the same Session as `run` and `verify`.
+
+    Example: edgeseq probe build/a --runs 20 --json
+    """
+    from .artifact import open_artifact
+    from .probe.local import run_local
+
+    if device != "local":
+        raise InputError(f"--device {device!r}: only 'local' is implemented in this version")
+    if runs < 1 or warmup < 0:
+        raise InputError("--runs must be >= 1 and --warmup >= 0")
+    open_artifact(artifact)  # refuse a modified artifact before spawning anything
+    r = run_local(artifact, runs, warmup, input_len, output_len, threads)
+    d = r["decode_ms_per_token"] or {"p50": float("nan"), "p90": float("nan")}
+    text = (f"probe {r['checkpoint']} {r['target']}/{r['recipe']} on {r['device']} "
+            f"({r['environment']['cpu']}, {r['environment']['threads']} threads), "
+            f"{r['input_len']} in / {r['output_len']} out, {r['runs']} runs\n"
+            f"  load {r['load_ms']:.1f} ms  TTFT p50 {r['ttft_ms']['p50']:.2f} ms (p90 {r['ttft_ms']['p90']:.2f})  "
+            f"decode p50 {d['p50']:.3f} ms/token (p90 {d['p90']:.3f})  {r['tokens_per_s']:.1f} tokens/s  "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB  artifact {r['artifact_bytes'] / 1e6:.2f} MB")
+    _emit(r, as_json, text)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def recipes(as_json: bool) -> None:
+    """List the shipped recipes, one line each.
+
+    Example: edgeseq recipes
+    """
+    from .specs import RECIPE_DIR, available, load_recipe
+
+    items = [load_recipe(n) for n in available(RECIPE_DIR)]
+    _emit([r.to_dict() for r in items], as_json,
+          "\n".join(f"{r.name:<12} in<={r.max_input_len:<5} out<={r.max_output_len:<5} {r.description}" for r in items))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def targets(as_json: bool) -> None:
+    """List the shipped targets, one line each.
+
+    Example: edgeseq targets
+    """
+    from .specs import TARGET_DIR, available, load_target
+
+    items = [load_target(n) for n in available(TARGET_DIR)]
+    _emit([t.to_dict() for t in items], as_json,
+          "\n".join(f"{t.name:<22} {t.runtime}/{t.backend:<10} {t.device_class:<6} {t.description}" for t in items))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""checkpoint + recipe + target -> artifact directory (the `export` command's library side)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import shutil
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from . import backends
+from .artifact import FORMAT_VERSION, MANIFEST, file_entries, open_artifact, staging_dir, write_json_atomic
+from .checkpoint import SourceModel
+from .errors import InputError
+from .specs import Recipe, Target
+
+
+def base_versions() -> dict[str, str]:
+    return {"edgeseq": version("edgeseq"), "torch": version("torch"), "transformers": version("transformers"),
+            "python": platform.python_version()}
+
+
+def build_parts(source: SourceModel, recipe: Recipe, model=None):
+    model = model if model is not None else source.load_model()
+    return source.adapter.build(model, recipe.max_input_len, recipe.max_output_len)
+
+
+def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False,
+           log=lambda msg: None):
+    """Export one artifact, atomically. Returns the opened Artifact."""
+    backend = backends.get(target.runtime)
+    if recipe.quantization:
+        raise InputError(f"recipe {recipe.name}: quantization is not implemented yet for {target.name}")
+    t0 = time.time()
+    model = source.load_model()
+    params = sum(p.numel() for p in model.parameters())
+    parts = build_parts(source, recipe, model)
+    log(f"split {source.name}: {parts.num_layers} decoder layers, encode S={recipe.max_input_len}, "
+        f"cache T={recipe.max_output_len}")
+    with staging_dir(out, force) as tmp:
+        lowered = backend.lower(parts, recipe, target, tmp)
+        shutil.copyfile(source.tokenizer_file, tmp / "tokenizer.json")
+        files = file_entries(tmp, [*lowered.files, "tokenizer.json"])
+        model_bytes = sum(files[f]["bytes"] for f in lowered.files)
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "checkpoint": {**source.describe(), "params": params, "sha256": source.file_hashes()},
+            "recipe": recipe.to_dict(),
+            "target": target.to_dict(),
+            "programs": lowered.programs,
+            "tokens": {"decoder_start_token_id": parts.decoder_start_token_id,
+                       "eos_token_id": parts.eos_token_id, "pad_token_id": parts.pad_token_id,
+                       "vocab_size": parts.vocab_size, "tokenizer": "tokenizer.json"},
+            **lowered.report,
+            "sizes": {"model_bytes": model_bytes, "fp32_param_bytes": params * 4,
+                      "ratio_to_fp32_params": round(model_bytes / (params * 4), 4)},
+            "files": files,
+            "tool_versions": {**base_versions(), **lowered.tool_versions},
+            "export_seconds": round(time.time() - t0, 1),
+            "verify": None,
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return open_artifact(out)

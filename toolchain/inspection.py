@@ -1,0 +1,82 @@
+"""`edgeseq inspect`: a checkpoint (what it is, which targets fit) or an artifact (what is in it)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from .artifact import MANIFEST, open_artifact
+from .checkpoint import load_checkpoint
+
+
+def _param_count(weights) -> int:
+    from safetensors import safe_open
+
+    seen, total = set(), 0
+    for f in weights:
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                if k not in seen:
+                    seen.add(k)
+                    shape = st.get_slice(k).get_shape()
+                    n = 1
+                    for d in shape:
+                        n *= d
+                    total += n
+    return total
+
+
+def _targets_fit() -> list[dict[str, Any]]:
+    from .specs import TARGET_DIR, available, load_target
+
+    out = []
+    for name in available(TARGET_DIR):
+        t = load_target(name)
+        ok = importlib.util.find_spec(t.runtime) is not None
+        out.append({"target": t.name, "runtime": t.runtime,
+                    "available": ok, "why": "" if ok else f"python package {t.runtime!r} not installed"})
+    return out
+
+
+def inspect_checkpoint(path: Path, allow_pickle: bool) -> tuple[dict, str]:
+    src = load_checkpoint(path, allow_pickle)
+    d = src.describe()
+    if not allow_pickle or all(w.suffix == ".safetensors" for w in src.weights):
+        d["params"] = _param_count(src.weights)
+    d["targets"] = _targets_fit()
+    lines = [f"{src.name}: {d['family']} {d['variant']}, {d.get('params', 0):,} params, "
+             f"{d['weights_bytes'] / 1e6:.2f} MB weights",
+             f"  encoder {d['encoder_layers']} layers, decoder {d['decoder_layers']} layers, {d['heads']} heads, "
+             f"d_model {d['d_model']}, d_ff {d['d_ff']}, head_dim {d['head_dim']}, vocab {d['vocab_size']}, "
+             f"{d['activation']}"]
+    for t in d["targets"]:
+        lines.append(f"  target {t['target']:<22} {'ok' if t['available'] else 'unavailable: ' + t['why']}")
+    return d, "\n".join(lines)
+
+
+def inspect_artifact(path: Path) -> tuple[dict, str]:
+    art = open_artifact(path)
+    m = art.manifest
+    lines = [f"artifact {path}: {m['checkpoint']['name']} -> {m['target']['name']} / {m['recipe']['name']}",
+             f"  model bytes {m['sizes']['model_bytes']:,} ({m['sizes']['ratio_to_fp32_params']}x params*4)"]
+    for name, e in m["files"].items():
+        lines.append(f"  file {name:<16} {e['bytes']:>12,d} B")
+    for name, p in m["programs"].items():
+        ins = ", ".join(f"{i['name']}{i['shape']}" for i in p["inputs"][:4])
+        more = f" +{len(p['inputs']) - 4} more" if len(p["inputs"]) > 4 else ""
+        lines.append(f"  program {name}: {p['file']}:{p['method']}({ins}{more})")
+    for name, d in (m.get("delegation") or {}).items():
+        lines.append(f"  {name}: {d['delegated_fraction']:.1%} of compute nodes in {d['delegate']} "
+                     f"({d['delegated_nodes']} delegated, {d['portable_nodes']} portable: {d['portable_ops']})")
+    v = m.get("verify")
+    lines.append("  verify: " + ("never run" if not v else
+                                 f"sequence_match {v['sequence_match']:.4f}, max_abs_logit_diff "
+                                 f"{v['max_abs_logit_diff']:.3g}, {'PASS' if v['passed'] else 'FAIL'}"))
+    return m, "\n".join(lines)
+
+
+def inspect_path(path: Path, allow_pickle: bool) -> tuple[dict, str]:
+    if (path / MANIFEST).is_file():
+        return inspect_artifact(path)
+    return inspect_checkpoint(path, allow_pickle)

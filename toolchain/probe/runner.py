@@ -1,0 +1,110 @@
+"""Self-contained probe runner: `python -m toolchain.probe.runner ARTIFACT [options]` prints JSON.
+
+Measures, in this fresh process: load_ms (open the runtime Session), then `warmup`
+unmeasured and `runs` measured generations of exactly `output_len` tokens (EOS is
+ignored so runs are comparable) from a fixed input of `input_len` tokens:
+ttft_ms = encode + first decode step; decode_ms_per_token = the later steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(values) * 1000.0, q)), 3)
+
+
+def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: int | None,
+          threads: int | None) -> dict:
+    from .. import backends
+    from ..artifact import open_artifact
+    from ..generate import greedy
+
+    artifact = open_artifact(path)
+    recipe, target, spec = artifact.recipe, artifact.target, artifact.manifest["tokens"]
+    threads = threads or target.threads
+    s = min(input_len or recipe.max_input_len, recipe.max_input_len)
+    t = min(output_len or recipe.max_output_len, recipe.max_output_len)
+    specials = {spec["pad_token_id"], spec["eos_token_id"], spec["decoder_start_token_id"]}
+    vocab = [i for i in range(spec["vocab_size"]) if i not in specials]
+    rng = np.random.default_rng(0)
+    ids = [int(x) for x in rng.choice(vocab, size=s - 1)] + [spec["eos_token_id"]]
+
+    backend = backends.get(target.runtime)
+    backend.preload()
+    t0 = time.perf_counter()
+    session = backend.open(artifact, threads=threads)
+    load_s = time.perf_counter() - t0
+    ttft, per_token, total = [], [], []
+    for i in range(warmup + runs):
+        g = greedy(session, ids, max_input_len=recipe.max_input_len, max_output_len=recipe.max_output_len,
+                   start_id=spec["decoder_start_token_id"], eos_id=spec["eos_token_id"],
+                   pad_id=spec["pad_token_id"], max_new_tokens=t, force_length=True)
+        if i >= warmup:
+            ttft.append(g.encode_s + g.step_s[0])
+            per_token.extend(g.step_s[1:])
+            total.append(g.encode_s + sum(g.step_s))
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from importlib.metadata import version
+    return {
+        "artifact": os.path.abspath(path),
+        "device": "local", "runtime": f"{target.runtime}/{target.backend}",
+        "checkpoint": artifact.manifest["checkpoint"]["name"], "recipe": recipe.name, "target": target.name,
+        "runs": runs, "warmup": warmup, "input_len": s, "encoder_len": recipe.max_input_len, "output_len": t,
+        "load_ms": round(load_s * 1000, 3),
+        "ttft_ms": {"p50": _pct(ttft, 50), "p90": _pct(ttft, 90)},
+        "decode_ms_per_token": {"p50": _pct(per_token, 50), "p90": _pct(per_token, 90)} if per_token else None,
+        "tokens_per_s": round(t * runs / sum(total), 2),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "artifact_bytes": artifact.total_bytes,
+        "environment": {
+            "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "versions": artifact.manifest.get("tool_versions", {}),
+            "runtime_version": version(target.runtime) if target.runtime in ("executorch",) else None,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("artifact")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--input-len", type=int)
+    ap.add_argument("--output-len", type=int)
+    ap.add_argument("--threads", type=int)
+    a = ap.parse_args(argv)
+    from ..errors import InputError
+    try:
+        report = probe(a.artifact, a.runs, a.warmup, a.input_len, a.output_len, a.threads)
+    except InputError as e:
+        print(json.dumps({"error": str(e)}))
+        return 2
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The encode/decode split: shared building blocks and the `Seq2SeqParts` contract.
+
+An architecture adapter (``toolchain/arch/``) builds two ``nn.Module``s from a
+transformers model:
+
+* ``encode(input_ids int64[1, S], attention_mask int64[1, S])`` with S fixed to
+  ``recipe.max_input_len`` (shorter inputs are right-padded; the mask hides the
+  padding) returns ``cross_bias float[1, 1, S]`` (0 for real tokens, -1e9 for
+  padding) and, for every decoder layer l, the cross-attention keys and values:
+
+      cross_k_l  float[1, H, Dh, S]   keys pre-transposed, so decode does q @ K
+                                      with a plain bmm and no per-step transpose
+      cross_v_l  float[1, H, S, Dh]
+
+* ``decode(token int64[1, 1], position int64[1], cross_bias, cross_k_0,
+  cross_v_0, ...)`` returns ``logits float[1, V]``. It never sees the encoder's
+  hidden states. Its self-attention cache is a pair of registered buffers per
+  layer (``cache_k_l`` ``[H, Dh, T]``, ``cache_v_l`` ``[H, T, Dh]``, T =
+  ``recipe.max_output_len``), updated in place at ``position``: on runtimes with
+  mutable state (ExecuTorch) the cache lives in the program.
+
+Why these shapes (seen on ExecuTorch/XNNPACK, see NOTES.md): batch is fixed at 1
+and attention runs as 3D ``torch.bmm`` over heads (a 4D matmul lowers to an
+``expand_copy`` that stays on portable kernels); the cache is updated with a
+one-hot mask (``cache * (1 - onehot) + new * onehot``) instead of ``index_copy_``;
+RMSNorm reduces a 4D view over dims [2, 3], the only ``mean`` XNNPACK takes;
+masks use -1e9, not -inf, so an all-masked row can never produce NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NEG = -1e9
+
+
+class RMSNorm(nn.Module):
+    """T5-style RMSNorm (no mean subtraction, no bias) in an XNNPACK-friendly form."""
+
+    def __init__(self, weight: torch.Tensor, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone().float(), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [1, S, D] -> view [1, S, 1, D] so the mean is over dims [2, 3] with keepdim.
+        b, s, d = x.shape
+        x4 = x.reshape(b, s, 1, d)
+        var = (x4 * x4).mean(dim=[2, 3], keepdim=True)
+        return (x4 * torch.rsqrt(var + self.eps)).reshape(b, s, d) * self.weight
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    # transformers' "gelu_new": the tanh approximation, written with ops XNNPACK has.
+    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu": F.gelu,
+    "silu": F.silu,
+}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported activation {name!r}; supported: {', '.join(sorted(ACTIVATIONS))}")
+
+
+def frozen_linear(lin: nn.Linear) -> nn.Linear:
+    """A detached fp32 copy of a Linear (the split never shares modules with the source)."""
+    out = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+    out.weight = nn.Parameter(lin.weight.detach().clone().float(), requires_grad=False)
+    if lin.bias is not None:
+        out.bias = nn.Parameter(lin.bias.detach().clone().float(), requires_grad=False)
+    return out
+
+
+def heads_first(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[1, S, H*Dh] -> [H, S, Dh]."""
+    _, s, hd = x.shape
+    return x.reshape(s, heads, hd // heads).transpose(0, 1)
+
+
+def heads_last(x: torch.Tensor) -> torch.Tensor:
+    """[H, S, Dh] -> [1, S, H*Dh]."""
+    h, s, dh = x.shape
+    return x.transpose(0, 1).reshape(1, s, h * dh)
+
+
+def attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """Scaled dot-product attention over heads as 3D bmm.
+
+    q [H, Sq, Dh], k_t [H, Dh, Sk] (keys transposed), v [H, Sk, Dh], bias broadcastable
+    to [H, Sq, Sk] -> [H, Sq, Dh]. Softmax in fp32.
+    """
+    scores = torch.bmm(q, k_t)
+    if scale != 1.0:
+        scores = scores * scale
+    probs = torch.softmax(scores + bias, dim=-1)
+    return torch.bmm(probs, v)
+
+
+def position_onehot(position: torch.Tensor, length: int, arange: torch.Tensor) -> torch.Tensor:
+    """position int64[1] -> float[1, T] with a single 1 at `position`."""
+    return (arange == position).to(torch.float32).reshape(1, length)
+
+
+def update_cache(cache: torch.Tensor, new: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """Write `new` into one slot of `cache` in place and return the updated cache.
+
+    cache [H, T, Dh] with new [H, 1, Dh] and onehot [1, T, 1], or (keys, transposed)
+    cache [H, Dh, T] with new [H, Dh, 1] and onehot [1, 1, T]. A masked blend rather
+    than index_copy_ keeps the whole update inside the XNNPACK delegate.
+    """
+    updated = cache * (1.0 - onehot) + new * onehot
+    cache.copy_(updated)
+    return updated
+
+
+@dataclass
+class Seq2SeqParts:
+    """What an architecture adapter hands to the exporters: the two programs' modules."""
+
+    encode: nn.Module
+    decode: nn.Module
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    vocab_size: int
+    max_input_len: int
+    max_output_len: int
+    decoder_start_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    tolerance: dict[str, float] = field(default_factory=dict)
+
+    # -- program signatures (names are what the manifest records) --------------
+    def encode_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.max_input_len
+        return torch.zeros(1, s, dtype=torch.long), torch.ones(1, s, dtype=torch.long)
+
+    def encode_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask"]
+
+    def encode_output_names(self) -> list[str]:
+        names = ["cross_bias"]
+        for i in range(self.num_layers):
+            names += [f"cross_k_{i}", f"cross_v_{i}"]
+        return names
+
+    def decode_inputs(self) -> tuple[torch.Tensor, ...]:
+        h, dh, s = self.num_heads, self.head_dim, self.max_input_len
+        kv = []
+        for _ in range(self.num_layers):
+            kv += [torch.zeros(1, h, dh, s), torch.zeros(1, h, s, dh)]
+        return (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                torch.zeros(1, 1, s), *kv)
+
+    def decode_input_names(self) -> list[str]:
+        return ["token", "position"] + self.encode_output_names()
+
+    def decode_output_names(self) -> list[str]:
+        return ["logits"]
+
+    def cache_buffers(self) -> list[str]:
+        return [n for n, _ in self.decode.named_buffers() if n.startswith("cache_")]
+
+    def reset_cache(self) -> None:
+        for name, buf in self.decode.named_buffers():
+            if name.startswith("cache_"):
+                buf.zero_()
+
+    def describe(self) -> dict[str, Any]:
+        """Shapes and dtypes of both programs, for the manifest."""
+        def spec(names, tensors):
+            return [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                    for n, t in zip(names, tensors)]
+
+        with torch.no_grad():
+            enc_out = self.encode(*self.encode_inputs())
+            dec_out = self.decode(*self.decode_inputs())
+        self.reset_cache()
+        cache = [{"name": n, "shape": list(b.shape), "dtype": str(b.dtype).removeprefix("torch.")}
+                 for n, b in self.decode.named_buffers() if n.startswith("cache_")]
+        return {
+            "encode": {"inputs": spec(self.encode_input_names(), self.encode_inputs()),
+                       "outputs": spec(self.encode_output_names(), enc_out)},
+            "decode": {"inputs": spec(self.decode_input_names(), self.decode_inputs()),
+                       "outputs": spec(self.decode_output_names(), [dec_out]),
+                       "state": cache},
+        }
