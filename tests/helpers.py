@@ -7,26 +7,33 @@ from pathlib import Path
 import torch
 
 
-def tiny_t5(out: Path, variant: str = "v1.0", seed: int = 0, **overrides) -> Path:
-    """A random T5-family checkpoint with the demo's character tokenizer.
+def tiny_t5(out: Path, variant: str = "v1.0", seed: int = 0, train_steps: int = 40, **overrides) -> Path:
+    """A tiny T5-family checkpoint with the demo's character tokenizer.
 
-    Weights are redrawn with a larger spread than T5's init so greedy outputs vary
-    from step to step (a near-uniform model emits one token forever and would make
-    token-equality checks weak).
+    Randomly initialised, then nudged with a few optimizer steps on the date task:
+    an untrained tied-embedding T5 predicts its own input token forever (a fixed
+    point), which would make "greedy tokens equal" a vacuous check. A few steps
+    make the outputs vary from step to step; the weights stay essentially random.
     """
     from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
     from toolchain import arch
-    from toolchain.demo.train import build_tokenizer
+    from toolchain.demo.dates import stream
+    from toolchain.demo.train import _batch, build_tokenizer
 
     tok = build_tokenizer()
     cfg = arch.get("t5").tiny_config(variant, vocab_size=tok.get_vocab_size(), **overrides)
     torch.manual_seed(seed)
-    model = AutoModelForSeq2SeqLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layer_norm" not in name:
-                p.normal_(0.0, 0.4 if "relative_attention_bias" not in name else 1.0)
+    model = AutoModelForSeq2SeqLM.from_config(cfg)
+    data = stream(seed, held_out=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(train_steps):
+        ids, mask, labels = _batch([next(data) for _ in range(16)], tok, torch)
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
     model.save_pretrained(out, safe_serialization=True)
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
                             unk_token="<unk>").save_pretrained(out)

@@ -47,9 +47,12 @@ def greedy(session, ids: list[int], *, max_input_len: int, max_output_len: int, 
 
     The cache has max_output_len slots (positions 0..T-1); step p reads the token at
     position p and predicts the one after it, so at most T tokens come out.
-    `force_length` ignores EOS (probes need comparable lengths).
+    `force_length` suppresses EOS for the whole run, like transformers' `min_new_tokens`
+    (probes need comparable lengths).
     """
     limit = max_output_len if max_new_tokens is None else max_new_tokens
+    if force_length:
+        min_new_tokens = limit
     if limit > max_output_len:
         raise InputError(f"--max-new-tokens {limit} exceeds the artifact's cache of {max_output_len} "
                          f"positions (recipe max_output_len)")
@@ -61,14 +64,14 @@ def greedy(session, ids: list[int], *, max_input_len: int, max_output_len: int, 
     for position in range(limit):
         t = time.perf_counter()
         logits = session.decode(token, position, state)
-        if len(out.tokens) < min_new_tokens and not force_length:
+        if keep_logits:  # raw logits, before EOS suppression
+            out.logits.append(np.asarray(logits, dtype=np.float32).copy())
+        if len(out.tokens) < min_new_tokens:
             logits = logits.copy()
             logits[eos_id] = -np.inf
         token = int(np.argmax(logits))
         out.step_s.append(time.perf_counter() - t)
-        if keep_logits:
-            out.logits.append(np.asarray(logits, dtype=np.float32).copy())
-        if token == eos_id and not force_length:
+        if token == eos_id:
             break
         out.tokens.append(token)
     return out
