@@ -30,6 +30,8 @@ def build_parts(source: SourceModel, recipe: Recipe, model=None):
 def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False,
            log=lambda msg: None):
     """Export one artifact, atomically. Returns the opened Artifact."""
+    if Path(out).exists() and not force:  # fail before minutes of work, not after
+        raise InputError(f"{out} already exists; pass --force to replace it")
     backend = backends.get(target.runtime)
     if recipe.quantization:
         raise InputError(f"recipe {recipe.name}: quantization is not implemented yet for {target.name}")

@@ -40,6 +40,17 @@ def pad(ids: list[int], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarra
     return input_ids, mask
 
 
+def check_new_tokens(max_new_tokens: int | None, max_output_len: int) -> int:
+    """The number of decode steps to run; never past the static cache."""
+    limit = max_output_len if max_new_tokens is None else max_new_tokens
+    if limit > max_output_len:
+        raise InputError(f"--max-new-tokens {limit} exceeds the artifact's cache of {max_output_len} "
+                         f"positions (recipe max_output_len)")
+    if limit < 1:
+        raise InputError("--max-new-tokens must be >= 1")
+    return limit
+
+
 def greedy(session, ids: list[int], *, max_input_len: int, max_output_len: int, start_id: int, eos_id: int,
            pad_id: int, max_new_tokens: int | None = None, min_new_tokens: int = 0,
            keep_logits: bool = False, force_length: bool = False) -> Generation:

@@ -132,7 +132,7 @@ class ExecuTorchSession:
         from executorch.runtime import Runtime
 
         self._torch = torch
-        if threads:
+        if threads and portable_lib._threadpool_get_thread_count() != int(threads):
             portable_lib._unsafe_reset_threadpool(int(threads))
         progs = artifact.manifest["programs"]
         program = Runtime.get().load_program(artifact.file(progs["encode"]["file"]),
