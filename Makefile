@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: install demo test test-full clean
+.PHONY: install demo test clean
 
 install: $(VENV)/.installed
 
@@ -26,10 +26,7 @@ demo: install
 	$(VENV)/bin/edgeseq probe $(DEMO_OUT) --runs 5
 
 test: install
-	$(VPY) -m pytest -q -x
-
-test-full: install
-	$(VPY) -m pytest -q -m "slow or not slow" --full
+	$(VPY) -m pytest -q
 
 clean:
 	rm -rf build
