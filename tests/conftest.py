@@ -19,13 +19,14 @@ from helpers import tiny_t5  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "date-t5"
-VARIANTS = ["v1.0", "v1.1", "mt5"]
+VARIANTS = ["v1.0", "v1.1", "v1.1-untied", "mt5"]
 
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("ckpt")
-    return {v: tiny_t5(base / v.replace(".", "_"), v, seed=i) for i, v in enumerate(VARIANTS)}
+    return {v: tiny_t5(base / v.replace(".", "_"), v.removesuffix("-untied"), seed=i, untie=v.endswith("-untied"))
+            for i, v in enumerate(VARIANTS)}
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,16 @@ from pathlib import Path
 import torch
 
 
-def tiny_t5(out: Path, variant: str = "v1.0", seed: int = 0, train_steps: int = 40, **overrides) -> Path:
+def tiny_t5(out: Path, variant: str = "v1.0", seed: int = 0, train_steps: int = 40, untie: bool = False,
+            **overrides) -> Path:
     """A tiny T5-family checkpoint with the demo's character tokenizer.
 
     Randomly initialised, then nudged with a few optimizer steps on the date task:
     an untrained tied-embedding T5 predicts its own input token forever (a fixed
     point), which would make "greedy tokens equal" a vacuous check. A few steps
     make the outputs vary from step to step; the weights stay essentially random.
+    `untie` stores an lm_head different from the embedding (as T5 v1.1/Flan
+    checkpoints do); transformers then loads the two untied.
     """
     from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
@@ -35,6 +38,13 @@ def tiny_t5(out: Path, variant: str = "v1.0", seed: int = 0, train_steps: int = 
         opt.zero_grad()
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
+    if untie:
+        from safetensors.torch import load_file, save_file
+
+        sd = load_file(out / "model.safetensors")
+        gen = torch.Generator().manual_seed(seed)
+        sd["lm_head.weight"] = sd["shared.weight"] + 0.5 * torch.randn(sd["shared.weight"].shape, generator=gen)
+        save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
                             unk_token="<unk>").save_pretrained(out)
     return out

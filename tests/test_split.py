@@ -16,7 +16,7 @@ S, T = 24, 12
 
 
 class EagerSession:
-    """The split modules behind the runtime Session interface."""
+    """The split modules behind the runtime Session interface (either cache mode)."""
 
     def __init__(self, parts):
         self.parts = parts
@@ -24,11 +24,16 @@ class EagerSession:
     def encode(self, ids, mask):
         self.parts.reset_cache()
         with torch.no_grad():
-            return self.parts.encode(torch.from_numpy(ids), torch.from_numpy(mask))
+            cross = list(self.parts.encode(torch.from_numpy(ids), torch.from_numpy(mask)))
+        return {"cross": cross, "cache": self.parts.empty_cache()}
 
     def decode(self, token, position, state):
         with torch.no_grad():
-            return self.parts.decode(torch.tensor([[token]]), torch.tensor([position]), *state)[0].numpy()
+            out = self.parts.decode(torch.tensor([[token]]), torch.tensor([position]), *state["cross"],
+                                    *(state["cache"] if self.parts.cache_mode == "io" else []))
+        if self.parts.cache_mode == "io":
+            out, state["cache"] = out[0], list(out[1:])
+        return out[0].numpy()
 
 
 def reference(model, ids, steps):
@@ -40,10 +45,11 @@ def reference(model, ids, steps):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("length", [5, S])  # short, and exactly max_input_len
-def test_split_matches_transformers(checkpoints, variant, length):
+@pytest.mark.parametrize("cache_mode", ["buffer", "io"])
+def test_split_matches_transformers(checkpoints, variant, length, cache_mode):
     src = load_checkpoint(checkpoints[variant])
     model = src.load_model()
-    parts = src.adapter.build(model, S, T)
+    parts = src.adapter.build(model, S, T, cache_mode)
     rng = np.random.default_rng(length)
     ids = [int(x) for x in rng.integers(3, 45, size=length - 1)] + [1]
     ref_tokens, ref_logits = reference(model, ids, T)
@@ -64,3 +70,12 @@ def test_encode_outputs_are_cross_kv_only(checkpoints):
     assert shapes[0] == (1, 1, S)
     assert shapes[1:] == [(1, h, dh, S), (1, h, S, dh)] * parts.num_layers
     assert all(o.is_contiguous() for o in outs)
+
+
+def test_untied_head_is_kept_separate(checkpoints):
+    src = load_checkpoint(checkpoints["v1.1-untied"])
+    model = src.load_model()
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+    parts = src.adapter.build(model, S, T)
+    assert parts.decode.lm_head is not None
+    torch.testing.assert_close(parts.decode.lm_head.weight, model.lm_head.weight)

@@ -22,9 +22,9 @@ def base_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def build_parts(source: SourceModel, recipe: Recipe, model=None):
+def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str = "buffer"):
     model = model if model is not None else source.load_model()
-    return source.adapter.build(model, recipe.max_input_len, recipe.max_output_len)
+    return source.adapter.build(model, recipe.max_input_len, recipe.max_output_len, cache_mode)
 
 
 def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False,
@@ -38,7 +38,7 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
     t0 = time.time()
     model = source.load_model()
     params = sum(p.numel() for p in model.parameters())
-    parts = build_parts(source, recipe, model)
+    parts = build_parts(source, recipe, model, backend.CACHE_MODE)
     log(f"split {source.name}: {parts.num_layers} decoder layers, encode S={recipe.max_input_len}, "
         f"cache T={recipe.max_output_len}")
     with staging_dir(out, force) as tmp:

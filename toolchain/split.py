@@ -14,10 +14,12 @@ transformers model:
 
 * ``decode(token int64[1, 1], position int64[1], cross_bias, cross_k_0,
   cross_v_0, ...)`` returns ``logits float[1, V]``. It never sees the encoder's
-  hidden states. Its self-attention cache is a pair of registered buffers per
-  layer (``cache_k_l`` ``[H, Dh, T]``, ``cache_v_l`` ``[H, T, Dh]``, T =
-  ``recipe.max_output_len``), updated in place at ``position``: on runtimes with
-  mutable state (ExecuTorch) the cache lives in the program.
+  hidden states. Its self-attention cache is a pair of tensors per layer
+  (``cache_k_l`` ``[H, Dh, T]``, ``cache_v_l`` ``[H, T, Dh]``, T =
+  ``recipe.max_output_len``), updated at ``position``. ``cache_mode="buffer"``:
+  registered buffers updated in place, the cache lives in the program (ExecuTorch).
+  ``cache_mode="io"``: the caches are inputs after the cross K/V and the updated
+  caches are outputs after the logits (runtimes without state: TFLite, ONNX).
 
 Why these shapes (seen on ExecuTorch/XNNPACK, see NOTES.md): batch is fixed at 1
 and attention runs as 3D ``torch.bmm`` over heads (a 4D matmul lowers to an
@@ -115,15 +117,16 @@ def position_onehot(position: torch.Tensor, length: int, arange: torch.Tensor) -
     return (arange == position).to(torch.float32).reshape(1, length)
 
 
-def update_cache(cache: torch.Tensor, new: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """Write `new` into one slot of `cache` in place and return the updated cache.
+def update_cache(cache: torch.Tensor, new: torch.Tensor, onehot: torch.Tensor, in_place: bool = True) -> torch.Tensor:
+    """Write `new` into one slot of `cache` (in place if asked) and return the updated cache.
 
     cache [H, T, Dh] with new [H, 1, Dh] and onehot [1, T, 1], or (keys, transposed)
     cache [H, Dh, T] with new [H, Dh, 1] and onehot [1, 1, T]. A masked blend rather
     than index_copy_ keeps the whole update inside the XNNPACK delegate.
     """
     updated = cache * (1.0 - onehot) + new * onehot
-    cache.copy_(updated)
+    if in_place:
+        cache.copy_(updated)
     return updated
 
 
@@ -142,6 +145,7 @@ class Seq2SeqParts:
     decoder_start_token_id: int
     eos_token_id: int
     pad_token_id: int
+    cache_mode: str = "buffer"  # "buffer": cache inside decode; "io": cache in/out tensors
     tolerance: dict[str, float] = field(default_factory=dict)
 
     # -- program signatures (names are what the manifest records) --------------
@@ -158,22 +162,33 @@ class Seq2SeqParts:
             names += [f"cross_k_{i}", f"cross_v_{i}"]
         return names
 
+    def cache_shapes(self) -> list[tuple[int, ...]]:
+        """Self-attention cache per layer: keys [H, Dh, T] (transposed), values [H, T, Dh]."""
+        h, dh, t = self.num_heads, self.head_dim, self.max_output_len
+        return [(h, dh, t), (h, t, dh)] * self.num_layers
+
+    def cache_names(self) -> list[str]:
+        return [f"cache_{kv}_{i}" for i in range(self.num_layers) for kv in "kv"]
+
+    def empty_cache(self) -> list[torch.Tensor]:
+        return [torch.zeros(s) for s in self.cache_shapes()]
+
     def decode_inputs(self) -> tuple[torch.Tensor, ...]:
         h, dh, s = self.num_heads, self.head_dim, self.max_input_len
         kv = []
         for _ in range(self.num_layers):
             kv += [torch.zeros(1, h, dh, s), torch.zeros(1, h, s, dh)]
+        io_cache = self.empty_cache() if self.cache_mode == "io" else []
         return (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
-                torch.zeros(1, 1, s), *kv)
+                torch.zeros(1, 1, s), *kv, *io_cache)
 
     def decode_input_names(self) -> list[str]:
-        return ["token", "position"] + self.encode_output_names()
+        io_cache = self.cache_names() if self.cache_mode == "io" else []
+        return ["token", "position"] + self.encode_output_names() + io_cache
 
     def decode_output_names(self) -> list[str]:
-        return ["logits"]
-
-    def cache_buffers(self) -> list[str]:
-        return [n for n, _ in self.decode.named_buffers() if n.startswith("cache_")]
+        io_cache = [f"new_{n}" for n in self.cache_names()] if self.cache_mode == "io" else []
+        return ["logits"] + io_cache
 
     def reset_cache(self) -> None:
         for name, buf in self.decode.named_buffers():
@@ -190,12 +205,14 @@ class Seq2SeqParts:
             enc_out = self.encode(*self.encode_inputs())
             dec_out = self.decode(*self.decode_inputs())
         self.reset_cache()
-        cache = [{"name": n, "shape": list(b.shape), "dtype": str(b.dtype).removeprefix("torch.")}
-                 for n, b in self.decode.named_buffers() if n.startswith("cache_")]
+        if self.cache_mode == "buffer":
+            dec_out = [dec_out]
+        cache = [{"name": n, "shape": list(s), "dtype": "float32"}
+                 for n, s in zip(self.cache_names(), self.cache_shapes())]
         return {
             "encode": {"inputs": spec(self.encode_input_names(), self.encode_inputs()),
                        "outputs": spec(self.encode_output_names(), enc_out)},
             "decode": {"inputs": spec(self.decode_input_names(), self.decode_inputs()),
-                       "outputs": spec(self.decode_output_names(), [dec_out]),
-                       "state": cache},
+                       "outputs": spec(self.decode_output_names(), dec_out),
+                       "cache_mode": self.cache_mode, "cache": cache},
         }

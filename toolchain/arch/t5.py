@@ -109,29 +109,37 @@ class _DecoderLayer(nn.Module):
         self.norm3 = RMSNorm(block.layer[2].layer_norm.weight, eps)
         self.ff = _FeedForward(block.layer[2].DenseReluDense, act)
 
-    def forward(self, x, onehot, self_bias, cross_bias, ck, cv, cache_k, cache_v):
+    def forward(self, x, onehot, self_bias, cross_bias, ck, cv, cache_k, cache_v, in_place: bool):
         h, dh = self.heads, self.head_dim
         t = cache_k.shape[-1]
         y = self.norm1(x)  # [1, 1, D]
         q = self.q(y).reshape(h, 1, dh)
         k_new = self.k(y).reshape(h, dh, 1)
         v_new = self.v(y).reshape(h, 1, dh)
-        k_all = update_cache(cache_k, k_new, onehot.reshape(1, 1, t))  # [H, Dh, T]
-        v_all = update_cache(cache_v, v_new, onehot.reshape(1, t, 1))  # [H, T, Dh]
+        k_all = update_cache(cache_k, k_new, onehot.reshape(1, 1, t), in_place)  # [H, Dh, T]
+        v_all = update_cache(cache_v, v_new, onehot.reshape(1, t, 1), in_place)  # [H, T, Dh]
         x = x + self.o(attend(q, k_all, v_all, self_bias, 1.0).reshape(1, 1, h * dh))
         q = self.cq(self.norm2(x)).reshape(h, 1, dh)
         x = x + self.co(attend(q, ck.reshape(ck.shape[1:]), cv.reshape(cv.shape[1:]), cross_bias, 1.0).reshape(1, 1, h * dh))
-        return x + self.ff(self.norm3(x))
+        return x + self.ff(self.norm3(x)), k_all, v_all
 
 
 class T5Decode(nn.Module):
-    """One decoder step: token [1,1], position [1], cross_bias, cross K/V -> logits [1, V]."""
+    """One decoder step: token [1,1], position [1], cross_bias, cross K/V -> logits [1, V].
 
-    def __init__(self, model: nn.Module, embed: nn.Embedding, max_output_len: int):
+    cache_mode "buffer": the self-attention cache is registered buffers updated in
+    place (runtimes with mutable state). cache_mode "io": the caches are extra
+    inputs after the cross K/V (cache_k_0, cache_v_0, ...) and the updated caches
+    are extra outputs after the logits (runtimes without state: TFLite, ONNX).
+    """
+
+    def __init__(self, model: nn.Module, embed: nn.Embedding, max_output_len: int, cache_mode: str = "buffer"):
         super().__init__()
+        if cache_mode not in ("buffer", "io"):
+            raise ValueError(f"cache_mode must be 'buffer' or 'io', got {cache_mode!r}")
         cfg = model.config
         h, dh, t = cfg.num_heads, cfg.d_kv, max_output_len
-        self.heads, self.max_output_len = h, t
+        self.heads, self.max_output_len, self.cache_mode = h, t, cache_mode
         self.embed = embed
         self.layers = nn.ModuleList(_DecoderLayer(b, h, dh, t, cfg.dense_act_fn, cfg.layer_norm_epsilon)
                                     for b in model.decoder.block)
@@ -148,22 +156,31 @@ class T5Decode(nn.Module):
         full = rel + causal
         self.register_buffer("step_bias_table", full.permute(0, 2, 1).reshape(h * t, t).contiguous())
         self.register_buffer("positions", torch.arange(t, dtype=torch.long))
-        for i in range(len(self.layers)):
-            self.register_buffer(f"cache_k_{i}", torch.zeros(h, dh, t))
-            self.register_buffer(f"cache_v_{i}", torch.zeros(h, t, dh))
+        if cache_mode == "buffer":
+            for i in range(len(self.layers)):
+                self.register_buffer(f"cache_k_{i}", torch.zeros(h, dh, t))
+                self.register_buffer(f"cache_v_{i}", torch.zeros(h, t, dh))
 
-    def forward(self, token, position, cross_bias, *cross_kv):
-        t, h = self.max_output_len, self.heads
+    def forward(self, token, position, cross_bias, *rest):
+        t, h, n = self.max_output_len, self.heads, len(self.layers)
+        cross_kv = rest[: 2 * n]
+        if self.cache_mode == "buffer":
+            caches = [getattr(self, f"cache_{kv}_{i}") for i in range(n) for kv in "kv"]
+        else:
+            caches = list(rest[2 * n:])
         onehot = position_onehot(position, t, self.positions)  # [1, T]
         self_bias = F.linear(onehot, self.step_bias_table).reshape(h, 1, t)
         x = self.embed(token)  # [1, 1, D]
+        new_caches = []
         for i, layer in enumerate(self.layers):
-            x = layer(x, onehot, self_bias, cross_bias, cross_kv[2 * i], cross_kv[2 * i + 1],
-                      getattr(self, f"cache_k_{i}"), getattr(self, f"cache_v_{i}"))
+            x, k_all, v_all = layer(x, onehot, self_bias, cross_bias, cross_kv[2 * i], cross_kv[2 * i + 1],
+                                    caches[2 * i], caches[2 * i + 1], self.cache_mode == "buffer")
+            new_caches += [k_all, v_all]
         x = self.final_norm(x).reshape(1, -1)
         if self.out_scale != 1.0:
             x = x * self.out_scale
-        return F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
+        logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
+        return logits if self.cache_mode == "buffer" else (logits, *new_caches)
 
 
 def _variant(cfg: dict[str, Any]) -> str:
@@ -187,12 +204,13 @@ class T5Adapter:
             "activation": cfg.get("feed_forward_proj", "relu"),
         }
 
-    def build(self, model: nn.Module, max_input_len: int, max_output_len: int) -> Seq2SeqParts:
+    def build(self, model: nn.Module, max_input_len: int, max_output_len: int,
+              cache_mode: str = "buffer") -> Seq2SeqParts:
         cfg = model.config
         emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         emb.weight = nn.Parameter(model.shared.weight.detach().clone().float(), requires_grad=False)
         enc = T5Encode(model, emb, max_input_len).eval()
-        dec = T5Decode(model, emb, max_output_len).eval()
+        dec = T5Decode(model, emb, max_output_len, cache_mode).eval()
         gen = getattr(model, "generation_config", None)
         start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else cfg.pad_token_id
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else getattr(gen, "eos_token_id", 1)
@@ -202,7 +220,7 @@ class T5Adapter:
             decoder_start_token_id=int(start if start is not None else 0),
             eos_token_id=int(eos[0] if isinstance(eos, (list, tuple)) else eos),
             pad_token_id=int(cfg.pad_token_id if cfg.pad_token_id is not None else 0),
-            tolerance=dict(self.tolerance))
+            cache_mode=cache_mode, tolerance=dict(self.tolerance))
 
     def tiny_config(self, variant: str = "v1.0", **overrides: Any):
         """Tiny random configs of each variant the tests cover."""

@@ -1,7 +1,9 @@
 """Runtimes: one module per runtime behind one small interface.
 
+    CACHE_MODE = "buffer" | "io"                        where decode's KV cache lives
     lower(parts, recipe, target, out_dir) -> Lowered   write model files into out_dir
     open(artifact, threads) -> Session                  load them for run/verify/probe
+    preload()                                           import the runtime (probe timing)
 
 A Session is what `run`, `verify` and `probe` share:
 

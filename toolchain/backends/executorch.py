@@ -25,6 +25,7 @@ import numpy as np
 from . import Lowered
 
 PTE, PTD = "model.pte", "weights.ptd"
+CACHE_MODE = "buffer"  # the self-attention cache lives in the program as mutable buffers
 _DATA_TAG = "weights"
 # Nodes that are bookkeeping, not compute: they never reach a kernel.
 _NON_COMPUTE = {"getitem"}
