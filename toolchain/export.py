@@ -27,14 +27,29 @@ def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str
     return source.adapter.build(model, recipe.max_input_len, recipe.max_output_len, cache_mode)
 
 
+def calibration_inputs(source: SourceModel, recipe: Recipe, limit: int = 32) -> list[list[int]]:
+    """Tokenized inputs for static quantization: the recipe's JSONL, else the checkpoint's eval.jsonl,
+    else a few built-in strings. Inputs longer than max_input_len are skipped."""
+    from .verify import BUILTIN_INPUTS, load_eval
+
+    if recipe.calibration:
+        rows = load_eval(Path(recipe.calibration))
+    elif (source.path / "eval.jsonl").is_file():
+        rows = load_eval(source.path / "eval.jsonl")
+    else:
+        rows = [{"input": s} for s in BUILTIN_INPUTS]
+    tok = source.load_tokenizer()
+    out = [ids for ids in (tok.encode(r["input"]).ids for r in rows) if len(ids) <= recipe.max_input_len]
+    return out[:limit]
+
+
 def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False,
            log=lambda msg: None):
     """Export one artifact, atomically. Returns the opened Artifact."""
     if Path(out).exists() and not force:  # fail before minutes of work, not after
         raise InputError(f"{out} already exists; pass --force to replace it")
     backend = backends.get(target.runtime)
-    if recipe.quantization:
-        raise InputError(f"recipe {recipe.name}: quantization is not implemented yet for {target.name}")
+    backend.check(recipe, target)  # a recipe the target cannot honour fails here, before any work
     t0 = time.time()
     model = source.load_model()
     params = sum(p.numel() for p in model.parameters())
@@ -42,7 +57,8 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
     log(f"split {source.name}: {parts.num_layers} decoder layers, encode S={recipe.max_input_len}, "
         f"cache T={recipe.max_output_len}")
     with staging_dir(out, force) as tmp:
-        lowered = backend.lower(parts, recipe, target, tmp)
+        calibration = calibration_inputs(source, recipe) if recipe.quantization else None
+        lowered = backend.lower(parts, recipe, target, tmp, calibration=calibration)
         shutil.copyfile(source.tokenizer_file, tmp / "tokenizer.json")
         files = file_entries(tmp, [*lowered.files, "tokenizer.json"])
         model_bytes = sum(files[f]["bytes"] for f in lowered.files)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,14 @@ def _param_count(weights) -> int:
 
 
 def _targets_fit() -> list[dict[str, Any]]:
+    from . import backends
     from .specs import TARGET_DIR, available, load_target
 
     out = []
     for name in available(TARGET_DIR):
         t = load_target(name)
-        ok = importlib.util.find_spec(t.runtime) is not None
-        out.append({"target": t.name, "runtime": t.runtime,
-                    "available": ok, "why": "" if ok else f"python package {t.runtime!r} not installed"})
+        ok, why = backends.get(t.runtime).available()
+        out.append({"target": t.name, "runtime": t.runtime, "available": ok, "why": why})
     return out
 
 

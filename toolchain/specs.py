@@ -39,8 +39,12 @@ class Recipe:
     description: str
     max_input_len: int
     max_output_len: int
-    # Per component (encoder, decoder, embeddings, lm_head): scheme name. fp32 = none.
+    # Per component (encoder, decoder, embeddings, lm_head) -> scheme (QUANT_SCHEMES).
+    # A missing component stays fp32. Each backend maps schemes onto its own
+    # toolchain and rejects, by name, what it cannot honour.
     quantization: dict[str, str] = field(default_factory=dict)
+    group_size: int = 32  # for the group-wise 4-bit schemes
+    calibration: str = ""  # JSONL ({"input": ...}) for static schemes; "" = the checkpoint's eval.jsonl
     tolerance: Tolerance = field(default_factory=Tolerance)
     format_version: int = SPEC_FORMAT_VERSION
 
@@ -64,6 +68,15 @@ class Target:
 
 _TYPES = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", bool: "true/false"}
 QUANT_COMPONENTS = ("encoder", "decoder", "embeddings", "lm_head")
+QUANT_SCHEMES = {
+    "none": "fp32",
+    "fp16": "fp16 weights (and compute where the runtime has it)",
+    "8da8w": "int8 per-channel weights, int8 dynamic per-token activations",
+    "8da4w": "int4 group-wise weights (group_size), int8 dynamic activations",
+    "int8-weight": "int8 per-channel weight-only (embeddings: int8 rows)",
+    "int4-weight": "int4 group-wise weight-only",
+    "static-int8": "int8 weights and activations, activation ranges calibrated",
+}
 
 
 def _check(kind: str, where: str, key: str, value: Any, typ: type) -> Any:
@@ -98,6 +111,9 @@ def _build(cls, data: Any, where: str, kind: str):
                     raise InputError(f"{where}: unknown quantization component {comp!r}; "
                                      f"allowed: {', '.join(QUANT_COMPONENTS)}")
                 _check(kind, where, f"quantization.{comp}", scheme, str)
+                if scheme not in QUANT_SCHEMES:
+                    raise InputError(f"{where}: unknown quantization scheme {scheme!r} for {comp}; "
+                                     f"known: {', '.join(QUANT_SCHEMES)}")
         else:
             typ = {"int": int, "float": float, "str": str}[str(f.type)]
             value = _check(kind, where, name, value, typ)
@@ -114,6 +130,8 @@ def _validate_recipe(r: Recipe, where: str) -> Recipe:
         v = getattr(r, key)
         if not 1 <= v <= 8192:
             raise InputError(f"{where}: recipe key {key!r} must be between 1 and 8192, got {v}")
+    if r.group_size not in (16, 32, 64, 128, 256):
+        raise InputError(f"{where}: recipe key 'group_size' must be one of 16, 32, 64, 128, 256, got {r.group_size}")
     return r
 
 

@@ -1,7 +1,12 @@
 """Runtimes: one module per runtime behind one small interface.
 
     CACHE_MODE = "buffer" | "io"                        where decode's KV cache lives
-    lower(parts, recipe, target, out_dir) -> Lowered   write model files into out_dir
+    available() -> (bool, why)                          can this machine export/run it
+    check(recipe, target)                               raise InputError for what it cannot honour
+    lower(parts, recipe, target, out_dir, calibration) -> Lowered
+                                                        write model files into out_dir; calibration
+                                                        = tokenized inputs (list of id lists) when
+                                                        the recipe quantizes, else None
     open(artifact, threads) -> Session                  load them for run/verify/probe
     preload()                                           import the runtime (probe timing)
 
@@ -52,6 +57,8 @@ def register(runtime: str, module: str) -> None:
 
 
 register("executorch", "toolchain.backends.executorch")
+register("onnx", "toolchain.backends.onnx")
+register("litert", "toolchain.backends.litert")
 
 
 def runtimes() -> list[str]:

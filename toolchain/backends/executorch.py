@@ -31,6 +31,28 @@ _DATA_TAG = "weights"
 _NON_COMPUTE = {"getitem"}
 
 
+def available() -> tuple[bool, str]:
+    import importlib.util
+
+    ok = importlib.util.find_spec("executorch") is not None
+    return ok, "" if ok else "python package 'executorch' not installed"
+
+
+SUPPORTED_SCHEMES = {"none"}
+
+
+def check(recipe, target) -> None:
+    from ..errors import InputError
+
+    if target.backend != "xnnpack":
+        raise InputError(f"target {target.name}: executorch backend {target.backend!r} is not available; "
+                         f"available: xnnpack")
+    for comp, scheme in recipe.quantization.items():
+        if scheme not in SUPPORTED_SCHEMES:
+            raise InputError(f"recipe {recipe.name}: {comp}={scheme} is not supported by {target.name}; "
+                             f"it supports: {', '.join(sorted(SUPPORTED_SCHEMES))}")
+
+
 def preload() -> None:
     """Import the runtime, so a probe's load time measures loading the model, not Python imports."""
     import torch  # noqa: F401
@@ -96,15 +118,12 @@ def _delegation(graph_module) -> dict[str, Any]:
     }
 
 
-def lower(parts, recipe, target, out_dir: Path) -> Lowered:
+def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | None = None) -> Lowered:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
-    if target.backend != "xnnpack":
-        from ..errors import InputError
-        raise InputError(f"target {target.name}: executorch backend {target.backend!r} is not available; "
-                         f"available: xnnpack")
+    check(recipe, target)
     programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
                 "decode": _export("decode", parts.decode, parts.decode_inputs())}
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
