@@ -38,19 +38,18 @@ def available() -> tuple[bool, str]:
     return ok, "" if ok else "python package 'executorch' not installed"
 
 
-SUPPORTED_SCHEMES = {"none"}
-
-
 def check(recipe, target) -> None:
     from ..errors import InputError
+    from ..quantize import EMBEDDING_SCHEMES, LINEAR_SCHEMES
 
     if target.backend != "xnnpack":
         raise InputError(f"target {target.name}: executorch backend {target.backend!r} is not available; "
                          f"available: xnnpack")
     for comp, scheme in recipe.quantization.items():
-        if scheme not in SUPPORTED_SCHEMES:
+        allowed = ["none", *(EMBEDDING_SCHEMES if comp == "embeddings" else LINEAR_SCHEMES)]
+        if scheme not in allowed:
             raise InputError(f"recipe {recipe.name}: {comp}={scheme} is not supported by {target.name}; "
-                             f"it supports: {', '.join(sorted(SUPPORTED_SCHEMES))}")
+                             f"{comp} supports: {', '.join(allowed)}")
 
 
 def preload() -> None:
@@ -123,14 +122,23 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | N
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
+    from .. import quantize
+
     check(recipe, target)
+    quant = quantize.apply(parts, recipe)
     programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
                 "decode": _export("decode", parts.decode, parts.decode_inputs())}
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
     report = {name: _delegation(edge.exported_program(name).graph_module) for name in programs}
     et = edge.to_executorch(ExecutorchBackendConfig(
         external_constants=lambda _node: _DATA_TAG,
-        passes=[InitializedMutableBufferPass(["cache_"])]))
+        passes=[InitializedMutableBufferPass(["cache_"])],
+        # Fuses torchao's dequantize->embedding into quantized_decomposed::embedding_byte/4bit.
+        do_quant_fusion_and_const_prop=quant["embeddings"]["scheme"] != "none"))
+    for plan in et.executorch_program.execution_plan:
+        # Kernels the runtime calls outside the delegate, after ExecuTorch's own fusions
+        # (e.g. dequantize+embedding -> quantized_decomposed::embedding_byte).
+        report[plan.name]["runtime_ops"] = sorted(o.name for o in plan.operators)
     (out_dir / PTE).write_bytes(et.buffer)
     et.write_tensor_data_to_file(str(out_dir))
     written = out_dir / f"{_DATA_TAG}.ptd"
@@ -140,9 +148,12 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | N
     sig["encode"].update(file=PTE, method="encode")
     sig["decode"].update(file=PTE, method="decode",
                          kv_cache="in-program mutable buffers (cache_k_*, cache_v_*), zero-initialised")
+    schemes = quantize.program_schemes(quant)
     for name in sig:
         sig[name]["data_file"] = PTD
-    return Lowered(files=[PTE, PTD], programs=sig, report={"delegation": report}, tool_versions=versions())
+        sig[name]["quantization"] = schemes[name]
+    return Lowered(files=[PTE, PTD], programs=sig, report={"delegation": report, "quantization": quant},
+                   tool_versions=versions())
 
 
 class ExecuTorchSession:
@@ -152,6 +163,8 @@ class ExecuTorchSession:
         from executorch.runtime import Runtime
 
         self._torch = torch
+        # Quantized embeddings (embedding_byte/4bit) need the quantized kernel library registered.
+        import executorch.kernels.quantized  # noqa: F401
         if threads and portable_lib._threadpool_get_thread_count() != int(threads):
             portable_lib._unsafe_reset_threadpool(int(threads))
         progs = artifact.manifest["programs"]

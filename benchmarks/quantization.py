@@ -1,0 +1,162 @@
+"""fp32 vs int8 vs int4 (and mixed) executorch-xnnpack artifacts, side by side in one process.
+
+    .venv/bin/python benchmarks/quantization.py [--runs 10] [--models demo,t5-small] [--out benchmarks/RESULTS.md]
+
+Models: the bundled demo checkpoint, and a t5-small-sized T5 with random weights
+(d_model 512, d_ff 2048, 8 heads, 6+6 layers, vocab 32128) written once under build/bench/.
+Every artifact is opened in this process and measured in interleaved rounds (one
+generation of each per round), so machine noise hits all rows alike. Input: the
+recipe's max_input_len (64) tokens, output forced to max_output_len (32) tokens.
+TTFT = encode + first decode step; per-token = the other steps. Reported as medians
+with p90, and as ratios to fp32 of the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RECIPES = ["fp32", "int8", "int4", "mixed"]
+MARK_BEGIN, MARK_END = "<!-- quantization:begin -->", "<!-- quantization:end -->"
+
+
+def t5_small_random(path: Path) -> Path:
+    if (path / "config.json").is_file():
+        return path
+    import torch
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    from toolchain.demo.train import build_tokenizer
+
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=32128, d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6,
+                   num_decoder_layers=6, feed_forward_proj="relu", decoder_start_token_id=0,
+                   pad_token_id=0, eos_token_id=1)
+    T5ForConditionalGeneration(cfg).eval().save_pretrained(path, safe_serialization=True)
+    # Latency only: the probe feeds token ids directly; the tokenizer is a placeholder.
+    PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(), pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(path)
+    return path
+
+
+def build(ckpt: Path, recipe: str, out: Path) -> float:
+    from toolchain.artifact import open_artifact
+    from toolchain.checkpoint import load_checkpoint
+    from toolchain.export import export
+    from toolchain.specs import load_recipe, load_target
+
+    if (out / "manifest.json").is_file():
+        return open_artifact(out).manifest["export_seconds"]
+    art = export(load_checkpoint(ckpt), load_recipe(recipe), load_target("executorch-xnnpack"), out)
+    return art.manifest["export_seconds"]
+
+
+def measure(paths: dict[str, Path], runs: int, warmup: int) -> dict[str, dict]:
+    from toolchain import backends
+    from toolchain.artifact import open_artifact
+    from toolchain.generate import greedy
+
+    sessions, inputs = {}, {}
+    for key, p in paths.items():
+        art = open_artifact(p)
+        spec = art.manifest["tokens"]
+        r = art.recipe
+        rng = np.random.default_rng(0)
+        ids = [int(x) for x in rng.integers(3, spec["vocab_size"], size=r.max_input_len - 1)] + [spec["eos_token_id"]]
+        sessions[key] = (art, backends.get("executorch").open(art, threads=2))
+        inputs[key] = ids
+    ttft = {k: [] for k in paths}
+    step = {k: [] for k in paths}
+    for i in range(warmup + runs):
+        for key, (art, sess) in sessions.items():
+            r, spec = art.recipe, art.manifest["tokens"]
+            g = greedy(sess, inputs[key], max_input_len=r.max_input_len, max_output_len=r.max_output_len,
+                       start_id=spec["decoder_start_token_id"], eos_id=spec["eos_token_id"],
+                       pad_id=spec["pad_token_id"], force_length=True)
+            if i >= warmup:
+                ttft[key].append(g.encode_s + g.step_s[0])
+                step[key].extend(g.step_s[1:])
+    out = {}
+    for key, (art, _) in sessions.items():
+        out[key] = {"ttft_p50": np.median(ttft[key]) * 1e3, "ttft_p90": np.percentile(ttft[key], 90) * 1e3,
+                    "tok_p50": np.median(step[key]) * 1e3, "tok_p90": np.percentile(step[key], 90) * 1e3,
+                    "mb": art.model_bytes / 1e6}
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=10, help="measured rounds (one generation per artifact each)")
+    ap.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
+    ap.add_argument("--models", default="demo,t5-small", help="comma list of: demo, t5-small")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help="comma list of recipes")
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench", help="artifact/checkpoint cache dir")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md", help="Markdown file to update")
+    a = ap.parse_args()
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    models = {"demo": ROOT / "demo" / "date-t5", "t5-small": a.work / "t5-small-random"}
+    chosen = [m.strip() for m in a.models.split(",") if m.strip()]
+    recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
+    paths, export_s = {}, {}
+    for m in chosen:
+        ckpt = t5_small_random(models[m]) if m == "t5-small" else models[m]
+        for r in recipes:
+            key = f"{m}/{r}"
+            t = time.time()
+            export_s[key] = build(ckpt, r, a.work / m / r)
+            print(f"built {key} (export {export_s[key]:.0f} s, this call {time.time() - t:.0f} s)", file=sys.stderr)
+            paths[key] = a.work / m / r
+    res = measure(paths, a.runs, a.warmup)
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [MARK_BEGIN, "## Quantization: executorch-xnnpack, fp32 vs int8 vs int4 vs mixed", "",
+             f"{date}; {cpu_model()}, {os.cpu_count()} cores, 2 runtime threads; "
+             f"`benchmarks/quantization.py --runs {a.runs}` (all artifacts in one process, interleaved "
+             f"rounds); input 64 tokens, output 32 forced; medians (p90).", "",
+             "| model | recipe | TTFT ms | decode ms/token | model MB | TTFT vs fp32 | decode vs fp32 | size vs fp32 | export s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in chosen:
+        base = res.get(f"{m}/fp32")
+        for r in recipes:
+            x = res[f"{m}/{r}"]
+            ratio = (lambda k: f"{x[k] / base[k]:.2f}x") if base else (lambda k: "-")
+            lines.append(f"| {m} | {r} | {x['ttft_p50']:.2f} ({x['ttft_p90']:.2f}) | {x['tok_p50']:.3f} "
+                         f"({x['tok_p90']:.3f}) | {x['mb']:.2f} | {ratio('ttft_p50')} | {ratio('tok_p50')} | "
+                         f"{ratio('mb')} | {export_s[f'{m}/{r}']:.0f} |")
+    lines.append(MARK_END)
+    block = "\n".join(lines)
+    print(block)
+    text = a.out.read_text() if a.out.is_file() else "# Benchmark results\n\nMeasured, not estimated. Each section says how it was run.\n"
+    if MARK_BEGIN in text:
+        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    a.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

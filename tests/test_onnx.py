@@ -1,0 +1,221 @@
+"""onnx-cpu artifacts (ONNX Runtime, CPU EP) of tiny random T5 variants and of the demo: parity, graph checks, int8."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from toolchain import backends
+from toolchain.artifact import open_artifact
+from toolchain.checkpoint import load_checkpoint
+from toolchain.errors import InputError
+from toolchain.generate import greedy
+
+from conftest import DEMO, VARIANTS
+from test_split import reference
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+# fp32 ONNX Runtime vs eager: different kernels and summation order only.
+TOL = {"atol": 1e-4, "rtol": 1e-4}
+S, T = 24, 12  # the small recipe's lengths
+
+
+def _recipe(path: Path, name: str, quantization: str, s: int = S, t: int = T, drop: float = 0.0) -> Path:
+    path.write_text(f"format_version: 1\nname: {name}\ndescription: test\nmax_input_len: {s}\n"
+                    f"max_output_len: {t}\nquantization: {quantization}\n"
+                    f"tolerance: {{max_abs_logit_diff: 1000, min_sequence_match: 0.0, max_accuracy_drop: {drop}}}\n")
+    return path
+
+
+def _export(ckpt, recipe, out):
+    from toolchain.export import export
+    from toolchain.specs import load_recipe, load_target
+
+    return export(load_checkpoint(ckpt), load_recipe(str(recipe)), load_target("onnx-cpu"), out).path
+
+
+ALL_8DA8W = "{encoder: 8da8w, decoder: 8da8w, embeddings: 8da8w, lm_head: 8da8w}"
+
+
+@pytest.fixture(scope="session")
+def onnx_artifacts(checkpoints, small_recipe, tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("onnx")
+    return {v: _export(ck, small_recipe, base / ck.name) for v, ck in checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def onnx_quantized(checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """Tiny artifacts per quantization case: all-8da8w (tied and untied heads), decoder-only, static."""
+    base = tmp_path_factory.mktemp("onnx-q")
+    cases = {
+        "8da8w-v1.0": ("v1.0", ALL_8DA8W),
+        "8da8w-v1.1-untied": ("v1.1-untied", ALL_8DA8W),
+        "decoder-only": ("v1.0", "{decoder: 8da8w}"),
+        "static-v1.0": ("v1.0", "{encoder: static-int8, decoder: static-int8, lm_head: static-int8}"),
+    }
+    return {name: _export(checkpoints[v], _recipe(base / f"{name}.yaml", name, q), base / name)
+            for name, (v, q) in cases.items()}
+
+
+def _session(path, **kw):
+    art = open_artifact(path)
+    if kw:
+        from toolchain.backends.onnx import OnnxSession
+
+        return art, OnnxSession(art, threads=2, **kw)
+    return art, backends.get("onnx").open(art, threads=2)
+
+
+def _ids(length: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [int(x) for x in rng.integers(3, 45, size=length - 1)] + [1]
+
+
+def _generate(session, ids):
+    return greedy(session, ids, max_input_len=S, max_output_len=T, start_id=0, eos_id=1, pad_id=0,
+                  keep_logits=True, force_length=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("length", [4, S])  # short, and exactly the recipe's max_input_len
+def test_runtime_matches_eager(onnx_artifacts, checkpoints, variant, length):
+    art, session = _session(onnx_artifacts[variant])
+    model = load_checkpoint(checkpoints[variant]).load_model()
+    ids = _ids(length, 100 + length)
+    ref_tokens, ref_logits = reference(model, ids, T)
+    # Twice through the same session: a second input must start from an empty cache.
+    for _ in range(2):
+        gen = _generate(session, ids)
+        assert_allclose(np.stack(gen.logits), ref_logits, **TOL)
+        assert gen.tokens == ref_tokens
+
+
+def test_io_binding_matches_plain_run(onnx_artifacts):
+    """The two ways of feeding the cache (bound ping-pong buffers, numpy feeds) agree exactly."""
+    _, bound = _session(onnx_artifacts["v1.1"], io_binding=True)
+    _, plain = _session(onnx_artifacts["v1.1"], io_binding=False)
+    ids = _ids(10, 7)
+    a, b = _generate(bound, ids), _generate(plain, ids)
+    assert a.tokens == b.tokens
+    assert_allclose(np.stack(a.logits), np.stack(b.logits), atol=1e-6, rtol=0)
+    # Two inputs interleaved on one session: each state carries its own cache.
+    s1, s2 = bound.encode(*_pad(ids)), bound.encode(*_pad(_ids(6, 8)))
+    first = bound.decode(0, 0, s1)
+    bound.decode(0, 0, s2)
+    assert_allclose(bound.decode(int(first.argmax()), 1, s1), a.logits[1], atol=1e-6, rtol=0)
+
+
+def _pad(ids):
+    from toolchain.generate import pad
+
+    return pad(ids, S, 0)
+
+
+@pytest.mark.parametrize("variant", ["v1.0", "v1.1-untied"])
+def test_checker_opset_and_shared_weights(onnx_artifacts, variant):
+    art = open_artifact(onnx_artifacts[variant])
+    progs = art.manifest["programs"]
+    inits = {}
+    for prog in ("encode", "decode"):
+        path = art.file(progs[prog]["file"])
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path), load_external_data=False)
+        assert progs[prog]["opset"] == {i.domain or "ai.onnx": i.version for i in model.opset_import}["ai.onnx"]
+        assert progs[prog]["ir_version"] == model.ir_version
+        assert [i.name for i in model.graph.input] == [i["name"] for i in progs[prog]["inputs"]]
+        assert [o.name for o in model.graph.output] == [o["name"] for o in progs[prog]["outputs"]]
+        inits[prog] = {i.name: {e.key: e.value for e in i.external_data} for i in model.graph.initializer}
+    # Both programs read the embedding from the same bytes of the one weights file.
+    assert inits["encode"]["embed.weight"] == inits["decode"]["embed.weight"]
+    assert inits["decode"]["embed.weight"]["location"] == "weights.data"
+    assert set(art.manifest["files"]) == {"encode.onnx", "decode.onnx", "weights.data", "tokenizer.json"}
+    assert {"onnx", "onnxruntime", "torch"} <= set(art.manifest["tool_versions"])
+
+
+def test_decode_graph_has_no_encoder_state_input(onnx_artifacts, checkpoints):
+    """Decode takes per-layer cross K/V (computed once in encode) and the cache, never hidden states."""
+    art = open_artifact(onnx_artifacts["v1.0"])
+    d_model = json.loads((checkpoints["v1.0"] / "config.json").read_text())["d_model"]
+    dec = onnx.load(str(art.file("decode.onnx")), load_external_data=False)
+    shapes = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in dec.graph.input}
+    assert (1, S, d_model) not in shapes.values()
+    layers = sum(n.startswith("cross_k_") for n in shapes)
+    cross = [f"cross_{kv}_{i}" for i in range(layers) for kv in "kv"]
+    cache = [f"cache_{kv}_{i}" for i in range(layers) for kv in "kv"]
+    assert list(shapes) == ["token", "position", "cross_bias", *cross, *cache]
+    assert [o.name for o in dec.graph.output] == ["logits", *(f"new_{c}" for c in cache)]
+    h, dh = shapes["cross_v_0"][1], shapes["cross_v_0"][3]
+    assert shapes["cache_k_0"] == (h, dh, T) and shapes["cache_v_0"] == (h, T, dh)
+    assert art.manifest["programs"]["decode"]["cache_mode"] == "io"
+
+
+@pytest.mark.parametrize("case", ["8da8w-v1.0", "8da8w-v1.1-untied", "static-v1.0"])
+def test_int8_runs_and_stays_close(onnx_quantized, onnx_artifacts, case):
+    variant = "v1.1-untied" if "untied" in case else "v1.0"
+    _, q = _session(onnx_quantized[case])
+    _, f = _session(onnx_artifacts[variant])
+    for length in (6, S):
+        ids = _ids(length, length)
+        a, b = np.stack(_generate(q, ids).logits), np.stack(_generate(f, ids).logits)
+        # Tiny random weights, every linear int8: close in scale, mostly the same argmax.
+        assert np.abs(a - b).max() < 0.1 * np.abs(b).max() + 0.05
+        assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.75
+    m = open_artifact(onnx_quantized[case]).manifest
+    fp32 = open_artifact(onnx_artifacts[variant]).manifest
+    assert m["sizes"]["model_bytes"] < 0.75 * fp32["sizes"]["model_bytes"]
+    quantized = m["onnx"]["decode"]["quantized_nodes"]
+    assert quantized["decoder"] > 0 and quantized["lm_head"] == 1
+
+
+def test_quantization_follows_components(onnx_quantized):
+    """{decoder: 8da8w} quantizes decoder linears only, including cross K/V projections that run in encode."""
+    m = open_artifact(onnx_quantized["decoder-only"]).manifest["onnx"]
+    layers = m["encode"]["quantized_nodes"]["decoder"] // 2
+    assert m["encode"]["quantized_nodes"] == {"decoder": 2 * layers}
+    assert set(m["decode"]["quantized_nodes"]) == {"decoder"}
+    assert "MatMulInteger" in m["decode"]["op_counts"]
+    assert m["encode"]["op_counts"].get("DequantizeLinear", 0) == 0  # the embedding gather stays fp32
+
+
+@pytest.mark.parametrize("quant, why", [
+    ("{encoder: fp16}", "it supports: 8da8w, none, static-int8"),
+    ("{encoder: 8da8w, decoder: static-int8}", "one quantization scheme per artifact"),
+])
+def test_check_rejects_what_it_cannot_honour(tmp_path, quant, why):
+    from toolchain.specs import load_recipe, load_target
+
+    recipe = load_recipe(str(_recipe(tmp_path / "r.yaml", "r", quant)))
+    with pytest.raises(InputError, match=why):
+        backends.get("onnx").check(recipe, load_target("onnx-cpu"))
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("demo-onnx")
+    int8 = _recipe(base / "int8.yaml", "int8", ALL_8DA8W, s=64, t=32, drop=0.01)
+    return {"fp32": _export(DEMO, "fp32", base / "fp32"), "int8": _export(DEMO, int8, base / "int8")}
+
+
+def test_demo_fp32_verifies(demo_onnx):
+    from toolchain.verify import verify
+
+    r = verify(open_artifact(demo_onnx["fp32"]), limit=40)
+    assert r.sequence_match == 1.0, r
+    assert r.max_abs_logit_diff < 1e-3, r
+    assert r.passed, r.failures
+
+
+def test_demo_int8_accuracy(demo_onnx):
+    from toolchain.verify import verify
+
+    art = open_artifact(demo_onnx["int8"])
+    r = verify(art, limit=100)
+    assert r.reference_accuracy - r.task_accuracy <= 0.01, r
+    fp32 = open_artifact(demo_onnx["fp32"])
+    assert art.manifest["sizes"]["model_bytes"] < 0.4 * fp32.manifest["sizes"]["model_bytes"]

@@ -1,0 +1,459 @@
+"""ONNX Runtime, CPU execution provider.
+
+Two ONNX files, ``encode.onnx`` and ``decode.onnx``, exported with
+``torch.onnx.export(dynamo=True)``, and one shared external weights file,
+``weights.data``. Why the shared file: the two graphs are separate models, and the
+embedding is used by both (the token gather in each; the tied lm_head in decode).
+Written naively, each file carries its own copy of the largest tensor of the model
+(66 MB of a t5-small's 240). ONNX external data names a file, an offset and a length
+per initializer, so both graphs can point at one deduplicated file: each distinct
+tensor is stored once. Small tensors (shape constants, norms) stay inline.
+
+ONNX Runtime has no mutable state between runs, so the self-attention cache is
+explicit (``CACHE_MODE = "io"``): decode takes ``cache_k_l [H, Dh, T]`` and
+``cache_v_l [H, T, Dh]`` after the cross K/V and returns ``new_cache_*`` after the
+logits. The Session keeps two sets of cache buffers per input and binds them with
+IO binding (inputs from one set, outputs into the other, alternating per step), so
+no cache is allocated or copied between steps; measured faster than a plain
+``run`` (see ``OnnxSession``).
+
+Quantization goes through ``onnxruntime.quantization`` on the fp32 graphs, node by
+node, so each recipe component is honoured separately (see ``_components``):
+``8da8w`` is ``quantize_dynamic`` (int8 per-channel weights, activations quantized
+per call), ``static-int8`` is ``quantize_static`` in QDQ format with activation
+ranges from the calibration set (decode ranges come from greedy runs of the fp32
+graphs on it). Only linear layers and the embedding are quantized: attention
+score/probability products, the position-bias tables (buffers with -1e9 masks) and
+the caches stay fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import Lowered
+
+ENCODE, DECODE, WEIGHTS = "encode.onnx", "decode.onnx", "weights.data"
+CACHE_MODE = "io"  # the self-attention cache is explicit decode inputs/outputs
+OPSET = 20
+PROVIDERS = {"cpu": "CPUExecutionProvider"}
+SUPPORTED_SCHEMES = {"none", "8da8w", "static-int8"}
+# Initializers at least this large go to the shared external file; smaller ones stay inline.
+_EXTERNAL_MIN_BYTES = 1024
+_ALIGN = 64
+# Calibration: decode steps kept for static ranges (a uniform sample of all greedy steps).
+_MAX_DECODE_CALIB = 256
+
+
+def available() -> tuple[bool, str]:
+    import importlib.util
+
+    missing = [p for p in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(p) is None]
+    return not missing, "" if not missing else f"python package(s) not installed: {', '.join(missing)}"
+
+
+def check(recipe, target) -> None:
+    from ..errors import InputError
+
+    if target.backend not in PROVIDERS:
+        raise InputError(f"target {target.name}: onnx backend {target.backend!r} is not available; "
+                         f"available: {', '.join(sorted(PROVIDERS))}")
+    for comp, scheme in recipe.quantization.items():
+        if scheme not in SUPPORTED_SCHEMES:
+            raise InputError(f"recipe {recipe.name}: {comp}={scheme} is not supported by {target.name}; "
+                             f"it supports: {', '.join(sorted(SUPPORTED_SCHEMES))}")
+    used = sorted({s for s in recipe.quantization.values() if s != "none"})
+    if len(used) > 1:
+        raise InputError(f"recipe {recipe.name}: mixes {' and '.join(used)}; {target.name} applies one "
+                         f"quantization scheme per artifact (other components may be 'none')")
+
+
+def preload() -> None:
+    """Import the runtime, so a probe's load time measures loading the model, not Python imports."""
+    import onnxruntime
+
+    onnxruntime.get_available_providers()
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("onnx", "onnxruntime", "onnxscript")}
+
+
+# -- export -------------------------------------------------------------------------
+
+
+def _export(module, args, input_names: list[str], output_names: list[str]):
+    """One program through the dynamo exporter (torch.export, then ONNX translation and
+    onnxscript's optimizer: constant folding turns each Linear weight into a transposed
+    initializer feeding a MatMul). Returns the ModelProto."""
+    import contextlib
+    import io
+
+    import torch
+
+    # The exporter narrates every stage on stdout; `edgeseq run` prints only the generated text.
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, optimize=True,
+                                    input_names=input_names, output_names=output_names, verbose=False)
+    model = program.model_proto
+    got_in = [i.name for i in model.graph.input]
+    got_out = [o.name for o in model.graph.output]
+    if got_in != input_names or got_out != output_names:
+        raise RuntimeError(f"ONNX export renamed the program's IO: {got_in} -> {got_out}")
+    return model
+
+
+def _meta(node) -> dict[str, str]:
+    return {p.key: p.value for p in node.metadata_props}
+
+
+def _components(model, program: str) -> dict[str, str]:
+    """Quantizable node name -> recipe component, for one program.
+
+    The exporter records, per ONNX node, the FX node it came from; its arguments name
+    the module parameters it reads (``%p_layers_0_q_weight``; buffers are ``%b_...``).
+    Only ``aten.linear`` / ``aten.embedding`` nodes reading a *parameter* are
+    candidates, so the position-bias tables (buffers) are never quantized. Then:
+      embedding gather                        -> embeddings
+      linear on the embedding (tied head)     -> lm_head; linear in ``lm_head``  -> lm_head
+      linear in ``cross_k.*``/``cross_v.*``   -> decoder (decoder-layer weights that run in encode)
+      any other linear                        -> the program's own stack (encoder / decoder)
+    """
+    out = {}
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm", "Gather"):
+            continue
+        fx = _meta(node).get("pkg.torch.onnx.fx_node", "")
+        target = re.search(r"target=torch\.ops\.aten\.(\w+)\.", fx)
+        params = re.findall(r"%p_(\w+)", fx)
+        if not target or not params:
+            continue
+        op, param = target.group(1), params[0]
+        if op == "embedding":
+            out[node.name] = "embeddings"
+        elif op != "linear":
+            continue
+        elif param.startswith(("embed_", "lm_head_")):
+            out[node.name] = "lm_head"
+        elif param.startswith(("cross_k_", "cross_v_")):
+            out[node.name] = "decoder"
+        else:
+            out[node.name] = "encoder" if program == "encode" else "decoder"
+    return out
+
+
+def _gemm_to_matmul(model, names: set[str]) -> None:
+    """Rewrite the named Gemm nodes as MatMul (+ Add for a bias), in place, keeping their names.
+
+    ORT's dynamic quantizer handles MatMul, not Gemm; the 2D lm_head (``[1, D] @ W^T``)
+    is exported as a Gemm. Its weight gets a transposed copy ``[D, V]`` (the original
+    may still feed the embedding gather: a tied head).
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.name not in names or node.op_type != "Gemm":
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 \
+                or node.input[1] not in inits:
+            raise RuntimeError(f"cannot rewrite Gemm {node.name} as MatMul: {attrs}")
+        w = numpy_helper.to_array(inits[node.input[1]])
+        w_name = f"{node.name}.weight"
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.ascontiguousarray(w.T if attrs.get("transB", 0) else w), w_name))
+        bias = node.input[2] if len(node.input) > 2 else ""
+        mm_out = f"{node.output[0]}.matmul" if bias else node.output[0]
+        mm = helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=node.name)
+        mm.metadata_props.extend(node.metadata_props)
+        nodes.append(mm)
+        if bias:
+            nodes.append(helper.make_node("Add", [mm_out, bias], [node.output[0]], name=f"{node.name}.bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+# -- quantization ---------------------------------------------------------------------
+
+
+class _Feeds:
+    """A CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - only called by some calibrators
+        raise NotImplementedError
+
+
+def _calibration_feeds(enc_model, dec_model, parts, calibration: list[list[int]], tmp: Path):
+    """Run the fp32 graphs greedily on the calibration inputs; return encode and decode feeds.
+
+    Decode's calibration inputs (cross K/V, caches at each position) only exist as
+    encode/decode outputs, so they are produced here, by the graphs being quantized.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from ..generate import pad
+
+    paths = {}
+    for name, m in (("encode", enc_model), ("decode", dec_model)):
+        paths[name] = tmp / f"calib-{name}.onnx"
+        onnx.save(m, paths[name])
+    enc = ort.InferenceSession(paths["encode"], providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(paths["decode"], providers=["CPUExecutionProvider"])
+    enc_feeds, dec_feeds = [], []
+    cross_names, cache_names = parts.encode_output_names(), parts.cache_names()
+    for ids in calibration:
+        input_ids, mask = pad(ids[: parts.max_input_len], parts.max_input_len, parts.pad_token_id)
+        feed = {"input_ids": input_ids, "attention_mask": mask}
+        enc_feeds.append(feed)
+        cross = dict(zip(cross_names, enc.run(None, feed)))
+        cache = {n: np.zeros(s, np.float32) for n, s in zip(cache_names, parts.cache_shapes())}
+        token = parts.decoder_start_token_id
+        for position in range(parts.max_output_len):
+            step = {"token": np.array([[token]], np.int64), "position": np.array([position], np.int64),
+                    **cross, **cache}
+            dec_feeds.append(step)
+            logits, *new_cache = dec.run(None, step)
+            cache = dict(zip(cache_names, new_cache))
+            token = int(np.argmax(logits[0]))
+            if token == parts.eos_token_id:
+                break
+    if len(dec_feeds) > _MAX_DECODE_CALIB:
+        keep = np.linspace(0, len(dec_feeds) - 1, _MAX_DECODE_CALIB).round().astype(int)
+        dec_feeds = [dec_feeds[i] for i in keep]
+    return {"encode": enc_feeds, "decode": dec_feeds}
+
+
+def _quantize(model, program: str, recipe, feeds: list[dict] | None, tmp: Path):
+    """Quantize one program's nodes per the recipe; returns (ModelProto, {component: nodes quantized})."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    comps = _components(model, program)
+    chosen = {n: c for n, c in comps.items() if recipe.quantization.get(c, "none") != "none"}
+    if not chosen:
+        return model, {}
+    scheme = recipe.quantization[next(iter(chosen.values()))]
+    src, dst = tmp / f"{program}-fp32.onnx", tmp / f"{program}-q.onnx"
+    # Dynamic int8 covers MatMul, not Gemm, and a tied head's weight is also the gather's
+    # table: give each chosen Gemm (the 2D lm_head) its own MatMul weight.
+    _gemm_to_matmul(model, {n.name for n in model.graph.node if n.op_type == "Gemm" and n.name in chosen})
+    onnx.save(model, src)
+    if scheme == "8da8w":
+        quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gather"], nodes_to_quantize=sorted(chosen),
+                         extra_options={"MatMulConstBOnly": True})
+    else:  # static-int8
+        # Symmetric int8 activations and weights (QDQ), per-channel linear weights; only the
+        # chosen linears/gathers get QDQ pairs, so softmax inputs and masks never see int8.
+        # The embedding table is per-tensor: its gathered row carries the table's scale, and
+        # a per-row scale cannot follow a dynamic row index.
+        tables = {n.input[0]: [{}] for n in model.graph.node if n.op_type == "Gather" and n.name in chosen}
+        quantize_static(src, dst, _Feeds(feeds or []), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["MatMul", "Gather"], nodes_to_quantize=sorted(chosen),
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "MatMulConstBOnly": True, "TensorQuantOverrides": tables})
+    counts = Counter(chosen.values())
+    return onnx.load(dst), {c: counts[c] for c in sorted(counts)}
+
+
+# -- files --------------------------------------------------------------------------
+
+
+def _write_shared(models: dict[str, Any], out_dir: Path) -> list[str]:
+    """Save each model with its large initializers in one deduplicated external file.
+
+    Initializers are keyed by content (dtype, shape, bytes): the embedding that both
+    programs read is written once and both graphs point at the same offset.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    seen: dict[bytes, tuple[int, int]] = {}
+    offset = 0
+    with (out_dir / WEIGHTS).open("wb") as f:
+        for name, model in models.items():
+            for init in model.graph.initializer:
+                if init.data_location == onnx.TensorProto.EXTERNAL:
+                    raise RuntimeError(f"{name}: initializer {init.name} is already external")
+                arr = numpy_helper.to_array(init)
+                if arr.nbytes < _EXTERNAL_MIN_BYTES:
+                    continue
+                raw = np.ascontiguousarray(arr).tobytes()
+                key = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode() + raw).digest()
+                if key not in seen:
+                    pad_to = -offset % _ALIGN
+                    f.write(b"\0" * pad_to)
+                    offset += pad_to
+                    f.write(raw)
+                    seen[key] = (offset, len(raw))
+                    offset += len(raw)
+                for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "raw_data"):
+                    init.ClearField(field)
+                del init.external_data[:]
+                for k, v in (("location", WEIGHTS), ("offset", seen[key][0]), ("length", seen[key][1])):
+                    entry = init.external_data.add()
+                    entry.key, entry.value = k, str(v)
+                init.data_location = onnx.TensorProto.EXTERNAL
+    for name, model in models.items():
+        for node in model.graph.node:  # the exporter's provenance: stack traces with source paths
+            del node.metadata_props[:]
+        onnx.save(model, out_dir / name)
+    return [*models, WEIGHTS]
+
+
+def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | None = None) -> Lowered:
+    import onnx
+
+    check(recipe, target)
+    if parts.cache_mode != CACHE_MODE:
+        raise ValueError(f"onnx needs parts built with cache_mode={CACHE_MODE!r}, got {parts.cache_mode!r}")
+    enc = _export(parts.encode, parts.encode_inputs(), parts.encode_input_names(), parts.encode_output_names())
+    dec = _export(parts.decode, parts.decode_inputs(), parts.decode_input_names(), parts.decode_output_names())
+    quantized: dict[str, dict[str, int]] = {}
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".quant-") as tmp:
+        tmp = Path(tmp)
+        feeds = {"encode": None, "decode": None}
+        if "static-int8" in recipe.quantization.values():
+            if not calibration:
+                from ..errors import InputError
+
+                raise InputError(f"recipe {recipe.name}: static-int8 needs calibration inputs; none were given")
+            feeds = _calibration_feeds(enc, dec, parts, calibration, tmp)
+        enc, quantized["encode"] = _quantize(enc, "encode", recipe, feeds["encode"], tmp)
+        dec, quantized["decode"] = _quantize(dec, "decode", recipe, feeds["decode"], tmp)
+    files = _write_shared({ENCODE: enc, DECODE: dec}, out_dir)
+    for name in (ENCODE, DECODE):
+        onnx.checker.check_model(str(out_dir / name), full_check=True)
+
+    sig = parts.describe()
+    report = {}
+    for prog, file, model in (("encode", ENCODE, enc), ("decode", DECODE, dec)):
+        opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
+        sig[prog].update(file=file, data_file=WEIGHTS, provider=PROVIDERS[target.backend],
+                         opset=opsets.get("ai.onnx"), opsets=opsets, ir_version=model.ir_version)
+        report[prog] = {"nodes": len(model.graph.node),
+                        "op_counts": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+                        "quantized_nodes": quantized[prog]}
+    sig["decode"]["kv_cache"] = ("explicit IO: inputs cache_k_l [H, Dh, T], cache_v_l [H, T, Dh] after the "
+                                 "cross K/V; outputs new_cache_* after the logits; zeros before position 0")
+    return Lowered(files=files, programs=sig, report={"onnx": report}, tool_versions=versions())
+
+
+# -- runtime ------------------------------------------------------------------------
+
+
+class _State:
+    """One input's decode state: cross K/V and two cache buffer sets bound alternately.
+
+    binding[0] reads cache set A and writes set B; binding[1] reads B and writes A.
+    Step n runs binding[n % 2], so each step reads what the previous one wrote and
+    no cache tensor is allocated or copied between steps.
+    """
+
+    def __init__(self, session, cross: list, cache_shapes: list, token, position, logits):
+        import onnxruntime as ort
+
+        sets = [[ort.OrtValue.ortvalue_from_numpy(np.zeros(s, np.float32)) for s in cache_shapes] for _ in range(2)]
+        self.cross = cross  # OrtValues, kept alive: the bindings point at them
+        self.caches = sets
+        self.bindings = []
+        for src, dst in ((0, 1), (1, 0)):
+            b = session.io_binding()
+            for name, v in zip(session.decode_inputs, [token, position, *cross, *sets[src]]):
+                b.bind_ortvalue_input(name, v)
+            for name, v in zip(session.decode_outputs, [logits, *sets[dst]]):
+                b.bind_ortvalue_output(name, v)
+            self.bindings.append(b)
+        self.steps = 0
+
+
+class OnnxSession:
+    """encode/decode over two ONNX Runtime InferenceSessions.
+
+    IO binding or plain ``run``, measured on the demo (2 threads, decode ms/token p50):
+    see the backend's report in the project notes; binding is the default because it
+    never copies or reallocates the cache, which grows with T and the layer count.
+    """
+
+    def __init__(self, artifact, threads: int | None = None, io_binding: bool = True):
+        import onnxruntime as ort
+
+        progs = artifact.manifest["programs"]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or artifact.target.threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [progs["decode"].get("provider", "CPUExecutionProvider")]
+        self._enc = ort.InferenceSession(str(artifact.file(progs["encode"]["file"])), opts, providers=providers)
+        self._dec = ort.InferenceSession(str(artifact.file(progs["decode"]["file"])), opts, providers=providers)
+        self.decode_inputs = [i.name for i in self._dec.get_inputs()]
+        self.decode_outputs = [o.name for o in self._dec.get_outputs()]
+        self._cache_shapes = [c["shape"] for c in progs["decode"]["cache"]]
+        vocab = progs["decode"]["outputs"][0]["shape"]
+        self._io = io_binding
+        if io_binding:
+            self._ort = ort
+            self._token = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1), np.int64))
+            self._position = ort.OrtValue.ortvalue_from_numpy(np.zeros((1,), np.int64))
+            self._logits = ort.OrtValue.ortvalue_from_numpy(np.zeros(vocab, np.float32))
+            self._token_np = np.zeros((1, 1), np.int64)
+            self._position_np = np.zeros((1,), np.int64)
+
+    def io_binding(self):
+        return self._dec.io_binding()
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray):
+        cross = self._enc.run(None, {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+                                     "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)})
+        if not self._io:
+            names = self.decode_inputs
+            cache = [np.zeros(s, np.float32) for s in self._cache_shapes]
+            return {"cross": dict(zip(names[2:2 + len(cross)], cross)), "cache": cache}
+        cross = [self._ort.OrtValue.ortvalue_from_numpy(c) for c in cross]
+        return _State(self, cross, self._cache_shapes, self._token, self._position, self._logits)
+
+    def decode(self, token: int, position: int, state) -> np.ndarray:
+        if not self._io:
+            names = self.decode_inputs
+            feeds = {"token": np.array([[token]], np.int64), "position": np.array([position], np.int64),
+                     **state["cross"], **dict(zip(names[-len(state["cache"]):], state["cache"]))}
+            logits, *state["cache"] = self._dec.run(None, feeds)
+            return logits.reshape(-1)
+        self._token_np[0, 0] = token
+        self._position_np[0] = position
+        self._token.update_inplace(self._token_np)
+        self._position.update_inplace(self._position_np)
+        binding = state.bindings[state.steps % 2]
+        self._dec.run_with_iobinding(binding)
+        state.steps += 1
+        return self._logits.numpy().reshape(-1).copy()
+
+
+def open(artifact, threads: int | None = None) -> OnnxSession:  # noqa: A001 (the interface's name)
+    return OnnxSession(artifact, threads)
