@@ -65,6 +65,13 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
         ins = ", ".join(f"{i['name']}{i['shape']}" for i in p["inputs"][:4])
         more = f" +{len(p['inputs']) - 4} more" if len(p["inputs"]) > 4 else ""
         lines.append(f"  program {name}: {p['file']}:{p['method']}({ins}{more})")
+    for comp, q in (m.get("quantization") or {}).items():
+        if q["tensors"]:
+            lines.append(f"  component {comp:<10} {q['scheme']:<12} {q['tensors']:>3} tensors  "
+                         f"{q['fp32_bytes'] / 1e6:8.3f} MB fp32 -> ~{q['estimated_bytes'] / 1e6:.3f} MB")
+    for name, p in m["programs"].items():
+        if p.get("quantization"):
+            lines.append(f"  program {name} weights: " + ", ".join(f"{k} {v}" for k, v in p["quantization"].items()))
     for name, d in (m.get("delegation") or {}).items():
         lines.append(f"  {name}: {d['delegated_fraction']:.1%} of compute nodes in {d['delegate']} "
                      f"({d['delegated_nodes']} delegated, {d['portable_nodes']} portable: {d['portable_ops']})")

@@ -124,7 +124,7 @@ def _convert(parts) -> bytes:
         model = (litert_torch.signature("encode", parts.encode, parts.encode_inputs())
                  .signature("decode", parts.decode, parts.decode_inputs())
                  .convert())
-    return bytes(model.model_content())
+        return bytes(model.model_content())
 
 
 def _root_scope(module) -> str:
@@ -211,7 +211,8 @@ def _op_summary(model_bytes: bytes, selectors) -> dict[str, Any]:
             stored = dtypes.get(w.type, str(w.type))
             # A fp16 weight reaches the op through a DEQUANTIZE: follow it back to its source.
             producer = next((p for p in sg.operators if op.inputs[1] in list(p.outputs)), None)
-            if producer is not None and names.get(model.operatorCodes[producer.opcodeIndex].builtinCode) == "DEQUANTIZE":
+            dequant = fb.BuiltinOperator.DEQUANTIZE
+            if producer is not None and model.operatorCodes[producer.opcodeIndex].builtinCode == dequant:
                 stored = dtypes.get(sg.tensors[producer.inputs[0]].type, stored)
             for comp, (regex, op_name) in selectors.items():
                 if op_name == name and re.search(regex, scope):
