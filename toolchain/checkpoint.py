@@ -59,6 +59,7 @@ class SourceModel:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
             model = AutoModelForSeq2SeqLM.from_pretrained(
                 self.path, local_files_only=True, use_safetensors=not self.allow_pickle,

@@ -96,8 +96,7 @@ def export(checkpoint: str, target_name: str, recipe_name: str, out: str, force:
 
     source = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
     recipe, target = load_recipe(recipe_name), load_target(target_name)
-    log = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
-    art = do_export(source, recipe, target, Path(out), force=force, log=log)
+    art = do_export(source, recipe, target, Path(out), force=force)
     m = art.manifest
     summary = {"artifact": str(art.path), "files": m["files"], "sizes": m["sizes"],
                "delegation": m.get("delegation"), "export_seconds": m["export_seconds"]}

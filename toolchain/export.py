@@ -43,8 +43,7 @@ def calibration_inputs(source: SourceModel, recipe: Recipe, limit: int = 32) -> 
     return out[:limit]
 
 
-def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False,
-           log=lambda msg: None):
+def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False):
     """Export one artifact, atomically. Returns the opened Artifact."""
     if Path(out).exists() and not force:  # fail before minutes of work, not after
         raise InputError(f"{out} already exists; pass --force to replace it")
@@ -54,8 +53,6 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
     model = source.load_model()
     params = sum(p.numel() for p in model.parameters())
     parts = build_parts(source, recipe, model, backend.CACHE_MODE)
-    log(f"split {source.name}: {parts.num_layers} decoder layers, encode S={recipe.max_input_len}, "
-        f"cache T={recipe.max_output_len}")
     with staging_dir(out, force) as tmp:
         calibration = calibration_inputs(source, recipe) if recipe.quantization else None
         lowered = backend.lower(parts, recipe, target, tmp, calibration=calibration)

@@ -45,6 +45,9 @@ def check(recipe, target) -> None:
     if target.backend != "xnnpack":
         raise InputError(f"target {target.name}: executorch backend {target.backend!r} is not available; "
                          f"available: xnnpack")
+    if "8da4w" in recipe.quantization.values() and recipe.group_size % 32:
+        raise InputError(f"recipe {recipe.name}: XNNPACK runs 8da4w only with group_size a multiple of 32, "
+                         f"got {recipe.group_size}")
     for comp, scheme in recipe.quantization.items():
         allowed = ["none", *(EMBEDDING_SCHEMES if comp == "embeddings" else LINEAR_SCHEMES)]
         if scheme not in allowed:
