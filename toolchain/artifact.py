@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .checkpoint import sha256_file
+from .hashing import sha256_file
 from .errors import InputError
 from .specs import Recipe, Target, recipe_from_dict, target_from_dict
 

@@ -7,7 +7,6 @@ Everything that can be wrong with the directory is an `InputError` naming the fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +14,9 @@ from typing import Any
 
 from . import arch
 from .errors import InputError
+from .hashing import sha256_file  # noqa: F401  (re-exported)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

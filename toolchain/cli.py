@@ -163,38 +163,84 @@ def run(artifact: str, text: str, max_new_tokens: int | None, min_new_tokens: in
 
 @main.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--device", default="local", show_default=True, help="Where to run: local (ssh:// and macOS come later).")
+@click.option("--device", default="local", show_default=True,
+              help="local, or ssh://[user@]host[:port] (copies the artifact once by content hash).")
 @click.option("--runs", type=int, default=10, show_default=True, help="Measured generations.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Unmeasured generations first.")
 @click.option("--input-len", type=int, help="Input tokens (default: the recipe's max_input_len).")
 @click.option("--output-len", type=int, help="Forced output tokens (default: the recipe's max_output_len).")
 @click.option("--threads", type=int, help="Runtime threads (default: the target's).")
+@click.option("--python", "python", help="Python on the device (default: this one locally, python3 over ssh).")
+@click.option("--ssh-key", type=click.Path(), help="ssh identity file.")
+@click.option("--ssh-config", type=click.Path(), help="ssh config file (ssh -F).")
 @click.option("--json", "as_json", is_flag=True, help="Print the probe report as JSON.")
 def probe(artifact: str, device: str, runs: int, warmup: int, input_len: int | None, output_len: int | None,
-          threads: int | None, as_json: bool) -> None:
+          threads: int | None, python: str | None, ssh_key: str | None, ssh_config: str | None,
+          as_json: bool) -> None:
     """Measure load time, time to first token, per-token decode, tokens/s, memory, size.
 
-    Runs in a fresh process through the same Session as `run` and `verify`.
+    Runs in a fresh process on the device, through the same Session as `run` and `verify`.
 
-    Example: edgeseq probe build/a --runs 20 --json
+    \b
+    Examples:
+      edgeseq probe build/a --runs 20 --json > a.json
+      edgeseq probe build/a --device ssh://pi@10.0.0.7 --python /opt/venv/bin/python
     """
     from .artifact import open_artifact
-    from .probe.local import run_local
+    from .probe.devices import parse_device, run_probe
+    from .report import probe_line
 
-    if device != "local":
-        raise InputError(f"--device {device!r}: only 'local' is implemented in this version")
     if runs < 1 or warmup < 0:
         raise InputError("--runs must be >= 1 and --warmup >= 0")
-    open_artifact(artifact)  # refuse a modified artifact before spawning anything
-    r = run_local(artifact, runs, warmup, input_len, output_len, threads)
-    d = r["decode_ms_per_token"] or {"p50": float("nan"), "p90": float("nan")}
-    text = (f"probe {r['checkpoint']} {r['target']}/{r['recipe']} on {r['device']} "
-            f"({r['environment']['cpu']}, {r['environment']['threads']} threads), "
-            f"{r['input_len']} in / {r['output_len']} out, {r['runs']} runs\n"
-            f"  load {r['load_ms']:.1f} ms  TTFT p50 {r['ttft_ms']['p50']:.2f} ms (p90 {r['ttft_ms']['p90']:.2f})  "
-            f"decode p50 {d['p50']:.3f} ms/token (p90 {d['p90']:.3f})  {r['tokens_per_s']:.1f} tokens/s  "
-            f"peak RSS {r['peak_rss_mb']:.0f} MB  artifact {r['artifact_bytes'] / 1e6:.2f} MB")
-    _emit(r, as_json, text)
+    art = open_artifact(artifact)  # refuse a modified artifact before spawning anything
+    transport = parse_device(device, python, ssh_key, ssh_config)
+    options = ["--runs", str(runs), "--warmup", str(warmup), "--device-label", transport.name, "--progress"]
+    for flag, value in (("--input-len", input_len), ("--output-len", output_len), ("--threads", threads)):
+        if value is not None:
+            options += [flag, str(value)]
+    bar = None
+    if not as_json and sys.stderr.isatty():
+        bar = click.progressbar(length=runs + warmup, label=f"probe on {transport.name}", file=sys.stderr)
+
+    def progress(i, n):
+        if bar is not None:
+            bar.update(i - bar.pos)
+
+    r = run_probe(transport, art.path, art.manifest, options, progress)
+    if bar is not None:
+        bar.render_finish()
+    _emit(r, as_json, probe_line(r))
+
+
+@main.command()
+@click.argument("probes", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "out", type=click.Path(), help="Write the Markdown report here.")
+@click.option("--plot", "plot_path", type=click.Path(), help="Write a bar chart (PNG) of TTFT and decode latency.")
+@click.option("--baseline", type=click.Path(), help="Probe JSON to gate against (default: the first PROBE).")
+@click.option("--fail-if-slower", "pct", type=float, help="Exit 1 if any probe's TTFT or decode p50 is more than PCT % slower than the baseline.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports and gate result as JSON.")
+def report(probes: tuple[str, ...], out: str | None, plot_path: str | None, baseline: str | None,
+           pct: float | None, as_json: bool) -> None:
+    """Side-by-side table of probe reports, ratios to the first, optional plot and CI gate.
+
+    Example: edgeseq report base.json new.json -o report.md --plot report.png --fail-if-slower 10
+    """
+    from . import report as rep
+
+    reports = [rep.load_probe(p) for p in probes]
+    base = rep.load_probe(baseline) if baseline else reports[0]
+    failures = rep.gate(reports, base, pct) if pct is not None else []
+    md = (f"# Probe report\n\n{rep.table(reports)}\n\nRatios are to the first column.\n\n"
+          f"{rep.environment_note(reports)}\n")
+    if pct is not None:
+        md += f"\nGate (+{pct:g}% vs {rep.label(base)}): " + ("; ".join(failures) or "pass") + "\n"
+    if out:
+        Path(out).write_text(md)
+    if plot_path:
+        rep.plot(reports, Path(plot_path))
+    _emit({"probes": reports, "gate_failures": failures}, as_json, rep.table(reports, markdown=False))
+    if failures:
+        raise CheckFailed("; ".join(failures))
 
 
 @main.command()

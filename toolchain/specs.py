@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import InputError
 
 SPEC_FORMAT_VERSION = 1
@@ -136,6 +134,8 @@ def _validate_recipe(r: Recipe, where: str) -> Recipe:
 
 
 def _load_yaml(path: Path) -> Any:
+    import yaml  # lazily: the remote probe runner reads specs from manifests, not YAML
+
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

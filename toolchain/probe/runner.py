@@ -35,13 +35,17 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: int | None,
-          threads: int | None) -> dict:
+          threads: int | None, device: str = "local", progress=None) -> dict:
     from .. import backends
     from ..artifact import open_artifact
+    from ..errors import InputError
     from ..generate import greedy
 
     artifact = open_artifact(path)
     recipe, target, spec = artifact.recipe, artifact.target, artifact.manifest["tokens"]
+    ok, why = backends.get(target.runtime).available()
+    if not ok:
+        raise InputError(f"cannot run a {target.runtime} artifact with {sys.executable}: {why}")
     threads = threads or target.threads
     s = min(input_len or recipe.max_input_len, recipe.max_input_len)
     t = min(output_len or recipe.max_output_len, recipe.max_output_len)
@@ -64,11 +68,12 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
             ttft.append(g.encode_s + g.step_s[0])
             per_token.extend(g.step_s[1:])
             total.append(g.encode_s + sum(g.step_s))
+        if progress:
+            progress(i + 1, warmup + runs)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    from importlib.metadata import version
     return {
         "artifact": os.path.abspath(path),
-        "device": "local", "runtime": f"{target.runtime}/{target.backend}",
+        "device": device, "runtime": f"{target.runtime}/{target.backend}",
         "checkpoint": artifact.manifest["checkpoint"]["name"], "recipe": recipe.name, "target": target.name,
         "runs": runs, "warmup": warmup, "input_len": s, "encoder_len": recipe.max_input_len, "output_len": t,
         "load_ms": round(load_s * 1000, 3),
@@ -81,7 +86,7 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
             "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads,
             "platform": platform.platform(), "python": platform.python_version(),
             "versions": artifact.manifest.get("tool_versions", {}),
-            "runtime_version": version(target.runtime) if target.runtime in ("executorch",) else None,
+            "runtime_versions": backend.versions(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     }
@@ -95,10 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input-len", type=int)
     ap.add_argument("--output-len", type=int)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--device-label", default="local")
+    ap.add_argument("--progress", action="store_true", help="emit {progress, total} JSON lines")
     a = ap.parse_args(argv)
     from ..errors import InputError
+
+    def progress(i, n):
+        print(json.dumps({"progress": i, "total": n}), flush=True)
+
     try:
-        report = probe(a.artifact, a.runs, a.warmup, a.input_len, a.output_len, a.threads)
+        report = probe(a.artifact, a.runs, a.warmup, a.input_len, a.output_len, a.threads, a.device_label,
+                       progress if a.progress else None)
     except InputError as e:
         print(json.dumps({"error": str(e)}))
         return 2
