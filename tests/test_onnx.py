@@ -40,7 +40,8 @@ def _export(ckpt, recipe, out):
     return export(load_checkpoint(ckpt), load_recipe(str(recipe)), load_target("onnx-cpu"), out).path
 
 
-ALL_8DA8W = "{encoder: 8da8w, decoder: 8da8w, embeddings: 8da8w, lm_head: 8da8w}"
+# Like recipes/int8.yaml: 8da8w linears, int8-row embeddings.
+ALL_8DA8W = "{encoder: 8da8w, decoder: 8da8w, embeddings: int8-weight, lm_head: 8da8w}"
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +58,7 @@ def onnx_quantized(checkpoints, tmp_path_factory) -> dict[str, Path]:
         "8da8w-v1.0": ("v1.0", ALL_8DA8W),
         "8da8w-v1.1-untied": ("v1.1-untied", ALL_8DA8W),
         "decoder-only": ("v1.0", "{decoder: 8da8w}"),
-        "static-v1.0": ("v1.0", "{encoder: static-int8, decoder: static-int8, lm_head: static-int8}"),
+        "static-v1.0": ("v1.0", "{encoder: static-int8, decoder: static-int8, embeddings: int8-weight, lm_head: static-int8}"),
     }
     return {name: _export(checkpoints[v], _recipe(base / f"{name}.yaml", name, q), base / name)
             for name, (v, q) in cases.items()}
@@ -162,9 +163,13 @@ def test_int8_runs_and_stays_close(onnx_quantized, onnx_artifacts, case):
     _, f = _session(onnx_artifacts[variant])
     for length in (6, S):
         ids = _ids(length, length)
-        a, b = np.stack(_generate(q, ids).logits), np.stack(_generate(f, ids).logits)
+        ref = _generate(f, ids)
+        # Teacher-forced on the fp32 tokens, so one early argmax flip cannot snowball.
+        fed = [0, *ref.tokens][:T]
+        state = q.encode(*_pad(ids))
+        a, b = np.stack([q.decode(tok, pos, state) for pos, tok in enumerate(fed)]), np.stack(ref.logits)
         # Tiny random weights, every linear int8: close in scale, mostly the same argmax.
-        assert np.abs(a - b).max() < 0.1 * np.abs(b).max() + 0.05
+        assert np.abs(a - b).max() < 0.05 * np.abs(b).max() + 0.1
         assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.75
     m = open_artifact(onnx_quantized[case]).manifest
     fp32 = open_artifact(onnx_artifacts[variant]).manifest
@@ -174,18 +179,32 @@ def test_int8_runs_and_stays_close(onnx_quantized, onnx_artifacts, case):
 
 
 def test_quantization_follows_components(onnx_quantized):
-    """{decoder: 8da8w} quantizes decoder linears only, including cross K/V projections that run in encode."""
+    """{decoder: 8da8w} quantizes the decode program's linears only: not the encoder (nor the cross
+    K/V projections, which run in encode), not the lm_head, not the embedding."""
     m = open_artifact(onnx_quantized["decoder-only"]).manifest["onnx"]
-    layers = m["encode"]["quantized_nodes"]["decoder"] // 2
-    assert m["encode"]["quantized_nodes"] == {"decoder": 2 * layers}
+    assert m["encode"]["quantized_nodes"] == {}
+    assert "MatMulInteger" not in m["encode"]["op_counts"]
     assert set(m["decode"]["quantized_nodes"]) == {"decoder"}
-    assert "MatMulInteger" in m["decode"]["op_counts"]
-    assert m["encode"]["op_counts"].get("DequantizeLinear", 0) == 0  # the embedding gather stays fp32
+    assert m["decode"]["op_counts"]["MatMulInteger"] == m["decode"]["quantized_nodes"]["decoder"]
+    assert m["decode"]["op_counts"]["Gather"] == 1  # the embedding gather stays fp32
+
+
+def test_int8_embedding_rows_stored_once(onnx_quantized):
+    art = open_artifact(onnx_quantized["8da8w-v1.0"])
+    refs = {}
+    for prog in ("encode", "decode"):
+        model = onnx.load(str(art.file(f"{prog}.onnx")), load_external_data=False)
+        inits = {i.name: i for i in model.graph.initializer}
+        assert "embed.weight.int8" in inits and inits["embed.weight.int8"].data_type == onnx.TensorProto.INT8
+        refs[prog] = {e.key: e.value for e in inits["embed.weight.int8"].external_data}
+        assert art.manifest["onnx"][prog]["quantized_nodes"]["embeddings"] == 1
+    assert refs["encode"] == refs["decode"]
 
 
 @pytest.mark.parametrize("quant, why", [
-    ("{encoder: fp16}", "it supports: 8da8w, none, static-int8"),
-    ("{encoder: 8da8w, decoder: static-int8}", "one quantization scheme per artifact"),
+    ("{encoder: fp16}", "it supports for encoder: none, 8da8w, static-int8"),
+    ("{embeddings: 8da8w}", "it supports for embeddings: none, int8-weight"),
+    ("{encoder: 8da8w, decoder: static-int8}", "one linear scheme per artifact"),
 ])
 def test_check_rejects_what_it_cannot_honour(tmp_path, quant, why):
     from toolchain.specs import load_recipe, load_target
@@ -205,7 +224,7 @@ def demo_onnx(tmp_path_factory) -> dict[str, Path]:
 def test_demo_fp32_verifies(demo_onnx):
     from toolchain.verify import verify
 
-    r = verify(open_artifact(demo_onnx["fp32"]), limit=40)
+    r = verify(open_artifact(demo_onnx["fp32"]), limit=25)
     assert r.sequence_match == 1.0, r
     assert r.max_abs_logit_diff < 1e-3, r
     assert r.passed, r.failures

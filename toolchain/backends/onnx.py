@@ -17,12 +17,14 @@ IO binding (inputs from one set, outputs into the other, alternating per step), 
 no cache is allocated or copied between steps; measured faster than a plain
 ``run`` (see ``OnnxSession``).
 
-Quantization goes through ``onnxruntime.quantization`` on the fp32 graphs, node by
-node, so each recipe component is honoured separately (see ``_components``):
-``8da8w`` is ``quantize_dynamic`` (int8 per-channel weights, activations quantized
-per call), ``static-int8`` is ``quantize_static`` in QDQ format with activation
-ranges from the calibration set (decode ranges come from greedy runs of the fp32
-graphs on it). Only linear layers and the embedding are quantized: attention
+Quantization works on the fp32 graphs node by node, so each recipe component is
+honoured separately (see ``_components``). Linears (encoder, decoder, lm_head) go
+through ``onnxruntime.quantization``: ``8da8w`` is ``quantize_dynamic`` (int8
+per-channel weights, activations quantized per call), ``static-int8`` is
+``quantize_static`` in QDQ format with activation ranges from the calibration set
+(decode ranges come from greedy runs of the fp32 graphs on it); one of the two per
+artifact. The embedding takes ``int8-weight``: int8 rows with a per-row scale
+(``_quantize_embeddings``). Only linear layers and the embedding are quantized: attention
 score/probability products, the position-bias tables (buffers with -1e9 masks) and
 the caches stay fp32.
 """
@@ -44,7 +46,9 @@ ENCODE, DECODE, WEIGHTS = "encode.onnx", "decode.onnx", "weights.data"
 CACHE_MODE = "io"  # the self-attention cache is explicit decode inputs/outputs
 OPSET = 20
 PROVIDERS = {"cpu": "CPUExecutionProvider"}
-SUPPORTED_SCHEMES = {"none", "8da8w", "static-int8"}
+# Per component: linears (encoder, decoder, lm_head) and the token embedding.
+LINEAR_SCHEMES = ("none", "8da8w", "static-int8")
+EMBEDDING_SCHEMES = ("none", "int8-weight")
 # Initializers at least this large go to the shared external file; smaller ones stay inline.
 _EXTERNAL_MIN_BYTES = 1024
 _ALIGN = 64
@@ -66,13 +70,14 @@ def check(recipe, target) -> None:
         raise InputError(f"target {target.name}: onnx backend {target.backend!r} is not available; "
                          f"available: {', '.join(sorted(PROVIDERS))}")
     for comp, scheme in recipe.quantization.items():
-        if scheme not in SUPPORTED_SCHEMES:
+        allowed = EMBEDDING_SCHEMES if comp == "embeddings" else LINEAR_SCHEMES
+        if scheme not in allowed:
             raise InputError(f"recipe {recipe.name}: {comp}={scheme} is not supported by {target.name}; "
-                             f"it supports: {', '.join(sorted(SUPPORTED_SCHEMES))}")
-    used = sorted({s for s in recipe.quantization.values() if s != "none"})
+                             f"it supports for {comp}: {', '.join(allowed)}")
+    used = sorted({s for c, s in recipe.quantization.items() if c != "embeddings" and s != "none"})
     if len(used) > 1:
-        raise InputError(f"recipe {recipe.name}: mixes {' and '.join(used)}; {target.name} applies one "
-                         f"quantization scheme per artifact (other components may be 'none')")
+        raise InputError(f"recipe {recipe.name}: mixes {' and '.join(used)} on linears; {target.name} applies "
+                         f"one linear scheme per artifact (other components may be 'none')")
 
 
 def preload() -> None:
@@ -125,8 +130,10 @@ def _components(model, program: str) -> dict[str, str]:
     candidates, so the position-bias tables (buffers) are never quantized. Then:
       embedding gather                        -> embeddings
       linear on the embedding (tied head)     -> lm_head; linear in ``lm_head``  -> lm_head
-      linear in ``cross_k.*``/``cross_v.*``   -> decoder (decoder-layer weights that run in encode)
-      any other linear                        -> the program's own stack (encoder / decoder)
+      any other linear                        -> encoder in encode (the decoder layers' cross
+                                                 K/V projections included: they run once per
+                                                 input, there), decoder in decode
+    (the same components as toolchain/quantize.py gives the ExecuTorch target).
     """
     out = {}
     for node in model.graph.node:
@@ -144,8 +151,6 @@ def _components(model, program: str) -> dict[str, str]:
             continue
         elif param.startswith(("embed_", "lm_head_")):
             out[node.name] = "lm_head"
-        elif param.startswith(("cross_k_", "cross_v_")):
-            out[node.name] = "decoder"
         else:
             out[node.name] = "encoder" if program == "encode" else "decoder"
     return out
@@ -183,10 +188,7 @@ def _gemm_to_matmul(model, names: set[str]) -> None:
             nodes.append(helper.make_node("Add", [mm_out, bias], [node.output[0]], name=f"{node.name}.bias"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    _drop_unused_initializers(model)
 
 
 # -- quantization ---------------------------------------------------------------------
@@ -246,6 +248,53 @@ def _calibration_feeds(enc_model, dec_model, parts, calibration: list[list[int]]
     return {"encode": enc_feeds, "decode": dec_feeds}
 
 
+def _quantize_embeddings(model, names: set[str]) -> int:
+    """Int8 rows for the named embedding gathers, in place; returns how many were rewritten.
+
+    Gather(table float[V, D], ids) becomes Cast(Gather(table_int8 int8[V, D], ids)) *
+    Gather(scale float[V, 1], ids): symmetric, one scale per row (a token's vector),
+    and the table stays int8 in memory (a DequantizeLinear in front of the Gather would
+    be constant-folded back to fp32 when the session loads). The int8 table and scales
+    get the same names and bytes in both programs, so the shared weights file holds
+    them once.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, done = [], 0
+    for node in model.graph.node:
+        if node.name not in names or node.op_type != "Gather" or node.input[0] not in inits:
+            nodes.append(node)
+            continue
+        table = node.input[0]
+        if f"{table}.int8" not in inits:
+            w = numpy_helper.to_array(inits[table]).astype(np.float32)
+            scale = np.abs(w).max(axis=1, keepdims=True) / 127.0
+            scale[scale == 0] = 1.0
+            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            for arr, name in ((q, f"{table}.int8"), (scale.astype(np.float32), f"{table}.scale")):
+                inits[name] = numpy_helper.from_array(arr, name)
+                model.graph.initializer.append(inits[name])
+        out, base = node.output[0], node.name
+        nodes += [helper.make_node("Gather", [f"{table}.int8", node.input[1]], [f"{out}.q"], name=base, axis=0),
+                  helper.make_node("Cast", [f"{out}.q"], [f"{out}.f"], name=f"{base}.cast", to=TensorProto.FLOAT),
+                  helper.make_node("Gather", [f"{table}.scale", node.input[1]], [f"{out}.s"], name=f"{base}.scale",
+                                   axis=0),
+                  helper.make_node("Mul", [f"{out}.f", f"{out}.s"], [out], name=f"{base}.mul")]
+        done += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _drop_unused_initializers(model)
+    return done
+
+
+def _drop_unused_initializers(model) -> None:
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
 def _quantize(model, program: str, recipe, feeds: list[dict] | None, tmp: Path):
     """Quantize one program's nodes per the recipe; returns (ModelProto, {component: nodes quantized})."""
     import onnx
@@ -253,32 +302,31 @@ def _quantize(model, program: str, recipe, feeds: list[dict] | None, tmp: Path):
 
     comps = _components(model, program)
     chosen = {n: c for n, c in comps.items() if recipe.quantization.get(c, "none") != "none"}
-    if not chosen:
-        return model, {}
-    scheme = recipe.quantization[next(iter(chosen.values()))]
-    src, dst = tmp / f"{program}-fp32.onnx", tmp / f"{program}-q.onnx"
-    # Dynamic int8 covers MatMul, not Gemm, and a tied head's weight is also the gather's
-    # table: give each chosen Gemm (the 2D lm_head) its own MatMul weight.
-    _gemm_to_matmul(model, {n.name for n in model.graph.node if n.op_type == "Gemm" and n.name in chosen})
-    onnx.save(model, src)
-    if scheme == "8da8w":
-        quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gather"], nodes_to_quantize=sorted(chosen),
-                         extra_options={"MatMulConstBOnly": True})
-    else:  # static-int8
-        # Symmetric int8 activations and weights (QDQ), per-channel linear weights; only the
-        # chosen linears/gathers get QDQ pairs, so softmax inputs and masks never see int8.
-        # The embedding table is per-tensor: its gathered row carries the table's scale, and
-        # a per-row scale cannot follow a dynamic row index.
-        tables = {n.input[0]: [{}] for n in model.graph.node if n.op_type == "Gather" and n.name in chosen}
-        quantize_static(src, dst, _Feeds(feeds or []), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["MatMul", "Gather"], nodes_to_quantize=sorted(chosen),
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "MatMulConstBOnly": True, "TensorQuantOverrides": tables})
     counts = Counter(chosen.values())
-    return onnx.load(dst), {c: counts[c] for c in sorted(counts)}
+    # Embeddings first (our own rewrite), so the linear quantizers never see the gathers.
+    _quantize_embeddings(model, {n for n, c in chosen.items() if c == "embeddings"})
+    linears = sorted(n for n, c in chosen.items() if c != "embeddings")
+    if linears:
+        scheme = recipe.quantization[chosen[linears[0]]]
+        src, dst = tmp / f"{program}-fp32.onnx", tmp / f"{program}-q.onnx"
+        # Dynamic int8 covers MatMul, not Gemm, and a tied head's weight is also the gather's
+        # table: give each chosen Gemm (the 2D lm_head) its own MatMul weight.
+        _gemm_to_matmul(model, {n.name for n in model.graph.node if n.op_type == "Gemm" and n.name in chosen})
+        onnx.save(model, src)
+        if scheme == "8da8w":
+            quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                             nodes_to_quantize=linears, extra_options={"MatMulConstBOnly": True})
+        else:  # static-int8
+            # Symmetric int8 activations and weights (QDQ), per-channel weights; only the chosen
+            # linears get QDQ pairs, so softmax inputs and masks never see int8.
+            quantize_static(src, dst, _Feeds(feeds or []), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["MatMul"], nodes_to_quantize=linears,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "MatMulConstBOnly": True})
+        model = onnx.load(dst)
+    return model, {c: counts[c] for c in sorted(counts)}
 
 
 # -- files --------------------------------------------------------------------------
@@ -370,34 +418,43 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | N
 class _State:
     """One input's decode state: cross K/V and two cache buffer sets bound alternately.
 
-    binding[0] reads cache set A and writes set B; binding[1] reads B and writes A.
-    Step n runs binding[n % 2], so each step reads what the previous one wrote and
-    no cache tensor is allocated or copied between steps.
+    bindings[0] reads cache set A and writes set B; bindings[1] reads B and writes A.
+    Step n runs bindings[n % 2], so each step reads what the previous one wrote and no
+    cache tensor is allocated or copied between steps. token, position and logits are
+    the session's own OrtValues, rewritten in place at every step.
     """
 
-    def __init__(self, session, cross: list, cache_shapes: list, token, position, logits):
+    def __init__(self, dec, cross: list, cache_shapes: list, token, position, logits):
         import onnxruntime as ort
 
-        sets = [[ort.OrtValue.ortvalue_from_numpy(np.zeros(s, np.float32)) for s in cache_shapes] for _ in range(2)]
-        self.cross = cross  # OrtValues, kept alive: the bindings point at them
-        self.caches = sets
+        # On CPU an OrtValue made from a numpy array shares its memory: the arrays are kept
+        # here, alive for as long as the bindings that point at them.
+        self.arrays = [*cross, *(np.zeros(s, np.float32) for _ in range(2) for s in cache_shapes)]
+        cross = [ort.OrtValue.ortvalue_from_numpy(c) for c in cross]
+        n = len(cache_shapes)
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.arrays[len(cross):]]
+        self.caches = [values[:n], values[n:]]
+        in_names = [i.name for i in dec.get_inputs()]
+        out_names = [o.name for o in dec.get_outputs()]
         self.bindings = []
         for src, dst in ((0, 1), (1, 0)):
-            b = session.io_binding()
-            for name, v in zip(session.decode_inputs, [token, position, *cross, *sets[src]]):
+            b = dec.io_binding()
+            for name, v in zip(in_names, [token, position, *cross, *self.caches[src]]):
                 b.bind_ortvalue_input(name, v)
-            for name, v in zip(session.decode_outputs, [logits, *sets[dst]]):
+            for name, v in zip(out_names, [logits, *self.caches[dst]]):
                 b.bind_ortvalue_output(name, v)
             self.bindings.append(b)
         self.steps = 0
 
 
 class OnnxSession:
-    """encode/decode over two ONNX Runtime InferenceSessions.
+    """encode/decode over two ONNX Runtime InferenceSessions (CPU EP, `threads` intra-op threads).
 
-    IO binding or plain ``run``, measured on the demo (2 threads, decode ms/token p50):
-    see the backend's report in the project notes; binding is the default because it
-    never copies or reallocates the cache, which grows with T and the layer count.
+    With ``io_binding`` (the default) decode runs on pre-bound buffers (see ``_State``);
+    without it, every step feeds numpy arrays to ``run`` and gets new cache arrays back.
+    Measured (2 threads, decode p50 per token, same process, interleaved): demo 0.128 vs
+    0.146 ms (binding ~12% faster: at this size the per-step overhead is the cost);
+    t5-small-sized 23.4 vs 23.7 ms fp32, 12.0 vs 12.0 ms 8da8w (weights dominate).
     """
 
     def __init__(self, artifact, threads: int | None = None, io_binding: bool = True):
@@ -412,47 +469,37 @@ class OnnxSession:
         providers = [progs["decode"].get("provider", "CPUExecutionProvider")]
         self._enc = ort.InferenceSession(str(artifact.file(progs["encode"]["file"])), opts, providers=providers)
         self._dec = ort.InferenceSession(str(artifact.file(progs["decode"]["file"])), opts, providers=providers)
-        self.decode_inputs = [i.name for i in self._dec.get_inputs()]
-        self.decode_outputs = [o.name for o in self._dec.get_outputs()]
-        self._cache_shapes = [c["shape"] for c in progs["decode"]["cache"]]
-        vocab = progs["decode"]["outputs"][0]["shape"]
         self._io = io_binding
-        if io_binding:
-            self._ort = ort
-            self._token = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1), np.int64))
-            self._position = ort.OrtValue.ortvalue_from_numpy(np.zeros((1,), np.int64))
-            self._logits = ort.OrtValue.ortvalue_from_numpy(np.zeros(vocab, np.float32))
-            self._token_np = np.zeros((1, 1), np.int64)
-            self._position_np = np.zeros((1,), np.int64)
-
-    def io_binding(self):
-        return self._dec.io_binding()
+        names = [i.name for i in self._dec.get_inputs()]
+        self._cache_shapes = [c["shape"] for c in progs["decode"]["cache"]]
+        self._cross_names = names[2:len(names) - len(self._cache_shapes)]
+        self._cache_names = names[len(names) - len(self._cache_shapes):]
+        # token, position and logits: numpy arrays and OrtValues over the same memory, so
+        # writing the array is writing the bound input, and the output lands in the array.
+        self._token_np, self._position_np = np.zeros((1, 1), np.int64), np.zeros((1,), np.int64)
+        self._logits_np = np.zeros(progs["decode"]["outputs"][0]["shape"], np.float32)
+        self._token, self._position, self._logits = (ort.OrtValue.ortvalue_from_numpy(a) for a in
+                                                     (self._token_np, self._position_np, self._logits_np))
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray):
         cross = self._enc.run(None, {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                                      "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)})
         if not self._io:
-            names = self.decode_inputs
-            cache = [np.zeros(s, np.float32) for s in self._cache_shapes]
-            return {"cross": dict(zip(names[2:2 + len(cross)], cross)), "cache": cache}
-        cross = [self._ort.OrtValue.ortvalue_from_numpy(c) for c in cross]
-        return _State(self, cross, self._cache_shapes, self._token, self._position, self._logits)
+            return {"cross": dict(zip(self._cross_names, cross)),
+                    "cache": [np.zeros(s, np.float32) for s in self._cache_shapes]}
+        return _State(self._dec, cross, self._cache_shapes, self._token, self._position, self._logits)
 
     def decode(self, token: int, position: int, state) -> np.ndarray:
-        if not self._io:
-            names = self.decode_inputs
-            feeds = {"token": np.array([[token]], np.int64), "position": np.array([position], np.int64),
-                     **state["cross"], **dict(zip(names[-len(state["cache"]):], state["cache"]))}
-            logits, *state["cache"] = self._dec.run(None, feeds)
-            return logits.reshape(-1)
         self._token_np[0, 0] = token
         self._position_np[0] = position
-        self._token.update_inplace(self._token_np)
-        self._position.update_inplace(self._position_np)
-        binding = state.bindings[state.steps % 2]
-        self._dec.run_with_iobinding(binding)
+        if not self._io:
+            feeds = {"token": self._token_np, "position": self._position_np, **state["cross"],
+                     **dict(zip(self._cache_names, state["cache"]))}
+            logits, *state["cache"] = self._dec.run(None, feeds)
+            return logits.reshape(-1)
+        self._dec.run_with_iobinding(state.bindings[state.steps % 2])
         state.steps += 1
-        return self._logits.numpy().reshape(-1).copy()
+        return self._logits_np.reshape(-1).copy()  # the buffer is overwritten by the next step
 
 
 def open(artifact, threads: int | None = None) -> OnnxSession:  # noqa: A001 (the interface's name)
