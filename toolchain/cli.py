@@ -244,6 +244,36 @@ def report(probes: tuple[str, ...], out: str | None, plot_path: str | None, base
 
 
 @main.command()
+@click.argument("matrix", type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Output directory (artifacts, build.json, build.md).")
+@click.option("--cache-dir", type=click.Path(), help="Content-addressed cell cache (default: ~/.cache/edgeseq/build).")
+@click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Cells built in parallel (processes).")
+@click.option("--baseline", type=click.Path(), help="A previous build.json to gate latency against.")
+@click.option("--max-slowdown-pct", type=float, help="Override the matrix's latency threshold (percent vs baseline).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def build(matrix: str, out: str, cache_dir: str | None, jobs: int, baseline: str | None,
+          max_slowdown_pct: float | None, as_json: bool) -> None:
+    """Build every checkpoint x recipe x target cell: export, verify, probe; cached by content.
+
+    Exits 1 if any cell fails or regresses past its threshold.
+
+    Example: edgeseq build examples/ci/matrix.yaml -o out --cache-dir .edgeseq-cache --baseline base.json
+    """
+    from .build import build as do_build, markdown
+
+    def progress(row):
+        if not as_json:
+            click.echo(f"  {row['checkpoint']} {row['target']}/{row['recipe']}: {row['status']}"
+                       f"{' (cache hit)' if row['cache_hit'] else ''} {row.get('error', '')}".rstrip(), err=True)
+
+    s = do_build(matrix, out, cache_dir, jobs, baseline, max_slowdown_pct, progress)
+    _emit(s, as_json, markdown(s))
+    if not s["ok"]:
+        bad = [f"{r['checkpoint']} {r['target']}/{r['recipe']}" for r in s["cells"] if r["verdict"] != "pass"]
+        raise CheckFailed(f"{len(bad)} cell(s) failed or regressed: {', '.join(bad)}")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def recipes(as_json: bool) -> None:
     """List the shipped recipes, one line each.

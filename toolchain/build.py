@@ -1,0 +1,280 @@
+"""`edgeseq build`: checkpoints x recipes x targets, each cell export -> verify -> probe,
+with a content-addressed cache, a lock per cache entry, a summary and gates.
+
+Cell cache key = sha256 over: the checkpoint's file hashes, the serialized recipe and
+target, and the versions of edgeseq, torch, transformers and the runtime packages. An
+entry is `<cache>/<key>/` holding `artifact/` and `cell.json` (verify + probe results);
+it is reused only after its artifact's file hashes check out, else it is rebuilt. A
+`<key>.lock` file (flock) serializes builders of the same cell across processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as _dt
+import fcntl
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+MATRIX_KEYS = {"format_version", "checkpoints", "recipes", "targets", "exclude", "thresholds",
+               "verify_limit", "probe_runs"}
+THRESHOLD_KEYS = {"max_accuracy_drop", "max_slowdown_pct"}
+RUNTIME_PACKAGES = {"executorch": ["executorch", "torchao"], "onnx": ["onnx", "onnxruntime"],
+                    "litert": ["ai-edge-litert", "litert-torch", "ai-edge-quantizer"], "coreml": ["coremltools"]}
+
+
+@dataclass
+class Matrix:
+    checkpoints: list[Path]
+    recipes: list[str]
+    targets: list[str]
+    exclude: list[dict[str, str]]
+    thresholds: dict[str, float]
+    verify_limit: int | None
+    probe_runs: int
+
+
+def _list(data: dict, key: str, where: str) -> list[str]:
+    v = data.get(key)
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+        raise InputError(f"{where}: matrix key {key!r} must be a non-empty list of strings")
+    return v
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    import yaml
+
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise InputError(f"{p}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{p}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: a matrix must be a YAML mapping")
+    unknown = sorted(set(data) - MATRIX_KEYS)
+    if unknown:
+        raise InputError(f"{p}: unknown matrix key {unknown[0]!r}; allowed: {', '.join(sorted(MATRIX_KEYS))}")
+    base = p.resolve().parent
+
+    def rel(s: str) -> str:  # recipe/target names stay names; files resolve next to the matrix
+        return str(base / s) if s.endswith((".yaml", ".yml")) else s
+
+    cks = [base / c for c in _list(data, "checkpoints", str(p))]
+    for c in cks:
+        if not c.is_dir():
+            raise InputError(f"{p}: checkpoint not found: {c}")
+    exclude = data.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(e, dict) and set(e) <= {"checkpoint", "recipe", "target"}
+                                                for e in exclude):
+        raise InputError(f"{p}: 'exclude' must be a list of {{checkpoint, recipe, target}} patterns")
+    th = data.get("thresholds") or {}
+    if not isinstance(th, dict) or set(th) - THRESHOLD_KEYS or not all(isinstance(v, (int, float)) for v in th.values()):
+        raise InputError(f"{p}: 'thresholds' takes numbers for: {', '.join(sorted(THRESHOLD_KEYS))}")
+    limit, runs = data.get("verify_limit"), data.get("probe_runs", 5)
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise InputError(f"{p}: 'verify_limit' must be a positive integer")
+    if not isinstance(runs, int) or runs < 1:
+        raise InputError(f"{p}: 'probe_runs' must be a positive integer")
+    return Matrix(cks, [rel(r) for r in _list(data, "recipes", str(p))], [rel(t) for t in _list(data, "targets", str(p))],
+                  exclude, {k: float(v) for k, v in th.items()}, limit, runs)
+
+
+def _versions(runtime: str) -> dict[str, str]:
+    out = {}
+    for dist in ["edgeseq", "torch", "transformers", *RUNTIME_PACKAGES.get(runtime, [])]:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+def cell_key(ck_hashes: dict[str, str], recipe, target) -> str:
+    blob = json.dumps({"checkpoint": ck_hashes, "recipe": recipe.to_dict(), "target": target.to_dict(),
+                       "versions": _versions(target.runtime)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@contextmanager
+def locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _cached(entry: Path) -> dict | None:
+    """The entry's results if its artifact is intact, else None (corrupt entries are rebuilt)."""
+    from .artifact import open_artifact
+
+    cell = entry / "cell.json"
+    if not cell.is_file():
+        return None
+    try:
+        open_artifact(entry / "artifact")
+        return json.loads(cell.read_text())
+    except (InputError, json.JSONDecodeError):
+        return None
+
+
+def _produce(ck: Path, recipe, target, entry: Path, verify_limit: int | None, probe_runs: int) -> dict:
+    from .checkpoint import load_checkpoint
+    from .export import export
+    from .probe.devices import LocalTransport, run_probe
+    from .verify import verify
+
+    tmp = entry.with_name(entry.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    art = export(load_checkpoint(ck), recipe, target, tmp / "artifact")
+    rep = verify(art, limit=verify_limit).to_dict()
+    art.update("verify", rep)
+    probe = run_probe(LocalTransport(), art.path, art.manifest,
+                      ["--runs", str(probe_runs), "--warmup", "1", "--device-label", "local"])
+    results = {"verify": rep, "probe": probe, "model_bytes": art.model_bytes,
+               "export_seconds": art.manifest["export_seconds"]}
+    (tmp / "cell.json").write_text(json.dumps(results, indent=1))
+    shutil.rmtree(entry, ignore_errors=True)
+    os.replace(tmp, entry)
+    return results
+
+
+def run_cell(ck: str, recipe_name: str, target_name: str, out: str, cache: str,
+             verify_limit: int | None, probe_runs: int) -> dict[str, Any]:
+    """One cell, end to end. Never raises: failures become the cell's status and one-line error."""
+    from .checkpoint import load_checkpoint
+    from .specs import load_recipe, load_target
+
+    t0 = time.time()
+    row: dict[str, Any] = {"checkpoint": Path(ck).name, "recipe": Path(recipe_name).stem,
+                           "target": Path(target_name).stem, "status": "failed", "cache_hit": False}
+    try:
+        recipe, target = load_recipe(recipe_name), load_target(target_name)
+        row.update(recipe=recipe.name, target=target.name)
+        key = cell_key(load_checkpoint(ck).file_hashes(), recipe, target)
+        entry = Path(cache) / key
+        with locked(Path(cache) / f"{key}.lock"):
+            results = _cached(entry)
+            row["cache_hit"] = results is not None
+            if results is None:
+                results = _produce(Path(ck), recipe, target, entry, verify_limit, probe_runs)
+            dest = Path(out) / row["checkpoint"] / target.name / recipe.name
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(entry / "artifact", dest)
+        v, p = results["verify"], results["probe"]
+        row.update(status="ok", key=key[:16], artifact=str(dest), model_bytes=results["model_bytes"],
+                   sequence_match=v["sequence_match"], task_accuracy=v["task_accuracy"],
+                   reference_accuracy=v["reference_accuracy"], verify_passed=v["passed"],
+                   ttft_ms=p["ttft_ms"]["p50"], decode_ms_per_token=(p["decode_ms_per_token"] or {}).get("p50"))
+    except Exception as e:  # one failing cell must not stop the others
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        row["error"] = first if isinstance(e, InputError) else f"{type(e).__name__}: {first}"
+    row["seconds"] = round(time.time() - t0, 2)
+    return row
+
+
+def _excluded(m: Matrix, ck: Path, recipe: str, target: str) -> bool:
+    names = {"checkpoint": ck.name, "recipe": Path(recipe).stem, "target": Path(target).stem}
+    return any(all(fnmatch.fnmatch(names[k], pat) for k, pat in e.items()) for e in m.exclude)
+
+
+def verdicts(rows: list[dict], thresholds: dict[str, float], baseline: dict | None) -> None:
+    """Annotate rows with a verdict against the thresholds and, if given, a baseline build.json."""
+    base = {(b["checkpoint"], b["recipe"], b["target"]): b for b in (baseline or {}).get("cells", [])}
+    for r in rows:
+        problems = []
+        if r["status"] == "ok":
+            if not r["verify_passed"]:
+                problems.append("verify failed")
+            drop = thresholds.get("max_accuracy_drop")
+            if drop is not None and r["task_accuracy"] is not None and \
+                    r["reference_accuracy"] - r["task_accuracy"] > drop + 1e-12:
+                problems.append(f"accuracy drop {r['reference_accuracy'] - r['task_accuracy']:.4f} > {drop:g}")
+            b = base.get((r["checkpoint"], r["recipe"], r["target"]))
+            slow = thresholds.get("max_slowdown_pct")
+            if b and slow is not None and b.get("decode_ms_per_token") and r["decode_ms_per_token"]:
+                pct = 100 * (r["decode_ms_per_token"] / b["decode_ms_per_token"] - 1)
+                r["slowdown_pct"] = round(pct, 1)
+                if pct > slow:
+                    problems.append(f"decode {pct:+.0f}% vs baseline (allowed {slow:+g}%)")
+        r["verdict"] = "fail" if r["status"] != "ok" or problems else "pass"
+        if problems:
+            r["problems"] = problems
+
+
+def build(matrix_path: str, out: str, cache_dir: str | None, jobs: int, baseline_path: str | None,
+          max_slowdown_pct: float | None = None, progress=None) -> dict[str, Any]:
+    m = load_matrix(matrix_path)
+    baseline = None
+    if baseline_path:
+        try:
+            baseline = json.loads(Path(baseline_path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"{baseline_path}: cannot read baseline build.json: {e}") from None
+    thresholds = dict(m.thresholds)
+    if max_slowdown_pct is not None:
+        thresholds["max_slowdown_pct"] = max_slowdown_pct
+    cache = Path(cache_dir or Path.home() / ".cache" / "edgeseq" / "build").resolve()
+    outp = Path(out).resolve()
+    outp.mkdir(parents=True, exist_ok=True)
+    cells = [(str(ck), r, t) for ck in m.checkpoints for r in m.recipes for t in m.targets
+             if not _excluded(m, ck, r, t)]
+    t0 = time.time()
+    args = [(ck, r, t, str(outp), str(cache), m.verify_limit, m.probe_runs) for ck, r, t in cells]
+    rows: list[dict] = []
+    if jobs > 1:
+        import multiprocessing
+
+        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for row in pool.map(run_cell, *zip(*args)):
+                rows.append(row)
+                if progress:
+                    progress(row)
+    else:
+        for a in args:
+            rows.append(run_cell(*a))
+            if progress:
+                progress(rows[-1])
+    verdicts(rows, thresholds, baseline)
+    summary = {"matrix": str(Path(matrix_path).resolve()), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(
+        timespec="seconds"), "seconds": round(time.time() - t0, 2), "cache_dir": str(cache),
+        "thresholds": thresholds, "cells": rows, "ok": all(r["verdict"] == "pass" for r in rows)}
+    (outp / "build.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (outp / "build.md").write_text(markdown(summary))
+    return summary
+
+
+def markdown(s: dict[str, Any]) -> str:
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = [f"# edgeseq build ({s['date']}, {s['seconds']} s)", "",
+             "| checkpoint | target | recipe | status | cache | MB | accuracy (eager) | TTFT ms | ms/token | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in s["cells"]:
+        acc = (f"{f(r.get('task_accuracy'), '.4f')} ({f(r.get('reference_accuracy'), '.4f')})"
+               if r["status"] == "ok" else "-")
+        mb = f(r["model_bytes"] / 1e6, ".2f") if r.get("model_bytes") else "-"
+        verdict = r["verdict"] + (": " + "; ".join(r.get("problems", [])) if r.get("problems") else "")
+        if r.get("error"):
+            verdict += f": {r['error']}"
+        lines.append(f"| {r['checkpoint']} | {r['target']} | {r['recipe']} | {r['status']} | "
+                     f"{'hit' if r['cache_hit'] else 'built'} | {mb} | {acc} | {f(r.get('ttft_ms'), '.2f')} | "
+                     f"{f(r.get('decode_ms_per_token'), '.3f')} | {verdict} |")
+    return "\n".join(lines) + "\n"
