@@ -125,10 +125,26 @@ def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: 
 
     Example: edgeseq verify build/a --json
     """
+    from . import backends
     from .artifact import open_artifact
     from .verify import verify as do_verify
 
     art = open_artifact(artifact)
+    backend = backends.for_target(art.target)
+    ok, why = backends.can_execute(backend)
+    if not ok:  # e.g. Core ML on Linux: check what can be checked, say what was not run
+        if not hasattr(backend, "verify_structure"):
+            raise InputError(f"{artifact}: cannot execute here: {why}")
+        rep = backend.verify_structure(art)
+        rep["why_not_executed"] = why
+        art.update("verify", rep)
+        text = (f"verify {artifact} ({rep['runtime']}): STRUCTURE ONLY, numerics not run ({why})\n"
+                f"  checked: {', '.join(rep['checked'])}\n"
+                f"  {'PASS (structure only)' if rep['passed'] else 'FAIL: ' + '; '.join(rep['failures'])}")
+        _emit(rep, as_json, text)
+        if not rep["passed"]:
+            raise CheckFailed("; ".join(rep["failures"]))
+        return
     report = do_verify(art, checkpoint=checkpoint, eval_file=eval_file, limit=limit, allow_pickle=allow_pickle)
     art.update("verify", report.to_dict())
     r = report

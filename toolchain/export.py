@@ -47,7 +47,7 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
     """Export one artifact, atomically. Returns the opened Artifact."""
     if Path(out).exists() and not force:  # fail before minutes of work, not after
         raise InputError(f"{out} already exists; pass --force to replace it")
-    backend = backends.get(target.runtime)
+    backend = backends.for_target(target)
     backend.check(recipe, target)  # a recipe the target cannot honour fails here, before any work
     t0 = time.time()
     model = source.load_model()

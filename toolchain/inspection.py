@@ -33,7 +33,7 @@ def _targets_fit() -> list[dict[str, Any]]:
     out = []
     for name in available(TARGET_DIR):
         t = load_target(name)
-        ok, why = backends.get(t.runtime).available()
+        ok, why = backends.for_target(t).available()
         out.append({"target": t.name, "runtime": t.runtime, "available": ok, "why": why})
     return out
 
@@ -76,9 +76,13 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
         lines.append(f"  {name}: {d['delegated_fraction']:.1%} of compute nodes in {d['delegate']} "
                      f"({d['delegated_nodes']} delegated, {d['portable_nodes']} portable: {d['portable_ops']})")
     v = m.get("verify")
-    lines.append("  verify: " + ("never run" if not v else
-                                 f"sequence_match {v['sequence_match']:.4f}, max_abs_logit_diff "
-                                 f"{v['max_abs_logit_diff']:.3g}, {'PASS' if v['passed'] else 'FAIL'}"))
+    if not v:
+        lines.append("  verify: never run")
+    elif "numerics" in v:
+        lines.append(f"  verify: structure only ({v['numerics']}), {'PASS' if v['passed'] else 'FAIL'}")
+    else:
+        lines.append(f"  verify: sequence_match {v['sequence_match']:.4f}, max_abs_logit_diff "
+                     f"{v['max_abs_logit_diff']:.3g}, {'PASS' if v['passed'] else 'FAIL'}")
     return m, "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ def generate_text(path: str, text: str, max_new_tokens: int | None = None, min_n
     tok = Tokenizer.from_file(str(art.file(spec["tokenizer"])))
     ids = tokenize(tok, text, recipe.max_input_len, truncate=truncate)
     check_new_tokens(max_new_tokens, recipe.max_output_len)
-    session = backends.get(target.runtime).open(art, threads=threads or target.threads)
+    session = backends.for_target(target).open(art, threads=threads or target.threads)
     gen = greedy(session, ids, max_input_len=recipe.max_input_len, max_output_len=recipe.max_output_len,
                  start_id=spec["decoder_start_token_id"], eos_id=spec["eos_token_id"], pad_id=spec["pad_token_id"],
                  max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)

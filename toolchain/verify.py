@@ -87,7 +87,7 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
     recipe, target = artifact.recipe, artifact.target
     tok = source.load_tokenizer()
     model = source.load_model()
-    session = backends.get(target.runtime).open(artifact, threads=target.threads)
+    session = backends.for_target(target).open(artifact, threads=target.threads)
     spec = m["tokens"]
     rows, src = eval_examples(eval_file, source.path, limit)
 

@@ -46,7 +46,9 @@ class Lowered:
     tool_versions: dict[str, str] = field(default_factory=dict)
 
 
-# runtime name -> module path. Explicit, so a typo or duplicate fails loudly.
+# "runtime" or "runtime-backend" -> module path. Explicit, so a typo or duplicate fails
+# loudly. A runtime whose delegates need different code registers "runtime-backend"
+# (ExecuTorch + Core ML delegate); for_target() prefers it over the plain runtime.
 _RUNTIMES: dict[str, str] = {}
 
 
@@ -59,10 +61,24 @@ def register(runtime: str, module: str) -> None:
 register("executorch", "toolchain.backends.executorch")
 register("onnx", "toolchain.backends.onnx")
 register("litert", "toolchain.backends.litert")
+register("coreml", "toolchain.backends.coreml")
+register("executorch-coreml", "toolchain.backends.executorch_coreml")
 
 
 def runtimes() -> list[str]:
     return sorted(_RUNTIMES)
+
+
+def for_target(target):
+    """The backend module for a Target: "runtime-backend" if registered, else "runtime"."""
+    specific = f"{target.runtime}-{target.backend}"
+    return get(specific if specific in _RUNTIMES else target.runtime)
+
+
+def can_execute(module) -> tuple[bool, str]:
+    """Whether this machine can *run* the backend's artifacts (Core ML needs macOS)."""
+    fn = getattr(module, "can_execute", None)
+    return fn() if fn else (True, "")
 
 
 def get(runtime: str):

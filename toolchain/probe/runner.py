@@ -43,7 +43,10 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
 
     artifact = open_artifact(path)
     recipe, target, spec = artifact.recipe, artifact.target, artifact.manifest["tokens"]
-    ok, why = backends.get(target.runtime).available()
+    backend = backends.for_target(target)
+    ok, why = backend.available()
+    if ok:
+        ok, why = backends.can_execute(backend)
     if not ok:
         raise InputError(f"cannot run a {target.runtime} artifact with {sys.executable}: {why}")
     threads = threads or target.threads
@@ -54,7 +57,6 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
     rng = np.random.default_rng(0)
     ids = [int(x) for x in rng.choice(vocab, size=s - 1)] + [spec["eos_token_id"]]
 
-    backend = backends.get(target.runtime)
     backend.preload()
     t0 = time.perf_counter()
     session = backend.open(artifact, threads=threads)
