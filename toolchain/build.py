@@ -53,15 +53,10 @@ def _list(data: dict, key: str, where: str) -> list[str]:
 
 
 def load_matrix(path: str | Path) -> Matrix:
-    import yaml
+    from .specs import load_yaml
 
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise InputError(f"{p}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise InputError(f"{p}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+    data = load_yaml(p)
     if not isinstance(data, dict):
         raise InputError(f"{p}: a matrix must be a YAML mapping")
     unknown = sorted(set(data) - MATRIX_KEYS)

@@ -133,7 +133,7 @@ def _validate_recipe(r: Recipe, where: str) -> Recipe:
     return r
 
 
-def _load_yaml(path: Path) -> Any:
+def load_yaml(path: Path) -> Any:
     import yaml  # lazily: the remote probe runner reads specs from manifests, not YAML
 
     try:
@@ -164,12 +164,12 @@ def available(directory: Path) -> list[str]:
 
 def load_recipe(name_or_path: str) -> Recipe:
     path = _resolve(name_or_path, RECIPE_DIR, "recipe")
-    return _validate_recipe(_build(Recipe, _load_yaml(path), str(path), "recipe"), str(path))
+    return _validate_recipe(_build(Recipe, load_yaml(path), str(path), "recipe"), str(path))
 
 
 def load_target(name_or_path: str) -> Target:
     path = _resolve(name_or_path, TARGET_DIR, "target")
-    t = _build(Target, _load_yaml(path), str(path), "target")
+    t = _build(Target, load_yaml(path), str(path), "target")
     if t.threads < 1:
         raise InputError(f"{path}: target key 'threads' must be >= 1, got {t.threads}")
     return t

@@ -46,6 +46,16 @@ class Lowered:
     tool_versions: dict[str, str] = field(default_factory=dict)
 
 
+def check_schemes(recipe, target, supported: dict[str, str]) -> None:
+    """One-line InputError for the first recipe scheme the target cannot honour.
+    `supported` maps scheme name -> what the target does with it."""
+    for comp, scheme in recipe.quantization.items():
+        if scheme not in supported:
+            can = ", ".join(f"{s} ({what})" for s, what in supported.items())
+            raise InputError(f"recipe {recipe.name}: {comp}={scheme} is not supported by {target.name}; "
+                             f"it supports: {can}")
+
+
 # "runtime" or "runtime-backend" -> module path. Explicit, so a typo or duplicate fails
 # loudly. A runtime whose delegates need different code registers "runtime-backend"
 # (ExecuTorch + Core ML delegate); for_target() prefers it over the plain runtime.

@@ -113,12 +113,9 @@ def check(recipe, target) -> None:
     if target.backend not in BACKENDS:
         raise InputError(f"target {target.name}: coreml backend {target.backend!r} is not available; "
                          f"available: {', '.join(BACKENDS)}")
-    ok = _supported(target)
-    for comp, scheme in recipe.quantization.items():
-        if scheme not in ok:
-            can = ", ".join(f"{s} ({SCHEMES[s]})" for s in ok)
-            raise InputError(f"recipe {recipe.name}: {comp}={scheme} is not supported by {target.name}; "
-                             f"it supports: {can}")
+    from . import check_schemes
+
+    check_schemes(recipe, target, {s: SCHEMES[s] for s in _supported(target)})
 
 
 def preload() -> None:

@@ -171,8 +171,9 @@ class ExecuTorchSession:
         if threads and portable_lib._threadpool_get_thread_count() != int(threads):
             portable_lib._unsafe_reset_threadpool(int(threads))
         progs = artifact.manifest["programs"]
+        data = progs["encode"].get("data_file")  # None when all weights live in the .pte (Core ML delegate)
         program = Runtime.get().load_program(artifact.file(progs["encode"]["file"]),
-                                             data_path=artifact.file(progs["encode"]["data_file"]))
+                                             data_path=artifact.file(data) if data else None)
         self._encode = program.load_method(progs["encode"]["method"])
         self._decode = program.load_method(progs["decode"]["method"])
         self._token = torch.zeros(1, 1, dtype=torch.long)
@@ -186,7 +187,7 @@ class ExecuTorchSession:
     def decode(self, token: int, position: int, state: list) -> np.ndarray:
         self._token[0, 0] = token
         self._pos[0] = position
-        return self._decode.execute([self._token, self._pos, *state])[0].reshape(-1).numpy()
+        return self._decode.execute([self._token, self._pos, *state])[0].reshape(-1).float().numpy()
 
 
 def open(artifact, threads: int | None = None) -> ExecuTorchSession:  # noqa: A001 (the interface's name)

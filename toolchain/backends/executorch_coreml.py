@@ -26,7 +26,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from . import Lowered
 
@@ -182,34 +181,12 @@ def verify_structure(artifact) -> dict[str, Any]:
             "delegates": blobs, "passed": not failures, "failures": failures}
 
 
-class ExecuTorchCoreMLSession:
-    def __init__(self, artifact, threads: int | None = None):
-        import torch
-        from executorch.runtime import Runtime
+def open(artifact, threads: int | None = None):  # noqa: A001 (the interface's name)
+    """The ExecuTorch session (same program layout, no .ptd), where the runtime has CoreMLBackend."""
+    from ..errors import InputError
+    from .executorch import ExecuTorchSession
 
-        from ..errors import InputError
-
-        ok, why = can_execute()
-        if not ok:
-            raise InputError(why)
-        self._torch = torch
-        progs = artifact.manifest["programs"]
-        program = Runtime.get().load_program(artifact.file(progs["encode"]["file"]))
-        self._encode = program.load_method(progs["encode"]["method"])
-        self._decode = program.load_method(progs["decode"]["method"])
-        self._token = torch.zeros(1, 1, dtype=torch.long)
-        self._pos = torch.zeros(1, dtype=torch.long)
-
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list:
-        t = self._torch
-        return list(self._encode.execute([t.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
-                                          t.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))]))
-
-    def decode(self, token: int, position: int, state: list) -> np.ndarray:
-        self._token[0, 0] = token
-        self._pos[0] = position
-        return self._decode.execute([self._token, self._pos, *state])[0].reshape(-1).float().numpy()
-
-
-def open(artifact, threads: int | None = None) -> ExecuTorchCoreMLSession:  # noqa: A001 (the interface's name)
-    return ExecuTorchCoreMLSession(artifact, threads)
+    ok, why = can_execute()
+    if not ok:
+        raise InputError(why)
+    return ExecuTorchSession(artifact, threads)

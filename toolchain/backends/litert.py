@@ -74,11 +74,9 @@ def check(recipe, target) -> None:
     if target.backend != "xnnpack":
         raise InputError(f"target {target.name}: litert backend {target.backend!r} is not available; "
                          f"available: xnnpack")
-    for comp, scheme in recipe.quantization.items():
-        if scheme not in SCHEMES:
-            can = ", ".join(f"{s} ({SCHEMES[s]})" for s in SCHEMES)
-            raise InputError(f"recipe {recipe.name}: {comp}={scheme} is not supported by {target.name}; "
-                             f"it supports: {can}")
+    from . import check_schemes
+
+    check_schemes(recipe, target, SCHEMES)
 
 
 def preload() -> None:
