@@ -1,6 +1,7 @@
-"""fp32 vs int8 vs int4 (and mixed) executorch-xnnpack artifacts, side by side in one process.
+"""edgeseq targets x recipes side by side in one process: executorch-xnnpack fp32/int8/int4/mixed,
+litert-cpu and onnx-cpu fp32/int8 (cells a target rejects are listed as such).
 
-    .venv/bin/python benchmarks/quantization.py [--runs 10] [--models demo,t5-small] [--out benchmarks/RESULTS.md]
+    .venv/bin/python benchmarks/targets.py [--runs 10] [--models demo,t5-small] [--out benchmarks/RESULTS.md]
 
 Models: the bundled demo checkpoint, and a t5-small-sized T5 with random weights
 (d_model 512, d_ff 2048, 8 heads, 6+6 layers, vocab 32128) written once under build/bench/.
@@ -28,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RECIPES = ["fp32", "int8", "int4", "mixed"]
-MARK_BEGIN, MARK_END = "<!-- quantization:begin -->", "<!-- quantization:end -->"
+TARGETS = ["executorch-xnnpack", "litert-cpu", "onnx-cpu"]
+MARK_BEGIN, MARK_END = "<!-- targets:begin -->", "<!-- targets:end -->"
 
 
 def t5_small_random(path: Path) -> Path:
@@ -50,15 +52,23 @@ def t5_small_random(path: Path) -> Path:
     return path
 
 
-def build(ckpt: Path, recipe: str, out: Path) -> float:
+def build(ckpt: Path, recipe: str, target: str, out: Path) -> float | None:
+    """Export (or reuse) one artifact; None if the target rejects the recipe."""
+    from toolchain import backends
     from toolchain.artifact import open_artifact
     from toolchain.checkpoint import load_checkpoint
+    from toolchain.errors import InputError
     from toolchain.export import export
     from toolchain.specs import load_recipe, load_target
 
     if (out / "manifest.json").is_file():
         return open_artifact(out).manifest["export_seconds"]
-    art = export(load_checkpoint(ckpt), load_recipe(recipe), load_target("executorch-xnnpack"), out)
+    r, t = load_recipe(recipe), load_target(target)
+    try:
+        backends.for_target(t).check(r, t)
+    except InputError:
+        return None
+    art = export(load_checkpoint(ckpt), r, t, out)
     return art.manifest["export_seconds"]
 
 
@@ -74,7 +84,7 @@ def measure(paths: dict[str, Path], runs: int, warmup: int) -> dict[str, dict]:
         r = art.recipe
         rng = np.random.default_rng(0)
         ids = [int(x) for x in rng.integers(3, spec["vocab_size"], size=r.max_input_len - 1)] + [spec["eos_token_id"]]
-        sessions[key] = (art, backends.get("executorch").open(art, threads=2))
+        sessions[key] = (art, backends.for_target(art.target).open(art, threads=2))
         inputs[key] = ids
     ttft = {k: [] for k in paths}
     step = {k: [] for k in paths}
@@ -111,6 +121,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
     ap.add_argument("--models", default="demo,t5-small", help="comma list of: demo, t5-small")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma list of recipes")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="comma list of targets")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench", help="artifact/checkpoint cache dir")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md", help="Markdown file to update")
     a = ap.parse_args()
@@ -122,31 +133,44 @@ def main() -> None:
     models = {"demo": ROOT / "demo" / "date-t5", "t5-small": a.work / "t5-small-random"}
     chosen = [m.strip() for m in a.models.split(",") if m.strip()]
     recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
-    paths, export_s = {}, {}
+    targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    paths, export_s, rejected = {}, {}, []
     for m in chosen:
         ckpt = t5_small_random(models[m]) if m == "t5-small" else models[m]
-        for r in recipes:
-            key = f"{m}/{r}"
-            t = time.time()
-            export_s[key] = build(ckpt, r, a.work / m / r)
-            print(f"built {key} (export {export_s[key]:.0f} s, this call {time.time() - t:.0f} s)", file=sys.stderr)
-            paths[key] = a.work / m / r
+        for tg in targets:
+            for r in recipes:
+                key = f"{m}/{tg}/{r}"
+                out = a.work / m / (r if tg == "executorch-xnnpack" else f"{tg}-{r}")
+                t = time.time()
+                secs = build(ckpt, r, tg, out)
+                if secs is None:
+                    rejected.append(f"{tg}/{r}")
+                    continue
+                export_s[key] = secs
+                print(f"built {key} (export {secs:.0f} s, this call {time.time() - t:.0f} s)", file=sys.stderr)
+                paths[key] = out
     res = measure(paths, a.runs, a.warmup)
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [MARK_BEGIN, "## Quantization: executorch-xnnpack, fp32 vs int8 vs int4 vs mixed", "",
+    lines = [MARK_BEGIN, "## edgeseq targets x recipes (ratios to executorch-xnnpack fp32 of the same model)", "",
              f"{date}; {cpu_model()}, {os.cpu_count()} cores, 2 runtime threads; "
-             f"`benchmarks/quantization.py --runs {a.runs}` (all artifacts in one process, interleaved "
+             f"`benchmarks/targets.py --runs {a.runs}` (all artifacts in one process, interleaved "
              f"rounds); input 64 tokens, output 32 forced; medians (p90).", "",
-             "| model | recipe | TTFT ms | decode ms/token | model MB | TTFT vs fp32 | decode vs fp32 | size vs fp32 | export s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | target | recipe | TTFT ms | decode ms/token | model MB | TTFT ratio | decode ratio | size ratio | export s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for m in chosen:
-        base = res.get(f"{m}/fp32")
-        for r in recipes:
-            x = res[f"{m}/{r}"]
-            ratio = (lambda k: f"{x[k] / base[k]:.2f}x") if base else (lambda k: "-")
-            lines.append(f"| {m} | {r} | {x['ttft_p50']:.2f} ({x['ttft_p90']:.2f}) | {x['tok_p50']:.3f} "
-                         f"({x['tok_p90']:.3f}) | {x['mb']:.2f} | {ratio('ttft_p50')} | {ratio('tok_p50')} | "
-                         f"{ratio('mb')} | {export_s[f'{m}/{r}']:.0f} |")
+        base = res.get(f"{m}/executorch-xnnpack/fp32")
+        for tg in targets:
+            for r in recipes:
+                key = f"{m}/{tg}/{r}"
+                if key not in res:
+                    continue
+                x = res[key]
+                ratio = (lambda k: f"{x[k] / base[k]:.2f}x") if base else (lambda k: "-")
+                lines.append(f"| {m} | {tg} | {r} | {x['ttft_p50']:.2f} ({x['ttft_p90']:.2f}) | {x['tok_p50']:.3f} "
+                             f"({x['tok_p90']:.3f}) | {x['mb']:.2f} | {ratio('ttft_p50')} | {ratio('tok_p50')} | "
+                             f"{ratio('mb')} | {export_s[key]:.0f} |")
+    if rejected:
+        lines += ["", "Not built (the target rejects the recipe's schemes): " + ", ".join(sorted(set(rejected)))]
     lines.append(MARK_END)
     block = "\n".join(lines)
     print(block)
