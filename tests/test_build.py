@@ -91,3 +91,19 @@ def test_bad_matrix(tmp_path):
     (tmp_path / "m.yaml").write_text("checkpoints: [nope]\nrecipes: [fp32]\ntargets: [executorch-xnnpack]\n")
     code, text = invoke("build", tmp_path / "m.yaml", "-o", tmp_path / "o")
     assert code == 2 and "checkpoint not found" in text
+
+
+def test_cell_that_cannot_execute_here_is_structure_checked(checkpoints, tmp_path):
+    """Core ML cannot run on Linux: the cell exports for real, verifies structure, has no latency."""
+    import sys
+
+    matrix = _setup(tmp_path, checkpoints)
+    matrix.write_text(matrix.read_text().replace("[small.yaml, small8.yaml]", "[small.yaml]")
+                      .replace("[executorch-xnnpack]", "[coreml-cpu]"))
+    code, text = invoke("build", matrix, "-o", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--json")
+    (cell,) = summary(text)["cells"]
+    if sys.platform == "darwin":
+        assert cell["decode_ms_per_token"]
+    else:
+        assert code == 0 and cell["status"] == "ok" and cell["verdict"] == "pass", cell
+        assert "structure only" in cell["note"] and cell["decode_ms_per_token"] is None
