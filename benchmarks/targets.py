@@ -72,37 +72,86 @@ def build(ckpt: Path, recipe: str, target: str, out: Path) -> float | None:
     return art.manifest["export_seconds"]
 
 
-def measure(paths: dict[str, Path], runs: int, warmup: int) -> dict[str, dict]:
-    from toolchain import backends
-    from toolchain.artifact import open_artifact
-    from toolchain.generate import greedy
+def _input_ids(vocab: int, length: int, eos: int) -> list[int]:
+    rng = np.random.default_rng(0)
+    return [int(x) for x in rng.integers(3, vocab, size=length - 1)] + [eos]
 
-    sessions, inputs = {}, {}
-    for key, p in paths.items():
-        art = open_artifact(p)
-        spec = art.manifest["tokens"]
-        r = art.recipe
-        rng = np.random.default_rng(0)
-        ids = [int(x) for x in rng.integers(3, spec["vocab_size"], size=r.max_input_len - 1)] + [spec["eos_token_id"]]
-        sessions[key] = (art, backends.for_target(art.target).open(art, threads=2))
-        inputs[key] = ids
-    ttft = {k: [] for k in paths}
-    step = {k: [] for k in paths}
+
+class ArtifactRunner:
+    """An edgeseq artifact through its runtime Session (the code path of run/verify/probe)."""
+
+    def __init__(self, path: Path):
+        from toolchain import backends
+        from toolchain.artifact import open_artifact
+
+        self.art = open_artifact(path)
+        self.spec, self.recipe = self.art.manifest["tokens"], self.art.recipe
+        self.session = backends.for_target(self.art.target).open(self.art, threads=2)
+        self.ids = _input_ids(self.spec["vocab_size"], self.recipe.max_input_len, self.spec["eos_token_id"])
+        self.mb = self.art.model_bytes / 1e6
+
+    def once(self) -> tuple[float, list[float]]:
+        from toolchain.generate import greedy
+
+        r, spec = self.recipe, self.spec
+        g = greedy(self.session, self.ids, max_input_len=r.max_input_len, max_output_len=r.max_output_len,
+                   start_id=spec["decoder_start_token_id"], eos_id=spec["eos_token_id"],
+                   pad_id=spec["pad_token_id"], force_length=True)
+        return g.encode_s + g.step_s[0], g.step_s[1:]
+
+
+class EagerRunner:
+    """transformers `generate` (greedy, forced length), optionally with torch.ao dynamic int8
+    linears: what a user runs before exporting anything. Step times come from a logits
+    processor stamping each step; TTFT = encoder + first decoder step."""
+
+    def __init__(self, ckpt: Path, int8: bool, input_len: int = 64, output_len: int = 32):
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, LogitsProcessor
+
+        torch.set_num_threads(2)
+        model = AutoModelForSeq2SeqLM.from_pretrained(ckpt, local_files_only=True).eval()
+        self.mb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 1e6
+        if int8:
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            self.mb = float("nan")  # in-memory packed weights, no file
+        self.model, self.torch, self.T = model, torch, output_len
+        cfg = model.config
+        self.ids = torch.tensor([_input_ids(cfg.vocab_size, input_len, cfg.eos_token_id)])
+        stamps = self.stamps = []
+
+        class Stamp(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                stamps.append(time.perf_counter())
+                return scores
+
+        self.processors = [Stamp()]
+
+    def once(self) -> tuple[float, list[float]]:
+        from transformers import LogitsProcessorList
+
+        self.stamps.clear()
+        t0 = time.perf_counter()
+        with self.torch.no_grad():
+            self.model.generate(input_ids=self.ids, max_new_tokens=self.T, min_new_tokens=self.T, do_sample=False,
+                                num_beams=1, logits_processor=LogitsProcessorList(self.processors))
+        s = [t0, *self.stamps]
+        return s[1] - s[0], [b - a for a, b in zip(s[1:], s[2:])]
+
+
+def measure(runners: dict[str, object], runs: int, warmup: int) -> dict[str, dict]:
+    """Interleaved rounds: one generation of every runner per round, so noise hits all alike."""
+    ttft = {k: [] for k in runners}
+    step = {k: [] for k in runners}
     for i in range(warmup + runs):
-        for key, (art, sess) in sessions.items():
-            r, spec = art.recipe, art.manifest["tokens"]
-            g = greedy(sess, inputs[key], max_input_len=r.max_input_len, max_output_len=r.max_output_len,
-                       start_id=spec["decoder_start_token_id"], eos_id=spec["eos_token_id"],
-                       pad_id=spec["pad_token_id"], force_length=True)
+        for key, runner in runners.items():
+            first, rest = runner.once()
             if i >= warmup:
-                ttft[key].append(g.encode_s + g.step_s[0])
-                step[key].extend(g.step_s[1:])
-    out = {}
-    for key, (art, _) in sessions.items():
-        out[key] = {"ttft_p50": np.median(ttft[key]) * 1e3, "ttft_p90": np.percentile(ttft[key], 90) * 1e3,
-                    "tok_p50": np.median(step[key]) * 1e3, "tok_p90": np.percentile(step[key], 90) * 1e3,
-                    "mb": art.model_bytes / 1e6}
-    return out
+                ttft[key].append(first)
+                step[key].extend(rest)
+    return {key: {"ttft_p50": np.median(ttft[key]) * 1e3, "ttft_p90": np.percentile(ttft[key], 90) * 1e3,
+                  "tok_p50": np.median(step[key]) * 1e3, "tok_p90": np.percentile(step[key], 90) * 1e3,
+                  "mb": runners[key].mb} for key in runners}
 
 
 def cpu_model() -> str:
@@ -149,18 +198,25 @@ def main() -> None:
                 export_s[key] = secs
                 print(f"built {key} (export {secs:.0f} s, this call {time.time() - t:.0f} s)", file=sys.stderr)
                 paths[key] = out
-    res = measure(paths, a.runs, a.warmup)
+    runners = {}
+    for m in chosen:  # baselines first: eager transformers, fp32 and dynamic int8
+        ckpt = models[m]
+        runners[f"{m}/eager-transformers/fp32"] = EagerRunner(ckpt, int8=False)
+        runners[f"{m}/eager-transformers/int8-dynamic"] = EagerRunner(ckpt, int8=True)
+        export_s[f"{m}/eager-transformers/fp32"] = export_s[f"{m}/eager-transformers/int8-dynamic"] = 0.0
+    runners.update({key: ArtifactRunner(p) for key, p in paths.items()})
+    res = measure(runners, a.runs, a.warmup)
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [MARK_BEGIN, "## edgeseq targets x recipes (ratios to executorch-xnnpack fp32 of the same model)", "",
+    lines = [MARK_BEGIN, "## edgeseq targets x recipes vs eager transformers (ratios to eager `generate` fp32 of the same model)", "",
              f"{date}; {cpu_model()}, {os.cpu_count()} cores, 2 runtime threads; "
              f"`benchmarks/targets.py --runs {a.runs}` (all artifacts in one process, interleaved "
              f"rounds); input 64 tokens, output 32 forced; medians (p90).", "",
              "| model | target | recipe | TTFT ms | decode ms/token | model MB | TTFT ratio | decode ratio | size ratio | export s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for m in chosen:
-        base = res.get(f"{m}/executorch-xnnpack/fp32")
-        for tg in targets:
-            for r in recipes:
+        base = res.get(f"{m}/eager-transformers/fp32")
+        for tg in ["eager-transformers", *targets]:
+            for r in (["fp32", "int8-dynamic"] if tg == "eager-transformers" else recipes):
                 key = f"{m}/{tg}/{r}"
                 if key not in res:
                     continue
@@ -168,7 +224,7 @@ def main() -> None:
                 ratio = (lambda k: f"{x[k] / base[k]:.2f}x") if base else (lambda k: "-")
                 lines.append(f"| {m} | {tg} | {r} | {x['ttft_p50']:.2f} ({x['ttft_p90']:.2f}) | {x['tok_p50']:.3f} "
                              f"({x['tok_p90']:.3f}) | {x['mb']:.2f} | {ratio('ttft_p50')} | {ratio('tok_p50')} | "
-                             f"{ratio('mb')} | {export_s[key]:.0f} |")
+                             f"{ratio('mb')} | {export_s[key]:.0f} |".replace("nanx", "-").replace("nan", "-"))
     if rejected:
         lines += ["", "Not built (the target rejects the recipe's schemes): " + ", ".join(sorted(set(rejected)))]
     lines.append(MARK_END)
