@@ -128,3 +128,27 @@ def test_shipped_specs_load():
     assert code == 0 and "fp32" in out
     code, out = invoke("targets")
     assert code == 0 and "executorch-xnnpack" in out
+
+
+def test_killed_export_leaves_no_artifact_and_next_export_works(checkpoints, small_recipe, tmp_path):
+    """SIGKILL an export mid-way: no OUTPUT appears; the next export cleans the stale staging dir."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "a"
+    cmd = [sys.executable, "-m", "toolchain.cli", "export", str(checkpoints["v1.0"]), "-t", "executorch-xnnpack",
+           "-r", str(small_recipe), "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".a.tmp-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside lowering, with files being written
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert list(tmp_path.glob(".a.tmp-*")), "expected the killed export's staging dir to be left behind"
+    code, text = invoke("export", checkpoints["v1.0"], "-t", "executorch-xnnpack", "-r", small_recipe, "-o", out)
+    assert code == 0, text
+    assert (out / "manifest.json").is_file() and not list(tmp_path.glob(".a.tmp-*"))

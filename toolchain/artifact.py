@@ -28,6 +28,21 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
+def _remove_stale(parent: Path, name: str) -> None:
+    """Delete staging dirs left by exports that were killed (their pid is gone)."""
+    for d in parent.glob(f".{name}.tmp-*"):
+        try:
+            pid = int(d.name.split(".tmp-", 1)[1].split("-", 1)[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 @contextmanager
 def staging_dir(out: Path, force: bool) -> Iterator[Path]:
     """Yield a temp dir beside `out`; on success, atomically move it to `out`."""
@@ -37,7 +52,8 @@ def staging_dir(out: Path, force: bool) -> Iterator[Path]:
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        _remove_stale(parent, out.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
     except OSError as e:
         raise InputError(f"cannot write to {parent}: {e.strerror}") from None
     try:
