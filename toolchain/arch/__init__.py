@@ -44,3 +44,4 @@ def get(model_type: str | None) -> Adapter:
 
 
 from . import t5  # noqa: E402,F401  (registers itself)
+from . import bart  # noqa: E402,F401  (registers itself)
