@@ -9,7 +9,12 @@ import torch
 
 def tiny_t5(out: Path, variant: str = "v1.0", seed: int = 0, train_steps: int = 40, untie: bool = False,
             **overrides) -> Path:
-    """A tiny T5-family checkpoint with the demo's character tokenizer.
+    return tiny_checkpoint(out, "t5", variant, seed, train_steps, untie, **overrides)
+
+
+def tiny_checkpoint(out: Path, model_type: str, variant: str, seed: int = 0, train_steps: int = 40,
+                    untie: bool = False, **overrides) -> Path:
+    """A tiny checkpoint of any registered family with the demo's character tokenizer.
 
     Randomly initialised, then nudged with a few optimizer steps on the date task:
     an untrained tied-embedding T5 predicts its own input token forever (a fixed
@@ -25,7 +30,7 @@ def tiny_t5(out: Path, variant: str = "v1.0", seed: int = 0, train_steps: int = 
     from toolchain.demo.train import _batch, build_tokenizer
 
     tok = build_tokenizer()
-    cfg = arch.get("t5").tiny_config(variant, vocab_size=tok.get_vocab_size(), **overrides)
+    cfg = arch.get(model_type).tiny_config(variant, vocab_size=tok.get_vocab_size(), **overrides)
     torch.manual_seed(seed)
     model = AutoModelForSeq2SeqLM.from_config(cfg)
     data = stream(seed, held_out=False)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from numpy.testing import assert_allclose
 
 from toolchain.checkpoint import load_checkpoint
@@ -19,31 +18,10 @@ FAMILY_VARIANTS = ["bart", "marian"]
 
 
 def tiny_bart(out: Path, variant: str, seed: int = 0, train_steps: int = 40) -> Path:
-    """A tiny BART/Marian checkpoint with the demo tokenizer, mirroring helpers.tiny_t5:
-    random init plus a few AdamW steps on the date task so greedy outputs vary."""
-    from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
+    """A tiny BART/Marian checkpoint: random init plus a few AdamW steps so greedy outputs vary."""
+    from helpers import tiny_checkpoint
 
-    from toolchain import arch
-    from toolchain.demo.dates import stream
-    from toolchain.demo.train import _batch, build_tokenizer
-
-    tok = build_tokenizer()
-    cfg = arch.get(variant).tiny_config(variant, vocab_size=tok.get_vocab_size())
-    torch.manual_seed(seed)
-    model = AutoModelForSeq2SeqLM.from_config(cfg)
-    data = stream(seed, held_out=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(train_steps):
-        ids, mask, labels = _batch([next(data) for _ in range(16)], tok, torch)
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    model.save_pretrained(out, safe_serialization=True)
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(out)
-    return out
+    return tiny_checkpoint(out, variant, variant, seed, train_steps)
 
 
 @pytest.fixture(scope="module")

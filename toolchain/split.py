@@ -130,6 +130,21 @@ def update_cache(cache: torch.Tensor, new: torch.Tensor, onehot: torch.Tensor, i
     return updated
 
 
+def cross_kv_outputs(x: torch.Tensor, cross_bias: torch.Tensor, cross_k, cross_v, heads: int,
+                     head_dim: int) -> tuple[torch.Tensor, ...]:
+    """The encode program's outputs from the final encoder states x [1, S, D]:
+    (cross_bias [1, 1, S], then per decoder layer cross_k [1, H, Dh, S] (pre-transposed)
+    and cross_v [1, H, S, Dh]), all contiguous (runtimes take them back as inputs)."""
+    s = x.shape[1]
+    outs = [cross_bias.contiguous()]
+    for pk, pv in zip(cross_k, cross_v):
+        k = heads_first(pk(x), heads)  # [H, S, Dh]
+        v = heads_first(pv(x), heads)
+        outs += [k.transpose(1, 2).reshape(1, heads, head_dim, s).contiguous(),
+                 v.reshape(1, heads, s, head_dim).contiguous()]
+    return tuple(outs)
+
+
 @dataclass
 class Seq2SeqParts:
     """What an architecture adapter hands to the exporters: the two programs' modules."""

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register
-from ..split import (NEG, RMSNorm, Seq2SeqParts, activation, attend, frozen_linear, heads_first,
-                     heads_last, position_onehot, update_cache)
+from ..split import (NEG, RMSNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, frozen_linear,
+                     heads_first, heads_last, position_onehot, update_cache)
 
 
 class _FeedForward(nn.Module):
@@ -87,13 +87,7 @@ class T5Encode(nn.Module):
         for layer in self.layers:
             x = layer(x, bias)
         x = self.final_norm(x)
-        outs = [cross_bias.contiguous()]
-        for pk, pv in zip(self.cross_k, self.cross_v):
-            k = heads_first(pk(x), self.heads)  # [H, S, Dh]
-            v = heads_first(pv(x), self.heads)
-            outs += [k.transpose(1, 2).reshape(1, self.heads, self.head_dim, s).contiguous(),  # [1, H, Dh, S]
-                     v.reshape(1, self.heads, s, self.head_dim).contiguous()]  # [1, H, S, Dh]
-        return tuple(outs)
+        return cross_kv_outputs(x, cross_bias, self.cross_k, self.cross_v, self.heads, self.head_dim)
 
 
 class _DecoderLayer(nn.Module):
