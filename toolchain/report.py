@@ -12,7 +12,7 @@ from .errors import InputError
 REQUIRED = ("device", "runtime", "runs", "load_ms", "ttft_ms", "decode_ms_per_token", "tokens_per_s",
             "peak_rss_mb", "artifact_bytes")
 
-# (label, getter, unit, higher_is_better)
+# (label, getter, higher_is_better)
 METRICS = [
     ("load ms", lambda r: r["load_ms"], False),
     ("TTFT p50 ms", lambda r: r["ttft_ms"]["p50"], False),

@@ -102,7 +102,7 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
                                  do_sample=False, num_beams=1,
                                  decoder_start_token_id=spec["decoder_start_token_id"],
                                  eos_token_id=spec["eos_token_id"], pad_token_id=spec["pad_token_id"])
-            ref_tokens = [t for t in ref[0, 1:].tolist()]
+            ref_tokens = ref[0, 1:].tolist()
             if spec["eos_token_id"] in ref_tokens:
                 ref_tokens = ref_tokens[: ref_tokens.index(spec["eos_token_id"])]
             # Teacher-forced on the artifact's own steps (including the EOS step, if any).

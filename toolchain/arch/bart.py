@@ -32,8 +32,8 @@ from torch import nn
 
 from . import register
 from ..errors import InputError
-from ..split import (NEG, Seq2SeqParts, activation, attend, cross_kv_outputs, frozen_linear, heads_first,
-                     heads_last, position_onehot, update_cache)
+from ..split import (NEG, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_state, frozen_linear,
+                     heads_first, heads_last, position_onehot, register_cache, update_cache)
 
 # transformers' ACT2FN names -> the shared activation table's names.
 _ACT_ALIASES = {"swish": "silu"}
@@ -174,8 +174,6 @@ class BartDecode(nn.Module):
 
     def __init__(self, model: nn.Module, embed: nn.Embedding, max_output_len: int, cache_mode: str = "buffer"):
         super().__init__()
-        if cache_mode not in ("buffer", "io"):
-            raise ValueError(f"cache_mode must be 'buffer' or 'io', got {cache_mode!r}")
         cfg = model.config
         dec = model.model.decoder
         h, t = cfg.decoder_attention_heads, max_output_len
@@ -195,18 +193,11 @@ class BartDecode(nn.Module):
         causal = torch.triu(torch.full((t, t), NEG), diagonal=1)  # [T(q), T(k)]: key after query -> masked
         self.register_buffer("causal_table", causal.T.contiguous())  # [T(k), T(q)]
         self.register_buffer("positions", torch.arange(t, dtype=torch.long))
-        if cache_mode == "buffer":
-            for i in range(len(self.layers)):
-                self.register_buffer(f"cache_k_{i}", torch.zeros(h, dh, t))
-                self.register_buffer(f"cache_v_{i}", torch.zeros(h, t, dh))
+        register_cache(self, len(self.layers), h, dh, t, cache_mode)
 
     def forward(self, token, position, cross_bias, *rest):
         t, n = self.max_output_len, len(self.layers)
-        cross_kv = rest[: 2 * n]
-        if self.cache_mode == "buffer":
-            caches = [getattr(self, f"cache_{kv}_{i}") for i in range(n) for kv in "kv"]
-        else:
-            caches = list(rest[2 * n:])
+        cross_kv, caches = decode_state(self, n, rest)
         onehot = position_onehot(position, t, self.positions)  # [1, T]
         self_bias = F.linear(onehot, self.causal_table).reshape(1, 1, t)  # broadcasts over heads
         x = self.embed(token)  # [1, 1, D]

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register
-from ..split import (NEG, RMSNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, frozen_linear,
-                     heads_first, heads_last, position_onehot, update_cache)
+from ..split import (NEG, RMSNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_state,
+                     frozen_linear, heads_first, heads_last, position_onehot, register_cache, update_cache)
 
 
 class _FeedForward(nn.Module):
@@ -129,8 +129,6 @@ class T5Decode(nn.Module):
 
     def __init__(self, model: nn.Module, embed: nn.Embedding, max_output_len: int, cache_mode: str = "buffer"):
         super().__init__()
-        if cache_mode not in ("buffer", "io"):
-            raise ValueError(f"cache_mode must be 'buffer' or 'io', got {cache_mode!r}")
         cfg = model.config
         h, dh, t = cfg.num_heads, cfg.d_kv, max_output_len
         self.heads, self.max_output_len, self.cache_mode = h, t, cache_mode
@@ -150,18 +148,11 @@ class T5Decode(nn.Module):
         full = rel + causal
         self.register_buffer("step_bias_table", full.permute(0, 2, 1).reshape(h * t, t).contiguous())
         self.register_buffer("positions", torch.arange(t, dtype=torch.long))
-        if cache_mode == "buffer":
-            for i in range(len(self.layers)):
-                self.register_buffer(f"cache_k_{i}", torch.zeros(h, dh, t))
-                self.register_buffer(f"cache_v_{i}", torch.zeros(h, t, dh))
+        register_cache(self, len(self.layers), h, dh, t, cache_mode)
 
     def forward(self, token, position, cross_bias, *rest):
         t, h, n = self.max_output_len, self.heads, len(self.layers)
-        cross_kv = rest[: 2 * n]
-        if self.cache_mode == "buffer":
-            caches = [getattr(self, f"cache_{kv}_{i}") for i in range(n) for kv in "kv"]
-        else:
-            caches = list(rest[2 * n:])
+        cross_kv, caches = decode_state(self, n, rest)
         onehot = position_onehot(position, t, self.positions)  # [1, T]
         self_bias = F.linear(onehot, self.step_bias_table).reshape(h, 1, t)
         x = self.embed(token)  # [1, 1, D]
