@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: install demo test test-deps clean
+.PHONY: install demo test test-deps clean bench bench-quick bench-peers
 
 install: $(VENV)/.installed
 
@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test,onnx,litert]'
+	# Arm Ethos-U NPU compiler (Vela) and TOSA serializer for the executorch-ethos-u* targets.
+	# tosa-tools pins numpy<2.2 and ml-dtypes==0.5.3, which would downgrade what onnx and
+	# JAX need; the Arm backend runs with the versions above (tested), so no-deps here.
+	$(PIP) install -q --no-deps ethos-u-vela==5.2.0 tosa-tools==2026.8.0
 	touch $@
 
 demo: install
@@ -36,6 +40,34 @@ test-deps:
 	    apt-get install -y -q openssh-server >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server >/dev/null; }; \
 	  else echo "note: sshd not installed (apt-get install openssh-server); the ssh probe tests will fail"; fi; }
+
+# Benchmarks (benchmarks/compare.py). Peers run in their own venvs under build/bench, since
+# their transformers pins conflict with ours and with each other; torch is pinned first
+# (an unpinned torch resolves to a multi-GB CUDA build). A peer that fails to install
+# leaves its pip log next to its venv and its rows say so; the benchmark still runs.
+BENCH_DIR  := build/bench
+BENCH_ARGS ?=
+PEER_PKG_optimum-onnx      := optimum-onnx[onnxruntime]==0.1.0
+PEER_PKG_optimum-executorch := optimum-executorch==1.1.0
+PEERS := optimum-onnx optimum-executorch
+
+bench: install bench-peers
+	$(VPY) benchmarks/compare.py $(BENCH_ARGS)
+
+bench-quick: install bench-peers
+	$(VPY) benchmarks/compare.py --quick $(BENCH_ARGS)
+
+bench-peers: $(foreach p,$(PEERS),$(BENCH_DIR)/venv-$(p)/.installed)
+
+$(BENCH_DIR)/venv-%/.installed:
+	@mkdir -p $(BENCH_DIR) && echo 'torch==2.13.0' > $(BENCH_DIR)/torch-pin.txt
+	@echo "bench: installing peer $* into $(BENCH_DIR)/venv-$* (log: $(BENCH_DIR)/venv-$*.log)"
+	@rm -rf $(BENCH_DIR)/venv-$* && { $(PY) -m venv $(BENCH_DIR)/venv-$* && \
+	  $(BENCH_DIR)/venv-$*/bin/python -m pip install -q --upgrade pip && \
+	  $(BENCH_DIR)/venv-$*/bin/python -m pip install -q torch==2.13.0 && \
+	  $(BENCH_DIR)/venv-$*/bin/python -m pip install -q -c $(BENCH_DIR)/torch-pin.txt '$(PEER_PKG_$*)'; \
+	} > $(BENCH_DIR)/venv-$*.log 2>&1 && touch $@ || \
+	  echo "bench: peer $* did not install (its rows will say why); see $(BENCH_DIR)/venv-$*.log"
 
 clean:
 	rm -rf build

@@ -17,151 +17,17 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import re
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, ArtifactRunner, EagerRunner, build, cpu_model, measure, t5_small_random  # noqa: E402
 
 RECIPES = ["fp32", "int8", "int4", "mixed"]
 TARGETS = ["executorch-xnnpack", "litert-cpu", "onnx-cpu"]
 MARK_BEGIN, MARK_END = "<!-- targets:begin -->", "<!-- targets:end -->"
-
-
-def t5_small_random(path: Path) -> Path:
-    if (path / "config.json").is_file():
-        return path
-    import torch
-    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
-
-    from toolchain.demo.train import build_tokenizer
-
-    torch.manual_seed(0)
-    cfg = T5Config(vocab_size=32128, d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=6,
-                   num_decoder_layers=6, feed_forward_proj="relu", decoder_start_token_id=0,
-                   pad_token_id=0, eos_token_id=1)
-    T5ForConditionalGeneration(cfg).eval().save_pretrained(path, safe_serialization=True)
-    # Latency only: the probe feeds token ids directly; the tokenizer is a placeholder.
-    PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(), pad_token="<pad>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(path)
-    return path
-
-
-def build(ckpt: Path, recipe: str, target: str, out: Path) -> float | None:
-    """Export (or reuse) one artifact; None if the target rejects the recipe."""
-    from toolchain import backends
-    from toolchain.artifact import open_artifact
-    from toolchain.checkpoint import load_checkpoint
-    from toolchain.errors import InputError
-    from toolchain.export import export
-    from toolchain.specs import load_recipe, load_target
-
-    if (out / "manifest.json").is_file():
-        return open_artifact(out).manifest["export_seconds"]
-    r, t = load_recipe(recipe), load_target(target)
-    try:
-        backends.for_target(t).check(r, t)
-    except InputError:
-        return None
-    art = export(load_checkpoint(ckpt), r, t, out)
-    return art.manifest["export_seconds"]
-
-
-def _input_ids(vocab: int, length: int, eos: int) -> list[int]:
-    rng = np.random.default_rng(0)
-    return [int(x) for x in rng.integers(3, vocab, size=length - 1)] + [eos]
-
-
-class ArtifactRunner:
-    """An edgeseq artifact through its runtime Session (the code path of run/verify/probe)."""
-
-    def __init__(self, path: Path):
-        from toolchain import backends
-        from toolchain.artifact import open_artifact
-
-        self.art = open_artifact(path)
-        self.spec, self.recipe = self.art.manifest["tokens"], self.art.recipe
-        self.session = backends.for_target(self.art.target).open(self.art, threads=2)
-        self.ids = _input_ids(self.spec["vocab_size"], self.recipe.max_input_len, self.spec["eos_token_id"])
-        self.mb = self.art.model_bytes / 1e6
-
-    def once(self) -> tuple[float, list[float]]:
-        from toolchain.generate import greedy
-
-        r, spec = self.recipe, self.spec
-        g = greedy(self.session, self.ids, max_input_len=r.max_input_len, max_output_len=r.max_output_len,
-                   start_id=spec["decoder_start_token_id"], eos_id=spec["eos_token_id"],
-                   pad_id=spec["pad_token_id"], force_length=True)
-        return g.encode_s + g.step_s[0], g.step_s[1:]
-
-
-class EagerRunner:
-    """transformers `generate` (greedy, forced length), optionally with torch.ao dynamic int8
-    linears: what a user runs before exporting anything. Step times come from a logits
-    processor stamping each step; TTFT = encoder + first decoder step."""
-
-    def __init__(self, ckpt: Path, int8: bool, input_len: int = 64, output_len: int = 32):
-        import torch
-        from transformers import AutoModelForSeq2SeqLM, LogitsProcessor
-
-        torch.set_num_threads(2)
-        model = AutoModelForSeq2SeqLM.from_pretrained(ckpt, local_files_only=True).eval()
-        self.mb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 1e6
-        if int8:
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-            self.mb = float("nan")  # in-memory packed weights, no file
-        self.model, self.torch, self.T = model, torch, output_len
-        cfg = model.config
-        self.ids = torch.tensor([_input_ids(cfg.vocab_size, input_len, cfg.eos_token_id)])
-        stamps = self.stamps = []
-
-        class Stamp(LogitsProcessor):
-            def __call__(self, input_ids, scores):
-                stamps.append(time.perf_counter())
-                return scores
-
-        self.processors = [Stamp()]
-
-    def once(self) -> tuple[float, list[float]]:
-        from transformers import LogitsProcessorList
-
-        self.stamps.clear()
-        t0 = time.perf_counter()
-        with self.torch.no_grad():
-            self.model.generate(input_ids=self.ids, max_new_tokens=self.T, min_new_tokens=self.T, do_sample=False,
-                                num_beams=1, logits_processor=LogitsProcessorList(self.processors))
-        s = [t0, *self.stamps]
-        return s[1] - s[0], [b - a for a, b in zip(s[1:], s[2:])]
-
-
-def measure(runners: dict[str, object], runs: int, warmup: int) -> dict[str, dict]:
-    """Interleaved rounds: one generation of every runner per round, so noise hits all alike."""
-    ttft = {k: [] for k in runners}
-    step = {k: [] for k in runners}
-    for i in range(warmup + runs):
-        for key, runner in runners.items():
-            first, rest = runner.once()
-            if i >= warmup:
-                ttft[key].append(first)
-                step[key].extend(rest)
-    return {key: {"ttft_p50": np.median(ttft[key]) * 1e3, "ttft_p90": np.percentile(ttft[key], 90) * 1e3,
-                  "tok_p50": np.median(step[key]) * 1e3, "tok_p90": np.percentile(step[key], 90) * 1e3,
-                  "mb": runners[key].mb} for key in runners}
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,32 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "date-t5"
 VARIANTS = ["v1.0", "v1.1", "v1.1-untied", "mt5"]
 
+# Bad inputs tried by tests/test_bad_input.py, by section (every fuzzed example counts): the
+# session ends with the total, so a CI log shows how much was tried and that none escaped.
+BAD_INPUTS: Counter = Counter()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not BAD_INPUTS:
+        return
+    failed = [r for r in terminalreporter.stats.get("failed", []) if "test_bad_input" in r.nodeid]
+    parts = ", ".join(f"{section} {n}" for section, n in sorted(BAD_INPUTS.items()))
+    verdict = (f"{len(failed)} test(s) FAILED" if failed else
+               "each gave a one-line error (or was accepted as valid), none a traceback")
+    terminalreporter.write_line(f"bad input: {sum(BAD_INPUTS.values())} cases tried ({parts}); {verdict}")
+
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
+def checkpoint(tmp_path_factory) -> Path:
+    """The v1.0 tiny checkpoint alone, for tests that need one (building all four takes longer)."""
+    return tiny_t5(tmp_path_factory.mktemp("ckpt") / "v1_0", "v1.0", seed=0)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(checkpoint, tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("ckpt")
-    return {v: tiny_t5(base / v.replace(".", "_"), v.removesuffix("-untied"), seed=i, untie=v.endswith("-untied"))
+    return {v: checkpoint if v == "v1.0" else
+            tiny_t5(base / v.replace(".", "_"), v.removesuffix("-untied"), seed=i, untie=v.endswith("-untied"))
             for i, v in enumerate(VARIANTS)}
 
 
@@ -38,20 +60,26 @@ def small_recipe(tmp_path_factory) -> Path:
     return p
 
 
-@pytest.fixture(scope="session")
-def artifacts(checkpoints, small_recipe, tmp_path_factory) -> dict[str, Path]:
-    """Each tiny checkpoint exported once to executorch-xnnpack."""
+def _export_xnnpack(ck: Path, recipe: Path, out: Path) -> Path:
     from toolchain.checkpoint import load_checkpoint
     from toolchain.export import export
     from toolchain.specs import load_recipe, load_target
 
+    return export(load_checkpoint(ck), load_recipe(str(recipe)), load_target("executorch-xnnpack"), out).path
+
+
+@pytest.fixture(scope="session")
+def artifact(checkpoint, small_recipe, tmp_path_factory) -> Path:
+    """The v1.0 tiny checkpoint exported once to executorch-xnnpack (for tests that need just one)."""
+    return _export_xnnpack(checkpoint, small_recipe, tmp_path_factory.mktemp("art") / "v1_0")
+
+
+@pytest.fixture(scope="session")
+def artifacts(artifact, checkpoints, small_recipe, tmp_path_factory) -> dict[str, Path]:
+    """Each tiny checkpoint exported once to executorch-xnnpack."""
     base = tmp_path_factory.mktemp("art")
-    out = {}
-    for v, ck in checkpoints.items():
-        art = export(load_checkpoint(ck), load_recipe(str(small_recipe)), load_target("executorch-xnnpack"),
-                     base / ck.name)
-        out[v] = art.path
-    return out
+    return {v: artifact if v == "v1.0" else _export_xnnpack(ck, small_recipe, base / ck.name)
+            for v, ck in checkpoints.items()}
 
 
 @pytest.fixture(scope="session")

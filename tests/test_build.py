@@ -21,9 +21,9 @@ def summary(text: str) -> dict:
     return json.loads(text[text.index("{\n"):])
 
 
-def _setup(tmp_path, checkpoints):
+def _setup(tmp_path, checkpoint):
     ck = tmp_path / "ck"
-    shutil.copytree(checkpoints["v1.0"], ck)
+    shutil.copytree(checkpoint, ck)
     for name, extra in (("small", ""), ("small8", "group_size: 32\nquantization: {encoder: 8da8w, decoder: 8da8w}\n")):
         (tmp_path / f"{name}.yaml").write_text(
             f"format_version: 1\nname: {name}\ndescription: t\nmax_input_len: 24\nmax_output_len: 12\n{extra}"
@@ -34,8 +34,8 @@ def _setup(tmp_path, checkpoints):
     return tmp_path / "matrix.yaml"
 
 
-def test_build_cache_rebuild_and_gates(checkpoints, tmp_path):
-    matrix = _setup(tmp_path, checkpoints)
+def test_build_cache_rebuild_and_gates(checkpoint, tmp_path):
+    matrix = _setup(tmp_path, checkpoint)
     out, cache = tmp_path / "out", tmp_path / "cache"
     t = time.time()
     code, text = invoke("build", matrix, "-o", out, "--cache-dir", cache, "--json")
@@ -72,8 +72,8 @@ def test_build_cache_rebuild_and_gates(checkpoints, tmp_path):
     assert code == 1 and "ck executorch-xnnpack/small" in text
 
 
-def test_failing_cell_does_not_stop_others(checkpoints, tmp_path):
-    matrix = _setup(tmp_path, checkpoints)
+def test_failing_cell_does_not_stop_others(checkpoint, tmp_path):
+    matrix = _setup(tmp_path, checkpoint)
     (tmp_path / "bad.yaml").write_text("format_version: 1\nname: bad\ndescription: t\nmax_input_len: 24\n"
                                        "max_output_len: 12\nquantization: {decoder: static-int8}\n")
     matrix.write_text(matrix.read_text().replace("[small.yaml, small8.yaml]", "[bad.yaml, small.yaml]"))
@@ -93,11 +93,11 @@ def test_bad_matrix(tmp_path):
     assert code == 2 and "checkpoint not found" in text
 
 
-def test_cell_that_cannot_execute_here_is_structure_checked(checkpoints, tmp_path):
+def test_cell_that_cannot_execute_here_is_structure_checked(checkpoint, tmp_path):
     """Core ML cannot run on Linux: the cell exports for real, verifies structure, has no latency."""
     import sys
 
-    matrix = _setup(tmp_path, checkpoints)
+    matrix = _setup(tmp_path, checkpoint)
     matrix.write_text(matrix.read_text().replace("[small.yaml, small8.yaml]", "[small.yaml]")
                       .replace("[executorch-xnnpack]", "[coreml-cpu]"))
     code, text = invoke("build", matrix, "-o", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--json")

@@ -11,8 +11,10 @@ into place at the end, so an interrupted export leaves no partial artifact.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -28,55 +30,108 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def _remove_stale(parent: Path, name: str) -> None:
-    """Delete staging dirs left by exports that were killed (their pid is gone)."""
-    for d in parent.glob(f".{name}.tmp-*"):
-        try:
-            pid = int(d.name.split(".tmp-", 1)[1].split("-", 1)[0])
-        except ValueError:
+def _pid(d: Path, marker: str) -> int | None:
+    try:
+        return int(d.name.split(marker, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
+
+
+def remove_stale(parent: Path, name: str) -> None:
+    """Clean up after exports that were killed (their pid is gone).
+
+    `.NAME.tmp-PID-*` is an unfinished artifact: deleted. `.NAME.old-PID-*/a` is the previous
+    artifact, moved aside by --force just before the new one was renamed into place: if NAME
+    is missing (killed between the two renames) it is moved back, so nothing is lost.
+    """
+    pattern = glob.escape(name)
+    for d in parent.glob(f".{pattern}.old-*"):
+        pid = _pid(d, ".old-")
+        if pid is None or _alive(pid):
             continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if (d / "a").exists() and not (parent / name).exists():
+            os.replace(d / "a", parent / name)
+        shutil.rmtree(d, ignore_errors=True)
+    for d in parent.glob(f".{pattern}.tmp-*"):
+        pid = _pid(d, ".tmp-")
+        if pid is not None and not _alive(pid):
             shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
+
+
+def _swap_in(tmp: Path, out: Path, parent: Path) -> None:
+    """Rename tmp to out; an existing out is moved aside first and put back if that fails.
+    (rename(2) cannot replace a non-empty directory, so this takes two renames.)"""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=parent))
+    try:
+        os.replace(out, old / "a")
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old / "a", out)
+            raise
+    finally:
+        if not (old / "a").exists() or out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
 
 
 @contextmanager
 def staging_dir(out: Path, force: bool) -> Iterator[Path]:
-    """Yield a temp dir beside `out`; on success, atomically move it to `out`."""
+    """Yield a temp dir beside `out`; on success, atomically move it to `out`.
+
+    On any failure (an exception, disk full, a signal turned into SystemExit) the temp dir
+    is removed and `out` is what it was before; a SIGKILL leaves the temp dir, which the
+    next export to the same place removes (remove_stale)."""
     out = Path(out)
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists; pass --force to replace it")
     parent = out.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(parent, out.name)
+        remove_stale(parent, out.name)  # may put back an artifact a killed --force had moved aside
+        if out.exists() and not force:
+            raise InputError(f"{out} already exists; pass --force to replace it")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
     except OSError as e:
-        raise InputError(f"cannot write to {parent}: {e.strerror}") from None
+        raise InputError(f"cannot write to {parent}: {_why(e)}") from None
     try:
         yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.replace(out, old / "a")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        _swap_in(tmp, out, parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise InputError(f"cannot write artifact {out}: {e.strerror}") from None
+        raise InputError(f"cannot write artifact {out}: {_why(e)} (nothing was written)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temp sibling + rename: a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 def file_entries(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -110,33 +165,102 @@ class Artifact:
     def update(self, key: str, value: Any) -> None:
         """Record a result (e.g. the last verify) in the manifest, atomically."""
         self.manifest[key] = value
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        try:
+            write_json_atomic(self.path / MANIFEST, self.manifest)
+        except OSError as e:
+            raise InputError(f"cannot update {self.path / MANIFEST}: {_why(e)}") from None
+
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _safe_name(name: Any) -> bool:
+    """A manifest file name: a relative path inside the artifact (Core ML packages are dirs)."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or "\0" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _check_manifest(m: dict, mpath: Path) -> None:
+    """The manifest's own structure: what open_artifact relies on, and that every file a runtime
+    will load is one the manifest lists (and so hash-checks)."""
+    files = m["files"]
+    if not isinstance(files, dict) or not files:
+        raise InputError(f"{mpath}: 'files' must be a non-empty mapping of name -> sha256 and bytes")
+    for name, e in files.items():
+        if not _safe_name(name):
+            raise InputError(f"{mpath}: file name {name!r} is not a plain path inside the artifact")
+        if not (isinstance(e, dict) and isinstance(e.get("sha256"), str) and SHA256_RE.fullmatch(e["sha256"])
+                and isinstance(e.get("bytes"), int) and not isinstance(e["bytes"], bool) and e["bytes"] >= 0):
+            raise InputError(f"{mpath}: 'files' entry {name!r} needs a sha256 (64 hex digits) and bytes")
+
+    def listed(ref: Any, what: str) -> None:
+        if ref is None:
+            return
+        if not _safe_name(ref) or not (ref in files or any(n.startswith(ref + "/") for n in files)):
+            raise InputError(f"{mpath}: {what} {ref!r} is not a file listed (and hashed) in the manifest")
+
+    programs, tokens = m["programs"], m["tokens"]
+    if not isinstance(programs, dict) or not all(isinstance(v, dict) for v in programs.values()):
+        raise InputError(f"{mpath}: 'programs' must be a mapping of program name -> signature")
+    for prog, sig in programs.items():
+        listed(sig.get("file"), f"program {prog!r} file")
+        listed(sig.get("data_file"), f"program {prog!r} data_file")
+    if not isinstance(tokens, dict):
+        raise InputError(f"{mpath}: 'tokens' must be a mapping")
+    listed(tokens.get("tokenizer"), "tokenizer")
+    for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id", "vocab_size"):
+        if not isinstance(tokens.get(k), int) or isinstance(tokens[k], bool):
+            raise InputError(f"{mpath}: 'tokens.{k}' must be an integer")
+
+
+def _check_hashes(p: Path, m: dict) -> None:
+    files = m["files"]
+    for name, entry in files.items():
+        f = p / name
+        if not f.is_file():
+            raise InputError(f"{f}: missing (listed in the manifest)")
+        if f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
+            raise InputError(f"{f}: sha256 does not match the manifest; the artifact was modified "
+                             f"or corrupted, re-export it")
+    # A program that is a directory (an .mlpackage) is loaded whole: nothing unlisted in it.
+    for sig in m["programs"].values():
+        d = p / sig["file"] if sig.get("file") else None
+        if d is not None and d.is_dir():
+            for f in sorted(d.rglob("*")):
+                if f.is_file() and f.relative_to(p).as_posix() not in files:
+                    raise InputError(f"{f}: not listed in the manifest; the artifact was modified, re-export it")
 
 
 def open_artifact(path: str | Path, check_hashes: bool = True) -> Artifact:
+    """Open an artifact dir; refuse (one-line InputError) a manifest that is unreadable, malformed
+    or newer than this tool, and any file whose sha256 or size differs from the manifest."""
     p = Path(path)
     mpath = p / MANIFEST
+    if not p.exists() and p.parent.is_dir():
+        remove_stale(p.parent, p.name)  # an export killed mid --force left it aside: put it back
     if not mpath.is_file():
         raise InputError(f"{p}: not an artifact (no {MANIFEST})")
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{mpath}: invalid JSON: {e}") from None
+    except OSError as e:
+        raise InputError(f"{mpath}: cannot read: {_why(e)}") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{mpath}: expected a JSON object")
     version = manifest.get("format_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise InputError(f"{mpath}: missing format_version")
     if version > FORMAT_VERSION:
         raise InputError(f"{mpath}: format_version {version} is newer than this tool ({FORMAT_VERSION}); "
                          f"upgrade edgeseq")
-    for key in ("files", "programs", "recipe", "target", "checkpoint"):
+    for key in ("files", "programs", "recipe", "target", "checkpoint", "tokens"):
         if key not in manifest:
             raise InputError(f"{mpath}: missing key {key!r}")
+    _check_manifest(manifest, mpath)
+    recipe_from_dict(manifest["recipe"], str(mpath))
+    target_from_dict(manifest["target"], str(mpath))
     if check_hashes:
-        for name, entry in manifest["files"].items():
-            f = p / name
-            if not f.is_file():
-                raise InputError(f"{f}: missing (listed in the manifest)")
-            if f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
-                raise InputError(f"{f}: sha256 does not match the manifest; the artifact was modified "
-                                 f"or corrupted, re-export it")
+        _check_hashes(p, manifest)
     return Artifact(path=p, manifest=manifest)

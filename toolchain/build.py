@@ -16,6 +16,7 @@ import fcntl
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -26,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .specs import short
 
 MATRIX_KEYS = {"format_version", "checkpoints", "recipes", "targets", "exclude", "thresholds",
                "verify_limit", "probe_runs"}
 THRESHOLD_KEYS = {"max_accuracy_drop", "max_slowdown_pct"}
+MATRIX_FORMAT_VERSION = 1
 RUNTIME_PACKAGES = {"executorch": ["executorch", "torchao"], "onnx": ["onnx", "onnxruntime"],
                     "litert": ["ai-edge-litert", "litert-torch", "ai-edge-quantizer"], "coreml": ["coremltools"]}
 
@@ -47,44 +50,77 @@ class Matrix:
 
 def _list(data: dict, key: str, where: str) -> list[str]:
     v = data.get(key)
-    if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
-        raise InputError(f"{where}: matrix key {key!r} must be a non-empty list of strings")
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+        raise InputError(f"{where}: matrix key {key!r} must be a non-empty list of names or paths, "
+                         f"got {short(v)}")
+    return v
+
+
+def _positive_int(data: dict, key: str, where: str, default: int | None) -> int | None:
+    v = data.get(key, default)
+    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+        raise InputError(f"{where}: matrix key {key!r} must be a positive integer, got {short(v)}")
     return v
 
 
 def load_matrix(path: str | Path) -> Matrix:
-    from .specs import load_yaml
+    """Parse and check a matrix, including that every recipe and target in it loads: a typo
+    fails the whole build in one line, before any cell runs."""
+    from .specs import check_keys, load_recipe, load_target, load_yaml
 
     p = Path(path)
     data = load_yaml(p)
     if not isinstance(data, dict):
-        raise InputError(f"{p}: a matrix must be a YAML mapping")
-    unknown = sorted(set(data) - MATRIX_KEYS)
-    if unknown:
-        raise InputError(f"{p}: unknown matrix key {unknown[0]!r}; allowed: {', '.join(sorted(MATRIX_KEYS))}")
+        raise InputError(f"{p}: a matrix must be a YAML mapping, got {type(data).__name__}")
+    check_keys(data, sorted(MATRIX_KEYS), str(p), "matrix")
+    version = data.get("format_version", MATRIX_FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InputError(f"{p}: matrix key 'format_version' must be a positive integer, got {short(version)}")
+    if version > MATRIX_FORMAT_VERSION:
+        raise InputError(f"{p}: format_version {version} is newer than this tool ({MATRIX_FORMAT_VERSION}); "
+                         f"upgrade edgeseq")
     base = p.resolve().parent
 
     def rel(s: str) -> str:  # recipe/target names stay names; files resolve next to the matrix
         return str(base / s) if s.endswith((".yaml", ".yml")) else s
 
-    cks = [base / c for c in _list(data, "checkpoints", str(p))]
-    for c in cks:
-        if not c.is_dir():
-            raise InputError(f"{p}: checkpoint not found: {c}")
-    exclude = data.get("exclude") or []
-    if not isinstance(exclude, list) or not all(isinstance(e, dict) and set(e) <= {"checkpoint", "recipe", "target"}
-                                                for e in exclude):
-        raise InputError(f"{p}: 'exclude' must be a list of {{checkpoint, recipe, target}} patterns")
-    th = data.get("thresholds") or {}
-    if not isinstance(th, dict) or set(th) - THRESHOLD_KEYS or not all(isinstance(v, (int, float)) for v in th.values()):
-        raise InputError(f"{p}: 'thresholds' takes numbers for: {', '.join(sorted(THRESHOLD_KEYS))}")
-    limit, runs = data.get("verify_limit"), data.get("probe_runs", 5)
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise InputError(f"{p}: 'verify_limit' must be a positive integer")
-    if not isinstance(runs, int) or runs < 1:
-        raise InputError(f"{p}: 'probe_runs' must be a positive integer")
-    return Matrix(cks, [rel(r) for r in _list(data, "recipes", str(p))], [rel(t) for t in _list(data, "targets", str(p))],
-                  exclude, {k: float(v) for k, v in th.items()}, limit, runs)
+    cks = []
+    for c in _list(data, "checkpoints", str(p)):
+        try:
+            ok = (base / c).is_dir()
+        except (OSError, ValueError):  # NUL byte, name too long
+            ok = False
+        if not ok:
+            raise InputError(f"{p}: matrix key 'checkpoints': checkpoint not found: {short(c)}")
+        cks.append(base / c)
+    recipes = [rel(r) for r in _list(data, "recipes", str(p))]
+    targets = [rel(t) for t in _list(data, "targets", str(p))]
+    for key, names, load in (("recipes", recipes, load_recipe), ("targets", targets, load_target)):
+        for n in names:
+            try:
+                load(n)
+            except InputError as e:
+                raise InputError(f"{p}: matrix key {key!r}: {e}") from None
+    exclude = data.get("exclude")
+    exclude = [] if exclude is None else exclude
+    if not isinstance(exclude, list) or not all(
+            isinstance(e, dict) and e and set(e) <= {"checkpoint", "recipe", "target"}
+            and all(isinstance(v, str) for v in e.values()) for e in exclude):
+        raise InputError(f"{p}: matrix key 'exclude' must be a list of {{checkpoint, recipe, target}} "
+                         f"patterns (strings), got {short(exclude)}")
+    th = data.get("thresholds")
+    th = {} if th is None else th
+    if not isinstance(th, dict):
+        raise InputError(f"{p}: matrix key 'thresholds' must be a mapping, got {short(th)}")
+    check_keys(th, sorted(THRESHOLD_KEYS), str(p), "thresholds")
+    for k, v in th.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or \
+                (k == "max_accuracy_drop" and v < 0):
+            raise InputError(f"{p}: matrix key 'thresholds.{k}' must be a finite number"
+                             f"{' >= 0' if k == 'max_accuracy_drop' else ''}, got {short(v)}")
+    limit = _positive_int(data, "verify_limit", str(p), None)
+    runs = _positive_int(data, "probe_runs", str(p), 5)
+    return Matrix(cks, recipes, targets, exclude, {k: float(v) for k, v in th.items()}, limit, runs)
 
 
 def _versions(runtime: str) -> dict[str, str]:
@@ -139,23 +175,45 @@ def _produce(ck: Path, recipe, target, entry: Path, verify_limit: int | None, pr
     tmp.mkdir(parents=True)
     from . import backends
 
-    art = export(load_checkpoint(ck), recipe, target, tmp / "artifact")
-    backend = backends.for_target(target)
-    runnable, why = backends.can_execute(backend)
-    if runnable:
-        rep = verify(art, limit=verify_limit).to_dict()
-        probe = run_probe(LocalTransport(), art.path, art.manifest,
-                          ["--runs", str(probe_runs), "--warmup", "1", "--device-label", "local"])
-    else:  # e.g. Core ML on Linux: structure checked for real, numerics and latency not run
-        rep = {**backend.verify_structure(art), "why_not_executed": why}
-        probe = None
-    art.update("verify", rep)
-    results = {"verify": rep, "probe": probe, "model_bytes": art.model_bytes,
-               "export_seconds": art.manifest["export_seconds"]}
-    (tmp / "cell.json").write_text(json.dumps(results, indent=1))
-    shutil.rmtree(entry, ignore_errors=True)
-    os.replace(tmp, entry)
+    try:
+        art = export(load_checkpoint(ck), recipe, target, tmp / "artifact")
+        backend = backends.for_target(target)
+        runnable, why = backends.can_execute(backend)
+        if runnable:
+            rep = verify(art, limit=verify_limit).to_dict()
+            probe = run_probe(LocalTransport(), art.path, art.manifest,
+                              ["--runs", str(probe_runs), "--warmup", "1", "--device-label", "local"])
+        else:  # e.g. Core ML on Linux: structure checked for real, numerics and latency not run
+            rep = {**backend.verify_structure(art), "why_not_executed": why}
+            probe = None
+        art.update("verify", rep)
+        results = {"verify": rep, "probe": probe, "model_bytes": art.model_bytes,
+                   "export_seconds": art.manifest["export_seconds"]}
+        (tmp / "cell.json").write_text(json.dumps(results, indent=1))
+        # The entry appears complete or not at all (we hold its lock; a corrupt one is replaced).
+        shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return results
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    """Copy an artifact dir to dest via a temp sibling, so dest is never a half copy."""
+    from .artifact import remove_stale
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(dest.parent, dest.name)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def run_cell(ck: str, recipe_name: str, target_name: str, out: str, cache: str,
@@ -178,16 +236,18 @@ def run_cell(ck: str, recipe_name: str, target_name: str, out: str, cache: str,
             if results is None:
                 results = _produce(Path(ck), recipe, target, entry, verify_limit, probe_runs)
             dest = Path(out) / row["checkpoint"] / target.name / recipe.name
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(entry / "artifact", dest)
+            _copy_atomic(entry / "artifact", dest)
         v, p = results["verify"], results["probe"] or {}
         row.update(status="ok", key=key[:16], artifact=str(dest), model_bytes=results["model_bytes"],
                    sequence_match=v.get("sequence_match"), task_accuracy=v.get("task_accuracy"),
                    reference_accuracy=v.get("reference_accuracy"), verify_passed=v["passed"],
                    ttft_ms=(p.get("ttft_ms") or {}).get("p50"),
-                   decode_ms_per_token=(p.get("decode_ms_per_token") or {}).get("p50"))
+                   decode_ms_per_token=(p.get("decode_ms_per_token") or {}).get("p50"),
+                   latency_kind=p.get("kind", "measured") if p else None)
         if "numerics" in v:
             row["note"] = f"structure only: {v['numerics']}"
+        if p.get("kind") == "estimate":
+            row["note"] = "latency is the NPU compiler's estimate, not a measurement"
     except Exception as e:  # one failing cell must not stop the others
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         row["error"] = first if isinstance(e, InputError) else f"{type(e).__name__}: {first}"
@@ -214,7 +274,8 @@ def verdicts(rows: list[dict], thresholds: dict[str, float], baseline: dict | No
                 problems.append(f"accuracy drop {r['reference_accuracy'] - r['task_accuracy']:.4f} > {drop:g}")
             b = base.get((r["checkpoint"], r["recipe"], r["target"]))
             slow = thresholds.get("max_slowdown_pct")
-            if b and slow is not None and b.get("decode_ms_per_token") and r["decode_ms_per_token"]:
+            if b and slow is not None and b.get("decode_ms_per_token") and r["decode_ms_per_token"] and \
+                    b.get("latency_kind", "measured") == r.get("latency_kind", "measured"):
                 pct = 100 * (r["decode_ms_per_token"] / b["decode_ms_per_token"] - 1)
                 r["slowdown_pct"] = round(pct, 1)
                 if pct > slow:
@@ -238,7 +299,10 @@ def build(matrix_path: str, out: str, cache_dir: str | None, jobs: int, baseline
         thresholds["max_slowdown_pct"] = max_slowdown_pct
     cache = Path(cache_dir or Path.home() / ".cache" / "edgeseq" / "build").resolve()
     outp = Path(out).resolve()
-    outp.mkdir(parents=True, exist_ok=True)
+    try:
+        outp.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output directory {outp}: {e.strerror}") from None
     cells = [(str(ck), r, t) for ck in m.checkpoints for r in m.recipes for t in m.targets
              if not _excluded(m, ck, r, t)]
     t0 = time.time()
@@ -261,8 +325,13 @@ def build(matrix_path: str, out: str, cache_dir: str | None, jobs: int, baseline
     summary = {"matrix": str(Path(matrix_path).resolve()), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(
         timespec="seconds"), "seconds": round(time.time() - t0, 2), "cache_dir": str(cache),
         "thresholds": thresholds, "cells": rows, "ok": all(r["verdict"] == "pass" for r in rows)}
-    (outp / "build.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (outp / "build.md").write_text(markdown(summary))
+    from .artifact import write_json_atomic, write_text_atomic
+
+    try:
+        write_json_atomic(outp / "build.json", summary)
+        write_text_atomic(outp / "build.md", markdown(summary))
+    except OSError as e:
+        raise InputError(f"cannot write the build summary in {outp}: {e.strerror}") from None
     return summary
 
 

@@ -2,7 +2,11 @@
 
 Safetensors only by default: pickle weights (`*.bin`, `*.pt`) can run code when
 loaded, so they are refused unless the caller passes `allow_pickle=True`.
-Everything that can be wrong with the directory is an `InputError` naming the file.
+Everything that can be wrong with the directory is an `InputError` naming the file:
+config.json (missing, not JSON, sizes that are not positive integers, unsupported
+model_type), the weights (corrupt or truncated safetensors; tensors missing, extra or
+of another shape than config.json implies: transformers would re-initialise or drop
+them with only a warning), and tokenizer.json (unreadable, or ids past the vocabulary).
 """
 
 from __future__ import annotations
@@ -17,6 +21,15 @@ from .errors import InputError
 from .hashing import sha256_file  # noqa: F401  (re-exported)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# config.json sizes, across the families in arch/: when present (not null) each must be a
+# positive integer (transformers would otherwise fail deep inside model construction).
+SIZE_KEYS = ("vocab_size", "decoder_vocab_size", "d_model", "d_ff", "d_kv", "num_heads", "num_layers",
+             "num_decoder_layers", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+             "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 @dataclass(frozen=True)
@@ -44,30 +57,68 @@ class SourceModel:
                 **self.adapter.describe(self.config),
                 "weights_bytes": sum(p.stat().st_size for p in self.weights)}
 
+    @property
+    def weights_label(self) -> Path:
+        """What error messages name: the weights file, or the directory when it is sharded."""
+        return self.weights[0] if len(self.weights) == 1 else self.path
+
     def load_model(self):
-        """The transformers model, fp32, eval mode. Shape mismatches are InputErrors."""
+        """The transformers model, fp32, eval mode. Weights that do not fit config.json are InputErrors."""
         import torch
-        from transformers import AutoModelForSeq2SeqLM
+        import transformers
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModelForSeq2SeqLM.from_pretrained(
+            # The family's auto class (AutoModelForSeq2SeqLM; Whisper: AutoModelForSpeechSeq2Seq).
+            auto = getattr(transformers, arch.auto_model(self.adapter))
+            model, info = auto.from_pretrained(
                 self.path, local_files_only=True, use_safetensors=not self.allow_pickle,
-                dtype=torch.float32)
-        except (OSError, ValueError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"{self.path}: cannot load weights: {first}") from None
+                dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True)
+        except Exception as e:  # config values transformers rejects, unreadable files: all input
+            raise InputError(f"{self.path}: cannot load the model: {_first_line(e)}") from e
+        _check_loading_info(info, self.weights_label)
         return model.eval()
 
     def load_tokenizer(self):
-        from tokenizers import Tokenizer
+        return open_tokenizer(self.tokenizer_file)
 
-        try:
-            return Tokenizer.from_file(str(self.tokenizer_file))
-        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise InputError(f"{self.tokenizer_file}: invalid tokenizer: {str(e).splitlines()[0]}") from None
+
+def open_tokenizer(path: Path):
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise InputError(f"{path}: invalid tokenizer: {_first_line(e)}") from None
+
+
+def _check_loading_info(info: dict, label: Path) -> None:
+    """transformers re-initialises missing or mis-shaped tensors and drops unexpected ones with
+    only a warning: for an export that is a silently wrong model, so each is an error here."""
+    def more(n: int) -> str:
+        return f" (and {n - 1} more)" if n > 1 else ""
+
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        first = mismatched[0]
+        if isinstance(first, (tuple, list)) and len(first) >= 3:  # (key, shape in file, shape of model)
+            what = f"{first[0]!r} is {list(first[1])} in the file, config.json implies {list(first[2])}"
+        else:
+            what = f"{first!r} has another shape than config.json implies"
+        raise InputError(f"{label}: weights do not match config.json: {what}{more(len(mismatched))}")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise InputError(f"{label}: weights do not match config.json: no tensor {missing[0]!r}"
+                         f"{more(len(missing))}")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        raise InputError(f"{label}: weights do not match config.json: tensor {unexpected[0]!r} is not "
+                         f"part of the model config.json describes{more(len(unexpected))}")
+    errors = info.get("error_msgs") or []
+    if errors:
+        raise InputError(f"{label}: cannot load weights: {str(errors[0]).strip().splitlines()[0]}")
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -75,12 +126,28 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise InputError(f"{path}: no config.json (not a save_pretrained checkpoint directory)")
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{cfg_path}: invalid JSON: {e}") from None
+        raise InputError(f"{cfg_path}: invalid JSON (truncated or corrupt): {e}") from None
+    except OSError as e:
+        raise InputError(f"{cfg_path}: cannot read: {e.strerror}") from None
     if not isinstance(cfg, dict):
         raise InputError(f"{cfg_path}: expected a JSON object")
+    for key in SIZE_KEYS:
+        v = cfg.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise InputError(f"{cfg_path}: {key!r} must be a positive integer, got {v!r:.60}")
     return cfg
+
+
+def _check_tokenizer(tok_file: Path, cfg_path: Path, vocab_size: Any) -> None:
+    """Every id the tokenizer can produce must index the model's embedding: a tokenizer from
+    another checkpoint would otherwise read past it (or, in a runtime, read garbage)."""
+    tok = open_tokenizer(tok_file)
+    top = max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
+    if isinstance(vocab_size, int) and top >= vocab_size:
+        raise InputError(f"{tok_file}: has token ids up to {top}, but the model's vocabulary "
+                         f"({cfg_path.name} vocab_size) is {vocab_size}: the tokenizer does not match the model")
 
 
 def _check_safetensors(files: list[Path]) -> None:
@@ -103,7 +170,10 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> SourceModel
         raise InputError(f"{p}: a checkpoint is a directory (save_pretrained output), not a file")
     cfg = _read_config(p)
     model_type = cfg.get("model_type")
-    arch.get(model_type)  # unknown architecture -> one-line error with the list
+    try:
+        adapter = arch.get(model_type)  # unknown architecture -> one-line error with the list
+    except InputError as e:
+        raise InputError(f"{p / 'config.json'}: {e}") from None
     safetensors = sorted(p.glob("*.safetensors"))
     pickles = sorted(f for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
     if safetensors:
@@ -120,5 +190,6 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> SourceModel
     if not tok.is_file():
         raise InputError(f"{p}: no tokenizer.json (save a fast tokenizer with "
                          f"AutoTokenizer.from_pretrained(dir).save_pretrained(dir))")
+    _check_tokenizer(tok, p / "config.json", adapter.describe(cfg).get("vocab_size"))
     return SourceModel(path=p.resolve(), config=cfg, model_type=model_type, weights=weights,
                        tokenizer_file=tok, allow_pickle=allow_pickle)

@@ -5,10 +5,13 @@ Exit codes: 0 ok, 1 a check failed, 2 bad input or usage.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -26,17 +29,49 @@ def _quiet() -> None:
     logging.disable(logging.WARNING)
 
 
+# OS errors that are about the machine, not a bug: disk full, read-only or forbidden paths.
+RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
+
+
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C (an export's staging dir is removed), exit status 128+15."""
+    raise SystemExit(128 + signum)
+
+
 class Group(click.Group):
+    """Turns library errors into one line on stderr: `error: ...` exit 2 (bad input, usage, a full
+    or read-only disk), `check failed: ...` exit 1. `--debug` shows the traceback instead."""
+
     def invoke(self, ctx: click.Context):
+        debug = ctx.params.get("debug")
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminate)
+            ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
         try:
             return super().invoke(ctx)
         except InputError as e:
-            if ctx.params.get("debug"):
+            if debug:
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_one_line(e)}", err=True)
+            ctx.exit(2)
+        except click.UsageError as e:  # one line, with where to look, instead of Click's usage block
+            if debug:
+                raise
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.echo(f"error: {_one_line(e.format_message())} (see: {where} --help)", err=True)
+            ctx.exit(2)
+        except OSError as e:
+            if debug or e.errno not in RESOURCE_ERRNOS:
+                raise
+            click.echo(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror}", err=True)
             ctx.exit(2)
         except CheckFailed as e:
-            click.echo(f"check failed: {e}", err=True)
+            click.echo(f"check failed: {_one_line(e)}", err=True)
             ctx.exit(1)
 
 
@@ -114,7 +149,7 @@ def export(checkpoint: str, target_name: str, recipe_name: str, out: str, force:
 @click.argument("artifact", type=click.Path())
 @click.option("--checkpoint", help="Checkpoint to compare against (default: the path recorded in the manifest).")
 @click.option("--eval", "eval_file", type=click.Path(), help="JSONL eval set ({\"input\", \"target\"}); default: the checkpoint's eval.jsonl.")
-@click.option("--limit", type=int, help="Use only the first N eval examples.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N eval examples.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle (.bin) weights for the reference model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verify report as JSON.")
 def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: int | None,
@@ -165,16 +200,23 @@ def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: 
 @click.option("--max-new-tokens", type=int, help="Stop after N tokens (default: the artifact's cache size).")
 @click.option("--min-new-tokens", type=int, default=0, show_default=True, help="Suppress EOS for the first N tokens.")
 @click.option("--truncate", is_flag=True, help="Truncate input longer than the recipe's max_input_len instead of failing.")
+@click.option("--allow-unknown", is_flag=True,
+              help="Let characters the tokenizer does not know become its unknown token instead of failing.")
 @click.option("--threads", type=int, help="Runtime threads (default: the target's).")
 def run(artifact: str, text: str, max_new_tokens: int | None, min_new_tokens: int, truncate: bool,
-        threads: int | None) -> None:
+        allow_unknown: bool, threads: int | None) -> None:
     """Generate greedily from TEXT with ARTIFACT; prints only the output text.
+
+    A note on stderr says when the output stopped at the artifact's cache size.
 
     Example: edgeseq run build/a "the 3rd of March, 2021"
     """
     from .runner import generate_text
 
-    click.echo(generate_text(artifact, text, max_new_tokens, min_new_tokens, truncate, threads))
+    out, note = generate_text(artifact, text, max_new_tokens, min_new_tokens, truncate, threads, allow_unknown)
+    click.echo(out)
+    if note:
+        click.echo(f"note: {note}", err=True)
 
 
 @main.command()
@@ -203,12 +245,17 @@ def probe(artifact: str, device: str, runs: int, warmup: int, input_len: int | N
       edgeseq probe build/a --device ssh://pi@10.0.0.7 --python /opt/venv/bin/python
     """
     from .artifact import open_artifact
+    from .generate import check_probe_lengths
     from .probe.devices import parse_device, run_probe
     from .report import probe_line
 
     if runs < 1 or warmup < 0:
         raise InputError("--runs must be >= 1 and --warmup >= 0")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
     art = open_artifact(artifact)  # refuse a modified artifact before spawning anything
+    r = art.recipe
+    check_probe_lengths(input_len, output_len, r.max_input_len, r.max_output_len)
     transport = parse_device(device, python, ssh_key, ssh_config)
     options = ["--runs", str(runs), "--warmup", str(warmup), "--device-label", transport.name, "--progress"]
     for flag, value in (("--input-len", input_len), ("--output-len", output_len), ("--threads", threads)):
@@ -222,10 +269,10 @@ def probe(artifact: str, device: str, runs: int, warmup: int, input_len: int | N
         if bar is not None:
             bar.update(i - bar.pos)
 
-    r = run_probe(transport, art.path, art.manifest, options, progress)
+    rep = run_probe(transport, art.path, art.manifest, options, progress)
     if bar is not None:
         bar.render_finish()
-    _emit(r, as_json, probe_line(r))
+    _emit(rep, as_json, probe_line(rep))
 
 
 @main.command()
@@ -246,7 +293,9 @@ def report(probes: tuple[str, ...], out: str | None, plot_path: str | None, base
     reports = [rep.load_probe(p) for p in probes]
     base = rep.load_probe(baseline) if baseline else reports[0]
     failures = rep.gate(reports, base, pct) if pct is not None else []
-    md = (f"# Probe report\n\n{rep.table(reports)}\n\nRatios are to the first column.\n\n"
+    mixed = ("Columns marked [ESTIMATE] are compiler estimates of an NPU program, not measurements.\n\n"
+             if any(rep.is_estimate(r) for r in reports) else "")
+    md = (f"# Probe report\n\n{rep.table(reports)}\n\nRatios are to the first column.\n\n{mixed}"
           f"{rep.environment_note(reports)}\n")
     if pct is not None:
         md += f"\nGate (+{pct:g}% vs {rep.label(base)}): " + ("; ".join(failures) or "pass") + "\n"
@@ -314,7 +363,8 @@ def targets(as_json: bool) -> None:
 
     items = [load_target(n) for n in available(TARGET_DIR)]
     _emit([t.to_dict() for t in items], as_json,
-          "\n".join(f"{t.name:<22} {t.runtime}/{t.backend:<10} {t.device_class:<6} {t.description}" for t in items))
+          "\n".join(f"{t.name:<22} {t.runtime}/{t.backend:<10} {t.device_class:<6} "
+                    f"{'(experimental) ' if t.experimental else ''}{t.description}" for t in items))
 
 
 if __name__ == "__main__":

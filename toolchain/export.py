@@ -27,20 +27,39 @@ def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str
     return source.adapter.build(model, recipe.max_input_len, recipe.max_output_len, cache_mode)
 
 
-def calibration_inputs(source: SourceModel, recipe: Recipe, limit: int = 32) -> list[list[int]]:
-    """Tokenized inputs for static quantization: the recipe's JSONL, else the checkpoint's eval.jsonl,
-    else a few built-in strings. Inputs longer than max_input_len are skipped."""
+def calibration_inputs(source: SourceModel, recipe: Recipe, limit: int = 32, spec: dict | None = None) -> list:
+    """Inputs for static quantization: the recipe's JSONL, else the checkpoint's eval.jsonl, else a
+    few built-in inputs. Text: token id lists (inputs longer than max_input_len are skipped);
+    audio (`spec`, the manifest's input, kind log_mel): (input_features,) tuples."""
     from .verify import BUILTIN_INPUTS, load_eval
 
+    audio = spec is not None and spec.get("kind") == "log_mel"
+    base = None
     if recipe.calibration:
-        rows = load_eval(Path(recipe.calibration))
+        rows, base = load_eval(Path(recipe.calibration)), Path(recipe.calibration).parent
     elif (source.path / "eval.jsonl").is_file():
-        rows = load_eval(source.path / "eval.jsonl")
+        rows, base = load_eval(source.path / "eval.jsonl"), source.path
     else:
-        rows = [{"input": s} for s in BUILTIN_INPUTS]
+        from .audio import SYNTHETIC
+
+        rows = [{"input": f"synthetic:{k}"} for k in SYNTHETIC] if audio else [{"input": s} for s in BUILTIN_INPUTS]
+    if audio:
+        from .audio import features_for
+
+        return [(features_for(r["input"], spec, base),) for r in rows[:limit]]
     tok = source.load_tokenizer()
     out = [ids for ids in (tok.encode(r["input"]).ids for r in rows) if len(ids) <= recipe.max_input_len]
     return out[:limit]
+
+
+def input_spec(source: SourceModel, parts) -> dict[str, Any]:
+    """The manifest's "input": how run/verify/probe turn user input into the encode program's
+    inputs. Text: tokenize and pad; log_mel: the checkpoint's feature extractor settings."""
+    if parts.input["kind"] == "log_mel":
+        from .audio import load_settings
+
+        return load_settings(source.path, parts.input["n_mels"], parts.input["frames"])
+    return dict(parts.input)
 
 
 def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False):
@@ -53,8 +72,9 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
     model = source.load_model()
     params = sum(p.numel() for p in model.parameters())
     parts = build_parts(source, recipe, model, backend.CACHE_MODE)
+    inputs = input_spec(source, parts)
     with staging_dir(out, force) as tmp:
-        calibration = calibration_inputs(source, recipe) if recipe.quantization else None
+        calibration = calibration_inputs(source, recipe, spec=inputs) if recipe.quantization else None
         lowered = backend.lower(parts, recipe, target, tmp, calibration=calibration)
         shutil.copyfile(source.tokenizer_file, tmp / "tokenizer.json")
         files = file_entries(tmp, [*lowered.files, "tokenizer.json"])
@@ -66,9 +86,10 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
             "recipe": recipe.to_dict(),
             "target": target.to_dict(),
             "programs": lowered.programs,
+            "input": inputs,
             "tokens": {"decoder_start_token_id": parts.decoder_start_token_id,
                        "eos_token_id": parts.eos_token_id, "pad_token_id": parts.pad_token_id,
-                       "vocab_size": parts.vocab_size, "tokenizer": "tokenizer.json"},
+                       "vocab_size": parts.vocab_size, "tokenizer": "tokenizer.json", **parts.generation()},
             **lowered.report,
             "sizes": {"model_bytes": model_bytes, "fp32_param_bytes": params * 4,
                       "ratio_to_fp32_params": round(model_bytes / (params * 4), 4)},

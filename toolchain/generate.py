@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -16,13 +17,38 @@ class Generation:
     logits: list[np.ndarray] = field(default_factory=list)  # one [V] row per step, if kept
     encode_s: float = 0.0
     step_s: list[float] = field(default_factory=list)  # wall time of each decode step
+    stopped: str = "eos"  # "eos", "max_new_tokens", or "cache" (the static KV cache is full)
+    prompt: list[int] = field(default_factory=list)  # the forced decoder prompt as fed (language resolved)
 
 
-def tokenize(tokenizer, text: str, max_input_len: int, truncate: bool = False) -> list[int]:
-    """Text -> token ids (with the tokenizer's own specials, e.g. T5's </s>)."""
+def _unknown_id(tokenizer) -> int | None:
+    unk = getattr(tokenizer.model, "unk_token", None) or "<unk>"  # WordLevel/WordPiece/BPE name it
+    return tokenizer.token_to_id(unk)
+
+
+def tokenize(tokenizer, text: str, max_input_len: int, truncate: bool = False,
+             allow_unknown: bool = True) -> list[int]:
+    """Text -> token ids (with the tokenizer's own specials, e.g. T5's </s>).
+
+    Empty text, text that is not valid Unicode, text longer than `max_input_len` (unless
+    `truncate`) and, unless `allow_unknown`, characters the tokenizer can only map to its
+    unknown token are one-line InputErrors."""
     if not text.strip():
         raise InputError("empty input")
-    ids = tokenizer.encode(text).ids
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("input is not valid text (not UTF-8)") from None
+    enc = tokenizer.encode(text)
+    ids = enc.ids
+    if not allow_unknown:
+        unk = _unknown_id(tokenizer)
+        bad = [text[a:b] for i, (a, b) in zip(ids, enc.offsets) if i == unk and unk is not None]
+        bad = [c for c in dict.fromkeys(bad) if c and c != tokenizer.id_to_token(unk)]
+        if bad:
+            shown = ", ".join(repr(c) for c in bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+            raise InputError(f"input has characters the tokenizer does not know: {shown}; they would all "
+                             f"become the unknown token (pass --allow-unknown to accept that)")
     if len(ids) > max_input_len:
         if not truncate:
             raise InputError(f"input is {len(ids)} tokens; the artifact's recipe allows {max_input_len} "
@@ -40,7 +66,7 @@ def pad(ids: list[int], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarra
     return input_ids, mask
 
 
-def check_new_tokens(max_new_tokens: int | None, max_output_len: int) -> int:
+def check_new_tokens(max_new_tokens: int | None, max_output_len: int, min_new_tokens: int = 0) -> int:
     """The number of decode steps to run; never past the static cache."""
     limit = max_output_len if max_new_tokens is None else max_new_tokens
     if limit > max_output_len:
@@ -48,41 +74,94 @@ def check_new_tokens(max_new_tokens: int | None, max_output_len: int) -> int:
                          f"positions (recipe max_output_len)")
     if limit < 1:
         raise InputError("--max-new-tokens must be >= 1")
+    if not 0 <= min_new_tokens <= limit:
+        raise InputError(f"--min-new-tokens must be between 0 and {limit} (the output limit), got {min_new_tokens}")
     return limit
 
 
-def greedy(session, ids: list[int], *, max_input_len: int, max_output_len: int, start_id: int, eos_id: int,
+def check_probe_lengths(input_len: int | None, output_len: int | None, max_input_len: int,
+                        max_output_len: int) -> None:
+    """A probe measures what it is asked or fails: never a silently shorter run."""
+    for flag, value, cap, key in (("--input-len", input_len, max_input_len, "max_input_len"),
+                                  ("--output-len", output_len, max_output_len, "max_output_len")):
+        if value is not None and not 1 <= value <= cap:
+            raise InputError(f"{flag} must be between 1 and {cap} (the artifact's recipe {key}), got {value}")
+
+
+def greedy(session, ids: list[int] | None, *, max_input_len: int, max_output_len: int, start_id: int, eos_id: int,
            pad_id: int, max_new_tokens: int | None = None, min_new_tokens: int = 0,
-           keep_logits: bool = False, force_length: bool = False) -> Generation:
+           keep_logits: bool = False, force_length: bool = False, inputs=None,
+           prompt: Sequence[int | None] = (), language_ids: Sequence[int] = (), suppress: Sequence[int] = (),
+           begin_suppress: Sequence[int] = (), forced_eos: int | None = None) -> Generation:
     """Encode once, then decode one token per step on the static cache.
 
+    The encode inputs are `ids` right-padded to max_input_len with their mask (text), or
+    `inputs` as given (the encode program's arrays in declared order, or a name -> array
+    dict; e.g. Whisper's log-mel features).
+
     The cache has max_output_len slots (positions 0..T-1); step p reads the token at
-    position p and predicts the one after it, so at most T tokens come out.
-    `force_length` suppresses EOS for the whole run, like transformers' `min_new_tokens`
-    (probes need comparable lengths).
+    position p and predicts the one after it. The first len(`prompt`) steps feed the
+    forced decoder prompt instead of their prediction (a None entry: the best of
+    `language_ids` in that step's logits, Whisper's language detection), so at most
+    T - len(prompt) tokens come out; `tokens` holds only those, `prompt` the resolved
+    prompt. As in transformers' logits processors: `suppress` ids are never chosen,
+    `begin_suppress` ids not as the first generated token, and `forced_eos` is forced at
+    the last allowed step. `force_length` suppresses EOS for the whole run, like
+    transformers' `min_new_tokens` (probes need comparable lengths).
     """
-    limit = max_output_len if max_new_tokens is None else max_new_tokens
+    room = max_output_len - len(prompt)
+    limit = room if max_new_tokens is None else max_new_tokens
     if force_length:
         min_new_tokens = limit
-    if limit > max_output_len:
+    if limit > room:
         raise InputError(f"--max-new-tokens {limit} exceeds the artifact's cache of {max_output_len} "
-                         f"positions (recipe max_output_len)")
-    input_ids, mask = pad(ids, max_input_len, pad_id)
+                         f"positions (recipe max_output_len)" + (f" minus the {len(prompt)} forced prompt tokens"
+                                                                 if prompt else ""))
+    encode_in = pad(ids, max_input_len, pad_id) if inputs is None else inputs
     t0 = time.perf_counter()
-    state = session.encode(input_ids, mask)
+    state = session.encode(encode_in) if isinstance(encode_in, dict) else session.encode(*encode_in)
     out = Generation(tokens=[], encode_s=time.perf_counter() - t0)
+    out.stopped = "cache" if limit == room else "max_new_tokens"
+    suppress, begin_suppress = list(suppress), list(begin_suppress)
     token = start_id
-    for position in range(limit):
+    for position in range(len(prompt) + limit):  # < max_output_len: never past the cache
         t = time.perf_counter()
         logits = session.decode(token, position, state)
-        if keep_logits:  # raw logits, before EOS suppression
+        if keep_logits:  # raw logits, before any suppression
             out.logits.append(np.asarray(logits, dtype=np.float32).copy())
-        if len(out.tokens) < min_new_tokens:
-            logits = logits.copy()
-            logits[eos_id] = -np.inf
+        if position < len(prompt):  # a forced prompt token (or the detected language)
+            token = prompt[position]
+            if token is None:
+                token = int(language_ids[int(np.argmax(np.asarray(logits)[list(language_ids)]))])
+            out.prompt.append(token)
+            out.step_s.append(time.perf_counter() - t)
+            continue
+        k = len(out.tokens)  # index of the token this step generates
+        if suppress or (begin_suppress and k == 0) or k < min_new_tokens or \
+                (forced_eos is not None and k == limit - 1 and not force_length):
+            logits = np.array(logits, dtype=np.float32)
+            logits[suppress] = -np.inf
+            if k == 0:
+                logits[begin_suppress] = -np.inf
+            if k < min_new_tokens:
+                logits[eos_id] = -np.inf
+            elif forced_eos is not None and k == limit - 1 and not force_length:
+                logits[:] = -np.inf
+                logits[forced_eos] = 0.0
         token = int(np.argmax(logits))
         out.step_s.append(time.perf_counter() - t)
         if token == eos_id:
+            out.stopped = "eos"
             break
         out.tokens.append(token)
     return out
+
+
+def decoding(tokens: dict) -> dict:
+    """greedy()'s token keywords from a manifest's "tokens" section (older artifacts have no
+    prompt or suppression entries: none)."""
+    return {"start_id": tokens["decoder_start_token_id"], "eos_id": tokens["eos_token_id"],
+            "pad_id": tokens["pad_token_id"], "prompt": tokens.get("decoder_prompt") or (),
+            "language_ids": tokens.get("language_token_ids") or (), "suppress": tokens.get("suppress_tokens") or (),
+            "begin_suppress": tokens.get("begin_suppress_tokens") or (),
+            "forced_eos": tokens.get("forced_eos_token_id")}

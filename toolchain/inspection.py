@@ -54,17 +54,41 @@ def inspect_checkpoint(path: Path, allow_pickle: bool) -> tuple[dict, str]:
     return d, "\n".join(lines)
 
 
+def npu_lines(npu: dict | None) -> list[str]:
+    """The NPU report: operator placement with reasons, memory, and the compiler's time estimate."""
+    if not npu:
+        return []
+    out = [f"  NPU {npu['accelerator']} ({npu['system_config']}, {npu['memory_mode']}, {npu['clock_mhz']} MHz); "
+           f"times are ESTIMATES: {npu['estimate']}"]
+    for name, p in npu["programs"].items():
+        out.append(f"  {name}: {p['npu_op_percent']:.1f}% of operators on the NPU ({p['npu_nodes']} NPU, "
+                   f"{p['cpu_nodes']} CPU; Vela: {p['vela_npu_ops']} NPU / {p['vela_cpu_ops']} CPU ops in "
+                   f"{p['delegated_subgraphs']} subgraphs), est. {p['estimated_ms']:.3f} ms "
+                   f"({p['cycles']:,} cycles), SRAM {p['sram_kib']:.1f} KiB, DRAM {p['dram_kib']:.1f} KiB, "
+                   f"{p['macs']:,} MACs")
+        for op, c in p["cpu_ops"].items():
+            out.append(f"    on CPU: {op} x{c['count']}: {c['why']}")
+    return out
+
+
 def inspect_artifact(path: Path) -> tuple[dict, str]:
     art = open_artifact(path)
     m = art.manifest
     lines = [f"artifact {path}: {m['checkpoint']['name']} -> {m['target']['name']} / {m['recipe']['name']}",
              f"  model bytes {m['sizes']['model_bytes']:,} ({m['sizes']['ratio_to_fp32_params']}x params*4)"]
+    inp = m.get("input") or {"kind": "text"}
+    if inp["kind"] == "log_mel":
+        lines.append(f"  input: WAV audio -> log-mel [1, {inp['feature_size']}, {inp['frames']}] "
+                     f"({inp['sampling_rate']} Hz, {inp['chunk_length']} s per input)")
+    prompt = (m.get("tokens") or {}).get("decoder_prompt")
+    if prompt:
+        lines.append("  decoder prompt: " + ", ".join("detected language" if t is None else str(t) for t in prompt))
     for name, e in m["files"].items():
         lines.append(f"  file {name:<16} {e['bytes']:>12,d} B")
     for name, p in m["programs"].items():
         ins = ", ".join(f"{i['name']}{i['shape']}" for i in p["inputs"][:4])
         more = f" +{len(p['inputs']) - 4} more" if len(p["inputs"]) > 4 else ""
-        lines.append(f"  program {name}: {p['file']}:{p['method']}({ins}{more})")
+        lines.append(f"  program {name}: {p['file']}:{p.get('method') or p.get('signature') or name}({ins}{more})")
     for comp, q in (m.get("quantization") or {}).items():
         if q["tensors"]:
             lines.append(f"  component {comp:<10} {q['scheme']:<12} {q['tensors']:>3} tensors  "
@@ -75,6 +99,7 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
     for name, d in (m.get("delegation") or {}).items():
         lines.append(f"  {name}: {d['delegated_fraction']:.1%} of compute nodes in {d['delegate']} "
                      f"({d['delegated_nodes']} delegated, {d['portable_nodes']} portable: {d['portable_ops']})")
+    lines += npu_lines(m.get("npu"))
     v = m.get("verify")
     if not v:
         lines.append("  verify: never run")

@@ -25,9 +25,23 @@ METRICS = [
 ]
 
 
+def is_estimate(r: dict[str, Any]) -> bool:
+    return r.get("kind") == "estimate"
+
+
 def probe_line(r: dict[str, Any]) -> str:
     d = r["decode_ms_per_token"] or {"p50": float("nan"), "p90": float("nan")}
     env = r.get("environment", {})
+    if is_estimate(r):
+        n = r.get("npu", {})
+        return (f"ESTIMATE (not measured; {r.get('source', 'compiler estimate')})\n"
+                f"  {r.get('checkpoint')} {r.get('target')}/{r.get('recipe')}: {n.get('accelerator')} at "
+                f"{n.get('clock_mhz')} MHz ({n.get('system_config')}), {r.get('output_len')} tokens out\n"
+                f"  encode {n.get('encode_estimated_ms')} ms ({n.get('encode_npu_op_percent')}% of operators on "
+                f"the NPU)  decode {d['p50']} ms/token ({n.get('decode_npu_op_percent')}% on the NPU)\n"
+                f"  TTFT {r['ttft_ms']['p50']} ms  {r['tokens_per_s']:.1f} tokens/s  SRAM "
+                f"{max(n.get('encode_sram_kib', 0), n.get('decode_sram_kib', 0)):.1f} KiB  "
+                f"artifact {r['artifact_bytes'] / 1e6:.2f} MB")
     return (f"probe {r.get('checkpoint')} {r.get('target')}/{r.get('recipe')} on {r['device']} "
             f"({env.get('cpu', '?')}, {env.get('threads', '?')} threads), "
             f"{r.get('input_len')} in / {r.get('output_len')} out, {r['runs']} runs\n"
@@ -53,7 +67,9 @@ def load_probe(path: str | Path) -> dict[str, Any]:
 
 
 def label(r: dict[str, Any]) -> str:
-    return f"{r.get('checkpoint', '?')} {r.get('target', r['runtime'])}/{r.get('recipe', '?')} @{r['device']}"
+    """A probe's column name; an estimate says so in its name, so it is never read as a measurement."""
+    mark = " [ESTIMATE]" if is_estimate(r) else ""
+    return f"{r.get('checkpoint', '?')} {r.get('target', r['runtime'])}/{r.get('recipe', '?')} @{r['device']}{mark}"
 
 
 def _fmt(v) -> str:
@@ -88,6 +104,9 @@ def environment_note(reports: list[dict[str, Any]]) -> str:
     notes = []
     for r in reports:
         env = r.get("environment", {})
+        if is_estimate(r):
+            notes.append(f"- {label(r)}: not measured; {r.get('source', 'compiler estimate')}")
+            continue
         notes.append(f"- {label(r)}: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, "
                      f"{env.get('threads', '?')} threads, {env.get('date', '?')}, "
                      f"{r.get('input_len')} in / {r.get('output_len')} out, {r['runs']} runs")
@@ -124,6 +143,9 @@ def gate(reports: list[dict[str, Any]], baseline: dict[str, Any], pct: float) ->
     for r in reports:
         if r is baseline:
             continue
+        if is_estimate(r) != is_estimate(baseline):
+            raise InputError(f"cannot gate {label(r)} against {label(baseline)}: one is an estimate, the other "
+                             f"a measurement")
         for name, key in (("TTFT p50", "ttft_ms"), ("decode p50", "decode_ms_per_token")):
             b, v = (baseline[key] or {}).get("p50"), (r[key] or {}).get("p50")
             if b and v and v > b * (1 + pct / 100):

@@ -1,23 +1,38 @@
-"""`edgeseq run`: text in, text out, through the artifact's runtime Session."""
+"""`edgeseq run`: text (or, for audio artifacts, a WAV file) in, text out, through the artifact's runtime Session."""
 
 from __future__ import annotations
 
 from . import backends
 from .artifact import open_artifact
-from .generate import check_new_tokens, greedy, tokenize
+from .errors import InputError
+from .generate import check_new_tokens, decoding, greedy, tokenize
 
 
 def generate_text(path: str, text: str, max_new_tokens: int | None = None, min_new_tokens: int = 0,
-                  truncate: bool = False, threads: int | None = None) -> str:
+                  truncate: bool = False, threads: int | None = None,
+                  allow_unknown: bool = False) -> tuple[str, str | None]:
+    """Greedy generation. Returns (text, note): the note says why the output may be cut short
+    (the static KV cache was full before end of sequence), else None."""
     from tokenizers import Tokenizer
 
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
     art = open_artifact(path)
     recipe, target, spec = art.recipe, art.target, art.manifest["tokens"]
     tok = Tokenizer.from_file(str(art.file(spec["tokenizer"])))
-    ids = tokenize(tok, text, recipe.max_input_len, truncate=truncate)
-    check_new_tokens(max_new_tokens, recipe.max_output_len)
+    kw = decoding(spec)
+    if art.manifest.get("input", {}).get("kind") == "log_mel":  # audio family (Whisper): TEXT is a WAV file
+        from .audio import wav_features
+
+        ids, inputs = None, (wav_features(text, art.manifest["input"], truncate=truncate),)
+    else:
+        ids, inputs = tokenize(tok, text, recipe.max_input_len, truncate=truncate, allow_unknown=allow_unknown), None
+    check_new_tokens(max_new_tokens, recipe.max_output_len - len(kw["prompt"]), min_new_tokens)
     session = backends.for_target(target).open(art, threads=threads or target.threads)
-    gen = greedy(session, ids, max_input_len=recipe.max_input_len, max_output_len=recipe.max_output_len,
-                 start_id=spec["decoder_start_token_id"], eos_id=spec["eos_token_id"], pad_id=spec["pad_token_id"],
-                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
-    return tok.decode(gen.tokens, skip_special_tokens=True)
+    gen = greedy(session, ids, inputs=inputs, max_input_len=recipe.max_input_len, max_output_len=recipe.max_output_len,
+                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, **kw)
+    note = None
+    if gen.stopped == "cache":
+        note = (f"stopped at the artifact's cache size ({recipe.max_output_len} tokens, recipe max_output_len) "
+                f"before the end of the sequence; the output may be cut short")
+    return tok.decode(gen.tokens, skip_special_tokens=True), note

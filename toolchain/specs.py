@@ -10,6 +10,8 @@ naming the key. They serialize into the artifact's manifest.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,10 @@ class Target:
     backend: str
     device_class: str
     threads: int = 2
+    # Backend-specific settings (NPU configuration, SoC, clock...): scalar values only;
+    # the backend's check() validates the keys it knows and rejects the rest by name.
+    options: dict[str, Any] = field(default_factory=dict)
+    experimental: bool = False  # shown as such by `edgeseq targets`: not yet run on its device
     format_version: int = SPEC_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,24 +81,42 @@ QUANT_SCHEMES = {
     "int4-weight": "int4 group-wise weight-only",
     "static-int8": "int8 weights and activations, activation ranges calibrated",
 }
+# Names become directory names (build output, caches): no separators, no leading dot.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """repr() for error messages: one line, bounded (a fuzzed value can be huge)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def _check(kind: str, where: str, key: str, value: Any, typ: type) -> Any:
     ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
+    if ok and typ is float and not math.isfinite(value):
+        raise InputError(f"{where}: {kind} key {key!r} must be a finite number, got {short(value)}")
     if not ok:
-        raise InputError(f"{where}: {kind} key {key!r} must be {_TYPES[typ]}, got {value!r}")
+        raise InputError(f"{where}: {kind} key {key!r} must be {_TYPES[typ]}, got {short(value)}")
     return value
 
 
-def _build(cls, data: Any, where: str, kind: str):
+def check_keys(data: dict, allowed, where: str, kind: str) -> None:
+    """Unknown keys (of any YAML type: 1, null, true are keys too) -> one line naming the first."""
+    unknown = sorted((k for k in data if k not in allowed), key=repr)
+    if unknown:
+        raise InputError(f"{where}: unknown {kind} key {short(unknown[0])}; allowed: {', '.join(allowed)}")
+
+
+def _build(cls, data: Any, where: str, kind: str, key: str | None = None):
     if not isinstance(data, dict):
+        if key is not None:
+            raise InputError(f"{where}: {key.split('.')[0]} key {key.split('.')[-1]!r} must be a mapping, "
+                             f"got {short(data)}")
         raise InputError(f"{where}: a {kind} must be a YAML mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise InputError(f"{where}: unknown {kind} key {unknown[0]!r}; allowed: {', '.join(fields)}")
+    check_keys(data, list(fields), where, kind)
     out = {}
     for name, f in fields.items():
         if name not in data:
@@ -101,25 +125,44 @@ def _build(cls, data: Any, where: str, kind: str):
             continue
         value = data[name]
         if name == "tolerance":
-            value = _build(Tolerance, value, where, "tolerance")
+            value = _build(Tolerance, value, where, "tolerance", key=f"{kind}.tolerance")
         elif name == "quantization":
             value = _check(kind, where, name, value, dict)
             for comp, scheme in value.items():
                 if comp not in QUANT_COMPONENTS:
-                    raise InputError(f"{where}: unknown quantization component {comp!r}; "
+                    raise InputError(f"{where}: unknown quantization component {short(comp)}; "
                                      f"allowed: {', '.join(QUANT_COMPONENTS)}")
                 _check(kind, where, f"quantization.{comp}", scheme, str)
                 if scheme not in QUANT_SCHEMES:
-                    raise InputError(f"{where}: unknown quantization scheme {scheme!r} for {comp}; "
+                    raise InputError(f"{where}: unknown quantization scheme {short(scheme)} for {comp}; "
                                      f"known: {', '.join(QUANT_SCHEMES)}")
+        elif name == "options":
+            value = _check(kind, where, name, value, dict)
+            for k, v in value.items():
+                if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
+                    raise InputError(f"{where}: {kind} key 'options.{short(k)}' must be a string, number or "
+                                     f"true/false, got {short(v)}")
         else:
-            typ = {"int": int, "float": float, "str": str}[str(f.type)]
+            typ = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
             value = _check(kind, where, name, value, typ)
         out[name] = value
     obj = cls(**out)
-    if getattr(obj, "format_version", SPEC_FORMAT_VERSION) > SPEC_FORMAT_VERSION:
-        raise InputError(f"{where}: format_version {obj.format_version} is newer than this tool "
+    version = getattr(obj, "format_version", SPEC_FORMAT_VERSION)
+    if version > SPEC_FORMAT_VERSION:
+        raise InputError(f"{where}: format_version {version} is newer than this tool "
                          f"({SPEC_FORMAT_VERSION}); upgrade edgeseq")
+    if version < 1:
+        raise InputError(f"{where}: {kind} key 'format_version' must be >= 1, got {version}")
+    if hasattr(obj, "name") and not NAME_RE.fullmatch(obj.name):
+        raise InputError(f"{where}: {kind} key 'name' must be letters, digits, '.', '_', '+', '-' "
+                         f"(it names directories), got {short(obj.name)}")
+    if cls is Tolerance:
+        for k in ("max_abs_logit_diff", "max_accuracy_drop", "min_sequence_match"):
+            if getattr(obj, k) < 0:
+                raise InputError(f"{where}: tolerance key {k!r} must be >= 0, got {getattr(obj, k)}")
+        if obj.min_sequence_match > 1:
+            raise InputError(f"{where}: tolerance key 'min_sequence_match' must be <= 1, "
+                             f"got {obj.min_sequence_match}")
     return obj
 
 
@@ -133,29 +176,65 @@ def _validate_recipe(r: Recipe, where: str) -> Recipe:
     return r
 
 
+def _strict_loader():
+    """yaml.SafeLoader that rejects duplicate keys (PyYAML keeps the last one, silently)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable key: let PyYAML say so
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {short(key)}",
+                                                        key_node.start_mark)
+        return loader.construct_mapping(node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return StrictLoader
+
+
 def load_yaml(path: Path) -> Any:
+    """Parse a YAML file; every way it can be unreadable is a one-line InputError with file and line."""
     import yaml  # lazily: the remote probe runner reads specs from manifests, not YAML
 
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}:{at} invalid YAML: {getattr(e, 'problem', None) or e}") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+        problem = getattr(e, "problem", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{path}:{at} invalid YAML: {problem}") from None
+    except RecursionError:
+        raise InputError(f"{path}: invalid YAML: nested too deeply") from None
 
 
 def _resolve(name_or_path: str, directory: Path, kind: str) -> Path:
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise InputError(f"{kind} file not found: {name_or_path}")
-        return p
-    candidate = directory / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        raise InputError(f"unknown {kind} {name_or_path!r}; available: {', '.join(available(directory))}")
-    return candidate
+    try:
+        if p.suffix in (".yaml", ".yml") or p.exists():
+            if not p.is_file():
+                raise InputError(f"{kind} file not found: {name_or_path}")
+            return p
+        candidate = directory / f"{name_or_path}.yaml"
+        if NAME_RE.fullmatch(name_or_path) and candidate.is_file():
+            return candidate
+    except (OSError, ValueError):  # a name too long for a path, or with a NUL byte
+        pass
+    raise InputError(f"unknown {kind} {short(name_or_path)}; available: {', '.join(available(directory))}")
 
 
 def available(directory: Path) -> list[str]:
@@ -167,17 +246,25 @@ def load_recipe(name_or_path: str) -> Recipe:
     return _validate_recipe(_build(Recipe, load_yaml(path), str(path), "recipe"), str(path))
 
 
-def load_target(name_or_path: str) -> Target:
-    path = _resolve(name_or_path, TARGET_DIR, "target")
-    t = _build(Target, load_yaml(path), str(path), "target")
-    if t.threads < 1:
-        raise InputError(f"{path}: target key 'threads' must be >= 1, got {t.threads}")
+def _validate_target(t: Target, where: str) -> Target:
+    from . import backends  # the registry only; backend modules are imported when used
+
+    if t.runtime not in backends.runtimes():
+        raise InputError(f"{where}: target key 'runtime' must be one of {', '.join(backends.runtimes())}, "
+                         f"got {short(t.runtime)}")
+    if not 1 <= t.threads <= 256:
+        raise InputError(f"{where}: target key 'threads' must be between 1 and 256, got {t.threads}")
     return t
 
 
-def recipe_from_dict(d: dict[str, Any]) -> Recipe:
-    return _build(Recipe, d, "manifest", "recipe")
+def load_target(name_or_path: str) -> Target:
+    path = _resolve(name_or_path, TARGET_DIR, "target")
+    return _validate_target(_build(Target, load_yaml(path), str(path), "target"), str(path))
 
 
-def target_from_dict(d: dict[str, Any]) -> Target:
-    return _build(Target, d, "manifest", "target")
+def recipe_from_dict(d: dict[str, Any], where: str = "manifest") -> Recipe:
+    return _validate_recipe(_build(Recipe, d, where, "recipe"), where)
+
+
+def target_from_dict(d: dict[str, Any], where: str = "manifest") -> Target:
+    return _validate_target(_build(Target, d, where, "target"), where)

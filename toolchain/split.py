@@ -3,16 +3,21 @@
 An architecture adapter (``toolchain/arch/``) builds two ``nn.Module``s from a
 transformers model:
 
-* ``encode(input_ids int64[1, S], attention_mask int64[1, S])`` with S fixed to
-  ``recipe.max_input_len`` (shorter inputs are right-padded; the mask hides the
-  padding) returns ``cross_bias float[1, 1, S]`` (0 for real tokens, -1e9 for
-  padding) and, for every decoder layer l, the cross-attention keys and values:
+* ``encode(*inputs)``: the inputs are what ``Seq2SeqParts.encode_spec`` declares
+  (name, dtype, shape; the manifest records them, so run/verify/probe know what to
+  feed). Text families take ``input_ids int64[1, S]`` and ``attention_mask int64[1, S]``
+  with S fixed to ``recipe.max_input_len`` (shorter inputs are right-padded; the mask
+  hides the padding); audio families (Whisper) take ``input_features float32[1,
+  n_mels, frames]`` (log-mel, see toolchain/audio.py). It returns ``cross_bias
+  float[1, 1, S]`` (0 for real tokens, -1e9 for padding; omitted when the family has
+  no encoder mask, ``cross_bias=False``) and, for every decoder layer l, the
+  cross-attention keys and values (S = ``cross_len``, the encoder's output length):
 
       cross_k_l  float[1, H, Dh, S]   keys pre-transposed, so decode does q @ K
                                       with a plain bmm and no per-step transpose
       cross_v_l  float[1, H, S, Dh]
 
-* ``decode(token int64[1, 1], position int64[1], cross_bias, cross_k_0,
+* ``decode(token int64[1, 1], position int64[1], [cross_bias,] cross_k_0,
   cross_v_0, ...)`` returns ``logits float[1, V]``. It never sees the encoder's
   hidden states. Its self-attention cache is a pair of tensors per layer
   (``cache_k_l`` ``[H, Dh, T]``, ``cache_v_l`` ``[H, T, Dh]``, T =
@@ -27,6 +32,13 @@ and attention runs as 3D ``torch.bmm`` over heads (a 4D matmul lowers to an
 one-hot mask (``cache * (1 - onehot) + new * onehot``) instead of ``index_copy_``;
 RMSNorm reduces a 4D view over dims [2, 3], the only ``mean`` XNNPACK takes;
 masks use -1e9, not -inf, so an all-masked row can never produce NaN.
+
+Generation facts that are not tensors travel with the parts into the manifest:
+``decoder_prompt`` (tokens forced after the start token: Whisper's language/task/
+notimestamps, BART's forced BOS; ``None`` = the language detected from the first
+step's logits over ``language_token_ids``), ``suppress_tokens`` (never generated),
+``begin_suppress_tokens`` (not as the first generated token) and ``forced_eos_token_id``
+(forced at the last step the output length allows), as transformers' logits processors.
 """
 
 from __future__ import annotations
@@ -99,16 +111,20 @@ def heads_last(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).reshape(1, s, h * dh)
 
 
-def attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+def attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
+           softcap: float | None = None) -> torch.Tensor:
     """Scaled dot-product attention over heads as 3D bmm.
 
     q [H, Sq, Dh], k_t [H, Dh, Sk] (keys transposed), v [H, Sk, Dh], bias broadcastable
-    to [H, Sq, Sk] -> [H, Sq, Dh]. Softmax in fp32.
+    to [H, Sq, Sk] (None: no mask) -> [H, Sq, Dh]. Softmax in fp32. `softcap` (Gemma):
+    scores become cap * tanh(scores / cap) before the bias is added.
     """
     scores = torch.bmm(q, k_t)
     if scale != 1.0:
         scores = scores * scale
-    probs = torch.softmax(scores + bias, dim=-1)
+    if softcap is not None:
+        scores = torch.tanh(scores * (1.0 / softcap)) * softcap
+    probs = torch.softmax(scores if bias is None else scores + bias, dim=-1)
     return torch.bmm(probs, v)
 
 
@@ -150,19 +166,64 @@ def decode_state(module: nn.Module, layers: int, rest: tuple) -> tuple[tuple, li
     return cross_kv, list(rest[2 * layers:])
 
 
-def cross_kv_outputs(x: torch.Tensor, cross_bias: torch.Tensor, cross_k, cross_v, heads: int,
+def cross_kv_outputs(x: torch.Tensor, cross_bias: torch.Tensor | None, cross_k, cross_v, heads: int,
                      head_dim: int) -> tuple[torch.Tensor, ...]:
     """The encode program's outputs from the final encoder states x [1, S, D]:
-    (cross_bias [1, 1, S], then per decoder layer cross_k [1, H, Dh, S] (pre-transposed)
-    and cross_v [1, H, S, Dh]), all contiguous (runtimes take them back as inputs)."""
+    (cross_bias [1, 1, S] unless None, then per decoder layer cross_k [1, H, Dh, S]
+    (pre-transposed) and cross_v [1, H, S, Dh]), all contiguous (runtimes take them back
+    as inputs)."""
     s = x.shape[1]
-    outs = [cross_bias.contiguous()]
+    outs = [] if cross_bias is None else [cross_bias.contiguous()]
     for pk, pv in zip(cross_k, cross_v):
         k = heads_first(pk(x), heads)  # [H, S, Dh]
         v = heads_first(pv(x), heads)
         outs += [k.transpose(1, 2).reshape(1, heads, head_dim, s).contiguous(),
                  v.reshape(1, heads, s, head_dim).contiguous()]
     return tuple(outs)
+
+
+class LayerNorm(nn.Module):
+    """A detached fp32 LayerNorm over the last dim (weight and bias)."""
+
+    def __init__(self, ln: nn.LayerNorm):
+        super().__init__()
+        self.weight = nn.Parameter(ln.weight.detach().clone().float(), requires_grad=False)
+        self.bias = nn.Parameter(ln.bias.detach().clone().float(), requires_grad=False)
+        self.eps = ln.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Written out over a 4D view [1, S, 1, D] reduced on dims [2, 3]: the only `mean`
+        # XNNPACK takes (aten.native_layer_norm would stay on portable kernels).
+        b, s, d = x.shape
+        x4 = x.reshape(b, s, 1, d)
+        xc = x4 - x4.mean(dim=[2, 3], keepdim=True)
+        var = (xc * xc).mean(dim=[2, 3], keepdim=True)
+        return (xc * torch.rsqrt(var + self.eps)).reshape(b, s, d) * self.weight + self.bias
+
+
+def frozen_embedding(weight: torch.Tensor) -> nn.Embedding:
+    emb = nn.Embedding(weight.shape[0], weight.shape[1])
+    emb.weight = nn.Parameter(weight.detach().clone().float(), requires_grad=False)
+    return emb
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input of the encode program: name, dtype, static shape, and the value example
+    inputs are filled with (export traces with them; a mask of ones keeps every key)."""
+
+    name: str
+    dtype: str  # "int64" | "float32"
+    shape: tuple[int, ...]
+    fill: int = 0
+
+    def example(self) -> torch.Tensor:
+        return torch.full(self.shape, self.fill, dtype=getattr(torch, self.dtype))
+
+
+def text_inputs(length: int) -> list[TensorSpec]:
+    """The encode inputs of text families: right-padded ids and their mask, int64[1, S]."""
+    return [TensorSpec("input_ids", "int64", (1, length)), TensorSpec("attention_mask", "int64", (1, length), 1)]
 
 
 @dataclass
@@ -182,17 +243,36 @@ class Seq2SeqParts:
     pad_token_id: int
     cache_mode: str = "buffer"  # "buffer": cache inside decode; "io": cache in/out tensors
     tolerance: dict[str, float] = field(default_factory=dict)
+    # What encode takes; default: text (input_ids, attention_mask [1, max_input_len]).
+    encode_spec: list[TensorSpec] = field(default_factory=list)
+    # How a caller turns user input into encode_spec's tensors: {"kind": "text"} or
+    # {"kind": "log_mel", "n_mels", "frames"} (export completes it with the checkpoint's
+    # feature extractor settings into the manifest's "input").
+    input: dict[str, Any] = field(default_factory=lambda: {"kind": "text"})
+    cross_len: int = 0  # encoder output length S of the cross K/V; default max_input_len
+    cross_bias: bool = True  # encode returns a key mask, decode takes it (False: no encoder mask)
+    # Generation facts (see the module docstring).
+    decoder_prompt: list[int | None] = field(default_factory=list)
+    language_token_ids: list[int] = field(default_factory=list)
+    suppress_tokens: list[int] = field(default_factory=list)
+    begin_suppress_tokens: list[int] = field(default_factory=list)
+    forced_eos_token_id: int | None = None  # forced at the last allowed step (transformers' forced_eos)
+
+    def __post_init__(self):
+        if not self.encode_spec:
+            self.encode_spec = text_inputs(self.max_input_len)
+        if not self.cross_len:
+            self.cross_len = self.max_input_len
 
     # -- program signatures (names are what the manifest records) --------------
-    def encode_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.max_input_len
-        return torch.zeros(1, s, dtype=torch.long), torch.ones(1, s, dtype=torch.long)
+    def encode_inputs(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t.example() for t in self.encode_spec)
 
     def encode_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask"]
+        return [t.name for t in self.encode_spec]
 
     def encode_output_names(self) -> list[str]:
-        names = ["cross_bias"]
+        names = ["cross_bias"] if self.cross_bias else []
         for i in range(self.num_layers):
             names += [f"cross_k_{i}", f"cross_v_{i}"]
         return names
@@ -209,13 +289,12 @@ class Seq2SeqParts:
         return [torch.zeros(s) for s in self.cache_shapes()]
 
     def decode_inputs(self) -> tuple[torch.Tensor, ...]:
-        h, dh, s = self.num_heads, self.head_dim, self.max_input_len
-        kv = []
+        h, dh, s = self.num_heads, self.head_dim, self.cross_len
+        kv = [torch.zeros(1, 1, s)] if self.cross_bias else []
         for _ in range(self.num_layers):
             kv += [torch.zeros(1, h, dh, s), torch.zeros(1, h, s, dh)]
         io_cache = self.empty_cache() if self.cache_mode == "io" else []
-        return (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
-                torch.zeros(1, 1, s), *kv, *io_cache)
+        return (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), *kv, *io_cache)
 
     def decode_input_names(self) -> list[str]:
         io_cache = self.cache_names() if self.cache_mode == "io" else []
@@ -224,6 +303,13 @@ class Seq2SeqParts:
     def decode_output_names(self) -> list[str]:
         io_cache = [f"new_{n}" for n in self.cache_names()] if self.cache_mode == "io" else []
         return ["logits"] + io_cache
+
+    def generation(self) -> dict[str, Any]:
+        """The manifest's generation facts (besides start/eos/pad)."""
+        return {"decoder_prompt": list(self.decoder_prompt), "language_token_ids": list(self.language_token_ids),
+                "suppress_tokens": list(self.suppress_tokens),
+                "begin_suppress_tokens": list(self.begin_suppress_tokens),
+                "forced_eos_token_id": self.forced_eos_token_id}
 
     def reset_cache(self) -> None:
         for name, buf in self.decode.named_buffers():

@@ -6,6 +6,8 @@ For every eval input:
   * eager transformers is run teacher-forced on the artifact's own tokens, so every
     artifact step has an eager logit row to compare with, even after a divergence
     -> max_abs_logit_diff and top1_agreement over all steps.
+Inputs are text, or for audio artifacts (manifest "input" kind log_mel) WAV files whose
+log-mel features both sides get; forced prompt tokens are compared too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from . import backends
 from .artifact import Artifact
 from .checkpoint import load_checkpoint
 from .errors import InputError
-from .generate import greedy, tokenize
+from .generate import decoding, greedy, tokenize
 
 BUILTIN_INPUTS = ["the quick brown fox", "hello world", "a b c d e f g"]
 
@@ -64,14 +66,53 @@ def load_eval(path: Path) -> list[dict[str, str]]:
     return out
 
 
-def eval_examples(eval_file: str | None, checkpoint_dir: Path, limit: int | None) -> tuple[list[dict], str]:
+def eval_examples(eval_file: str | None, checkpoint_dir: Path, limit: int | None,
+                  audio: bool = False) -> tuple[list[dict], str]:
+    """The eval rows and where they came from. For audio artifacts an "input" is a WAV path
+    (relative to the eval file) and the built-in inputs are synthetic signals."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be >= 1, got {limit}")
     if eval_file:
         rows, src = load_eval(Path(eval_file)), str(eval_file)
     elif (checkpoint_dir / "eval.jsonl").is_file():
         rows, src = load_eval(checkpoint_dir / "eval.jsonl"), str(checkpoint_dir / "eval.jsonl")
     else:
         rows, src = [{"input": s} for s in BUILTIN_INPUTS], "built-in inputs"
+        if audio:
+            from .audio import SYNTHETIC
+
+            rows, src = [{"input": f"synthetic:{k}"} for k in SYNTHETIC], "built-in synthetic audio"
     return (rows[:limit] if limit else rows), src
+
+
+def reference(model, eager_in: dict, spec: dict, max_output_len: int, prompt_len: int,
+              audio: bool) -> tuple[list[int] | None, list[int]]:
+    """Eager transformers greedy `generate`, as a user runs it: (the prompt it forced, or None
+    where generate does not return it, and the tokens it generated after it, up to EOS).
+
+    Text: the prompt (a forced BOS) is generated, so it counts in max_new_tokens. Whisper:
+    generate builds the prompt from the generation config, feeds it as decoder input ids
+    and returns only what follows, so max_new_tokens excludes it."""
+    eos = spec["eos_token_id"]
+    if audio:
+        seq = model.generate(**eager_in, max_new_tokens=max_output_len - prompt_len, do_sample=False,
+                             num_beams=1)[0].tolist()
+        prompt = None
+        if seq[:1] == [spec["decoder_start_token_id"]]:  # a version that returns the prompt too
+            prompt, seq = seq[1: 1 + prompt_len], seq[1 + prompt_len:]
+    else:
+        seq = model.generate(**eager_in, max_new_tokens=max_output_len, do_sample=False, num_beams=1,
+                             decoder_start_token_id=spec["decoder_start_token_id"], eos_token_id=eos,
+                             pad_token_id=spec["pad_token_id"])[0, 1:].tolist()
+        prompt, seq = seq[:prompt_len], seq[prompt_len:]
+    return prompt, seq[: seq.index(eos)] if eos in seq else seq
+
+
+def _executed(target) -> str:
+    """What actually ran: the runtime, plus the backend's own words when that is not the device
+    program itself (an NPU target verifies its int8 graph on the host)."""
+    what = getattr(backends.for_target(target), "EXECUTES", "")
+    return f"{target.runtime}/{target.backend}" + (f": {what}" if what else "")
 
 
 def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | None = None,
@@ -89,30 +130,33 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
     model = source.load_model()
     session = backends.for_target(target).open(artifact, threads=target.threads)
     spec = m["tokens"]
-    rows, src = eval_examples(eval_file, source.path, limit)
+    audio = m.get("input", {}).get("kind") == "log_mel"  # Whisper: log-mel features, not token ids
+    rows, src = eval_examples(eval_file, source.path, limit, audio=audio)
+    base = Path(eval_file).parent if eval_file else source.path
+    kw = decoding(spec)
 
     diffs, agree, steps, seq_hits, task_hits, ref_hits, n_targets = [], 0, 0, 0, 0, 0, 0
     for i, row in enumerate(rows):
-        ids = tokenize(tok, row["input"], recipe.max_input_len)
-        gen = greedy(session, ids, max_input_len=recipe.max_input_len, max_output_len=recipe.max_output_len,
-                     start_id=spec["decoder_start_token_id"], eos_id=spec["eos_token_id"],
-                     pad_id=spec["pad_token_id"], keep_logits=True)
+        if audio:
+            from .audio import features_for
+
+            ids, inputs = None, (features_for(row["input"], m["input"], base),)
+            eager_in = {"input_features": torch.from_numpy(inputs[0])}
+        else:
+            ids, inputs = tokenize(tok, row["input"], recipe.max_input_len), None
+            eager_in = {"input_ids": torch.tensor([ids])}
+        gen = greedy(session, ids, inputs=inputs, max_input_len=recipe.max_input_len,
+                     max_output_len=recipe.max_output_len, keep_logits=True, **kw)
         with torch.no_grad():
-            ref = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=recipe.max_output_len,
-                                 do_sample=False, num_beams=1,
-                                 decoder_start_token_id=spec["decoder_start_token_id"],
-                                 eos_token_id=spec["eos_token_id"], pad_token_id=spec["pad_token_id"])
-            ref_tokens = ref[0, 1:].tolist()
-            if spec["eos_token_id"] in ref_tokens:
-                ref_tokens = ref_tokens[: ref_tokens.index(spec["eos_token_id"])]
-            # Teacher-forced on the artifact's own steps (including the EOS step, if any).
-            fed = [spec["decoder_start_token_id"], *gen.tokens][: len(gen.logits)]
-            eager = model(input_ids=torch.tensor([ids]), decoder_input_ids=torch.tensor([fed])).logits[0].numpy()
+            ref_prompt, ref_tokens = reference(model, eager_in, spec, recipe.max_output_len, len(kw["prompt"]), audio)
+            # Teacher-forced on the artifact's own steps (prompt included, and the EOS step, if any).
+            fed = [spec["decoder_start_token_id"], *gen.prompt, *gen.tokens][: len(gen.logits)]
+            eager = model(**eager_in, decoder_input_ids=torch.tensor([fed])).logits[0].numpy()
         art = np.stack(gen.logits)
         diffs.append(float(np.abs(art - eager).max()))
         agree += int((art.argmax(-1) == eager.argmax(-1)).sum())
         steps += len(fed)
-        seq_hits += gen.tokens == ref_tokens
+        seq_hits += gen.tokens == ref_tokens and ref_prompt in (None, gen.prompt)
         if isinstance(row.get("target"), str):
             n_targets += 1
             task_hits += tok.decode(gen.tokens, skip_special_tokens=True) == row["target"]
@@ -126,7 +170,7 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
         sequence_match=seq_hits / len(rows),
         task_accuracy=task_hits / n_targets if n_targets else None,
         reference_accuracy=ref_hits / n_targets if n_targets else None,
-        eval_source=src, runtime=f"{target.runtime}/{target.backend}", passed=True, failures=[])
+        eval_source=src, runtime=_executed(target), passed=True, failures=[])
     if report.max_abs_logit_diff > tol.max_abs_logit_diff:
         report.failures.append(f"max_abs_logit_diff {report.max_abs_logit_diff:.3g} > {tol.max_abs_logit_diff:g}")
     if report.sequence_match < tol.min_sequence_match:

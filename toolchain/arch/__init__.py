@@ -10,6 +10,8 @@ from ..errors import InputError
 class Adapter(Protocol):
     family: str
     model_types: tuple[str, ...]
+    # Optional: `auto_model`, the transformers auto class that loads the checkpoint
+    # (default AutoModelForSeq2SeqLM; Whisper: AutoModelForSpeechSeq2Seq).
 
     def describe(self, config: dict[str, Any]) -> dict[str, Any]:
         """Family facts from config.json: variant, layers, heads, dims, vocab."""
@@ -43,5 +45,30 @@ def get(model_type: str | None) -> Adapter:
     return _REGISTRY[model_type]
 
 
+def text_generation(model) -> dict[str, Any]:
+    """A text family's forced and suppressed tokens from its generation config, as Seq2SeqParts
+    fields: forced_bos_token_id becomes the decoder prompt (BART, mBART: a language code),
+    forced_eos_token_id, suppress_tokens and begin_suppress_tokens carry over."""
+    gen = getattr(model, "generation_config", None)
+
+    def value(name: str):
+        return getattr(gen, name, None) if gen is not None else None
+
+    bos, eos = value("forced_bos_token_id"), value("forced_eos_token_id")
+    if isinstance(eos, (list, tuple)):  # several: transformers forces all, argmax takes the lowest id
+        eos = min(eos) if eos else None
+    return {"decoder_prompt": [] if bos is None else [int(bos)],
+            "suppress_tokens": [int(t) for t in value("suppress_tokens") or []],
+            "begin_suppress_tokens": [int(t) for t in value("begin_suppress_tokens") or []],
+            "forced_eos_token_id": None if eos is None else int(eos)}
+
+
+def auto_model(adapter) -> str:
+    """The transformers auto class name that loads this family's checkpoints."""
+    return getattr(adapter, "auto_model", "AutoModelForSeq2SeqLM")
+
+
 from . import t5  # noqa: E402,F401  (registers itself)
 from . import bart  # noqa: E402,F401  (registers itself)
+from . import whisper  # noqa: E402,F401  (registers itself)
+from . import t5gemma  # noqa: E402,F401  (registers itself)

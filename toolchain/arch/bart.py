@@ -1,11 +1,12 @@
-"""BART family (BART, Marian): post-norm transformers with biased linears and LayerNorm.
+"""BART family (BART, mBART, Marian): transformers with biased linears and LayerNorm.
 
 What differs from T5 (toolchain/arch/t5.py, whose contract and layouts this follows
 exactly, so the backends need nothing new):
 
 * LayerNorm with bias (mean subtraction), applied *after* each residual add
-  (post-norm). BART also normalises the embeddings (``layernorm_embedding``);
-  Marian does not. There is no final norm on either stack.
+  (post-norm: BART, Marian) or before each block with the residual added after it
+  and a final LayerNorm on both stacks (pre-norm: mBART). BART and mBART also
+  normalise the embeddings (``layernorm_embedding``); Marian does not.
 * Every linear has a bias; attention scores are scaled by 1/sqrt(Dh).
 * Absolute positions instead of a relative bias: learned (BART, rows offset by 2,
   a quirk of fairseq) or sinusoidal (Marian, a fixed table). Positions depend only
@@ -19,6 +20,9 @@ exactly, so the backends need nothing new):
 * Token embeddings are multiplied by ``embed_scale`` (sqrt(d_model) when
   ``config.scale_embedding``), and the logits get ``final_logits_bias`` added.
   The lm head is tied to the decoder embedding in both families by default.
+* ``forced_bos_token_id`` (BART summarisers: 0; mBART: the target language code) is
+  the decoder prompt, ``forced_eos_token_id`` is forced at the last allowed step
+  (``arch.text_generation``).
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register
+from . import register, text_generation
 from ..errors import InputError
-from ..split import (NEG, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_state, frozen_linear,
-                     heads_first, heads_last, position_onehot, register_cache, update_cache)
+from ..split import (NEG, LayerNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_state,
+                     frozen_embedding, frozen_linear, heads_first, heads_last, position_onehot, register_cache,
+                     update_cache)
 
 # transformers' ACT2FN names -> the shared activation table's names.
 _ACT_ALIASES = {"swish": "silu"}
@@ -41,31 +46,6 @@ _ACT_ALIASES = {"swish": "silu"}
 
 def _act(name: str):
     return activation(_ACT_ALIASES.get(name, name))
-
-
-class LayerNorm(nn.Module):
-    """A detached fp32 LayerNorm over the last dim (weight and bias)."""
-
-    def __init__(self, ln: nn.LayerNorm):
-        super().__init__()
-        self.weight = nn.Parameter(ln.weight.detach().clone().float(), requires_grad=False)
-        self.bias = nn.Parameter(ln.bias.detach().clone().float(), requires_grad=False)
-        self.eps = ln.eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Written out over a 4D view [1, S, 1, D] reduced on dims [2, 3]: the only `mean`
-        # XNNPACK takes (aten.native_layer_norm would stay on portable kernels).
-        b, s, d = x.shape
-        x4 = x.reshape(b, s, 1, d)
-        xc = x4 - x4.mean(dim=[2, 3], keepdim=True)
-        var = (xc * xc).mean(dim=[2, 3], keepdim=True)
-        return (xc * torch.rsqrt(var + self.eps)).reshape(b, s, d) * self.weight + self.bias
-
-
-def _frozen_embedding(weight: torch.Tensor) -> nn.Embedding:
-    emb = nn.Embedding(weight.shape[0], weight.shape[1])
-    emb.weight = nn.Parameter(weight.detach().clone().float(), requires_grad=False)
-    return emb
 
 
 def _position_rows(stack: nn.Module, length: int) -> torch.Tensor:
@@ -80,10 +60,10 @@ def _position_rows(stack: nn.Module, length: int) -> torch.Tensor:
 
 
 class _EncoderLayer(nn.Module):
-    def __init__(self, layer: nn.Module, heads: int, act: str):
+    def __init__(self, layer: nn.Module, heads: int, act: str, pre_norm: bool):
         super().__init__()
         sa = layer.self_attn
-        self.heads = heads
+        self.heads, self.pre_norm = heads, pre_norm
         self.scale = sa.head_dim ** -0.5
         self.q, self.k, self.v, self.o = (frozen_linear(sa.q_proj), frozen_linear(sa.k_proj),
                                           frozen_linear(sa.v_proj), frozen_linear(sa.out_proj))
@@ -93,9 +73,13 @@ class _EncoderLayer(nn.Module):
         self.act = _act(act)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        # x [1, S, D]; post-norm: residual add first, then LayerNorm.
-        q, k, v = (heads_first(p(x), self.heads) for p in (self.q, self.k, self.v))  # [H, S, Dh]
-        x = self.norm1(x + self.o(heads_last(attend(q, k.transpose(1, 2), v, bias, self.scale))))
+        # x [1, S, D]; post-norm: residual add first, then LayerNorm. Pre-norm: LayerNorm, block, add.
+        h = self.norm1(x) if self.pre_norm else x
+        q, k, v = (heads_first(p(h), self.heads) for p in (self.q, self.k, self.v))  # [H, S, Dh]
+        x = x + self.o(heads_last(attend(q, k.transpose(1, 2), v, bias, self.scale)))
+        if self.pre_norm:
+            return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+        x = self.norm1(x)
         return self.norm2(x + self.fc2(self.act(self.fc1(x))))
 
 
@@ -111,10 +95,12 @@ class BartEncode(nn.Module):
         self.embed = embed
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         self.register_buffer("enc_pos", _position_rows(enc, max_input_len))  # [S, D]
-        ln = getattr(enc, "layernorm_embedding", None)  # BART only
+        ln = getattr(enc, "layernorm_embedding", None)  # BART, mBART
         self.norm_embed = LayerNorm(ln) if ln is not None else None
-        self.layers = nn.ModuleList(_EncoderLayer(l, cfg.encoder_attention_heads, cfg.activation_function)
+        pre_norm = _pre_norm(cfg)
+        self.layers = nn.ModuleList(_EncoderLayer(l, cfg.encoder_attention_heads, cfg.activation_function, pre_norm)
                                     for l in enc.layers)
+        self.final_norm = LayerNorm(enc.layer_norm) if pre_norm else None
         # Cross-attention projections of every decoder layer run here, once per input.
         self.cross_k = nn.ModuleList(frozen_linear(l.encoder_attn.k_proj) for l in dec.layers)
         self.cross_v = nn.ModuleList(frozen_linear(l.encoder_attn.v_proj) for l in dec.layers)
@@ -130,14 +116,16 @@ class BartEncode(nn.Module):
             x = self.norm_embed(x)
         for layer in self.layers:
             x = layer(x, cross_bias)  # [1, 1, S] broadcasts over heads and queries
+        if self.final_norm is not None:
+            x = self.final_norm(x)
         return cross_kv_outputs(x, cross_bias, self.cross_k, self.cross_v, self.heads, self.head_dim)
 
 
 class _DecoderLayer(nn.Module):
-    def __init__(self, layer: nn.Module, heads: int, act: str):
+    def __init__(self, layer: nn.Module, heads: int, act: str, pre_norm: bool):
         super().__init__()
         sa, ca = layer.self_attn, layer.encoder_attn
-        self.heads, self.head_dim = heads, sa.head_dim
+        self.heads, self.head_dim, self.pre_norm = heads, sa.head_dim, pre_norm
         self.scale = sa.head_dim ** -0.5
         self.q, self.k, self.v, self.o = (frozen_linear(sa.q_proj), frozen_linear(sa.k_proj),
                                           frozen_linear(sa.v_proj), frozen_linear(sa.out_proj))
@@ -151,16 +139,22 @@ class _DecoderLayer(nn.Module):
     def forward(self, x, onehot, self_bias, cross_bias, ck, cv, cache_k, cache_v, in_place: bool):
         h, dh = self.heads, self.head_dim
         t = cache_k.shape[-1]
+        pre = self.pre_norm
         # x [1, 1, D]; the new key goes in as a column of the transposed key cache.
-        q = self.q(x).reshape(h, 1, dh)
-        k_new = self.k(x).reshape(h, dh, 1)
-        v_new = self.v(x).reshape(h, 1, dh)
+        y = self.norm1(x) if pre else x
+        q = self.q(y).reshape(h, 1, dh)
+        k_new = self.k(y).reshape(h, dh, 1)
+        v_new = self.v(y).reshape(h, 1, dh)
         k_all = update_cache(cache_k, k_new, onehot.reshape(1, 1, t), in_place)  # [H, Dh, T]
         v_all = update_cache(cache_v, v_new, onehot.reshape(1, t, 1), in_place)  # [H, T, Dh]
-        x = self.norm1(x + self.o(attend(q, k_all, v_all, self_bias, self.scale).reshape(1, 1, h * dh)))
-        q = self.cq(x).reshape(h, 1, dh)
+        x = x + self.o(attend(q, k_all, v_all, self_bias, self.scale).reshape(1, 1, h * dh))
+        x = x if pre else self.norm1(x)
+        q = self.cq(self.norm2(x) if pre else x).reshape(h, 1, dh)
         ctx = attend(q, ck.reshape(ck.shape[1:]), cv.reshape(cv.shape[1:]), cross_bias, self.scale)
-        x = self.norm2(x + self.co(ctx.reshape(1, 1, h * dh)))
+        x = x + self.co(ctx.reshape(1, 1, h * dh))
+        if pre:
+            return x + self.fc2(self.act(self.fc1(self.norm3(x)))), k_all, v_all
+        x = self.norm2(x)
         return self.norm3(x + self.fc2(self.act(self.fc1(x)))), k_all, v_all
 
 
@@ -182,9 +176,11 @@ class BartDecode(nn.Module):
         self.embed = embed
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         self.register_buffer("dec_pos_table", _position_rows(dec, t).T.contiguous())  # [D, T]
-        ln = getattr(dec, "layernorm_embedding", None)  # BART only
+        ln = getattr(dec, "layernorm_embedding", None)  # BART, mBART
         self.norm_embed = LayerNorm(ln) if ln is not None else None
-        self.layers = nn.ModuleList(_DecoderLayer(l, h, cfg.activation_function) for l in dec.layers)
+        pre_norm = _pre_norm(cfg)
+        self.layers = nn.ModuleList(_DecoderLayer(l, h, cfg.activation_function, pre_norm) for l in dec.layers)
+        self.final_norm = LayerNorm(dec.layer_norm) if pre_norm else None
         head = model.get_output_embeddings()
         tied = head.weight.data_ptr() == dec.embed_tokens.weight.data_ptr()
         # A tied head reuses the embedding Parameter: one tensor, stored once.
@@ -211,15 +207,22 @@ class BartDecode(nn.Module):
             x, k_all, v_all = layer(x, onehot, self_bias, cross_bias, cross_kv[2 * i], cross_kv[2 * i + 1],
                                     caches[2 * i], caches[2 * i + 1], self.cache_mode == "buffer")
             new_caches += [k_all, v_all]
+        if self.final_norm is not None:
+            x = self.final_norm(x)
         x = x.reshape(1, -1)
         logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
         logits = logits + self.final_logits_bias
         return logits if self.cache_mode == "buffer" else (logits, *new_caches)
 
 
+def _pre_norm(cfg) -> bool:
+    """mBART normalises before each block and at the end of both stacks; BART and Marian after."""
+    return cfg.model_type == "mbart"
+
+
 class BartAdapter:
     family = "bart"
-    model_types = ("bart", "marian")
+    model_types = ("bart", "mbart", "marian")
     # Parity tolerance on logits, eager split vs transformers, per runtime (fp32).
     tolerance = {"eager": 1e-4, "executorch": 1e-3}
 
@@ -234,6 +237,7 @@ class BartAdapter:
             "vocab_size": cfg.get("decoder_vocab_size") or cfg.get("vocab_size") if marian else cfg.get("vocab_size"),
             "activation": cfg.get("activation_function"),
             "positions": "sinusoidal" if marian else "learned",
+            "norm": "pre-norm" if cfg.get("model_type") == "mbart" else "post-norm",
             "max_positions": cfg.get("max_position_embeddings"),
         }
 
@@ -244,9 +248,9 @@ class BartAdapter:
             raise InputError(f"{cfg.model_type}: pre-norm variants (normalize_before) are not supported")
         enc_w = model.model.encoder.embed_tokens.weight
         dec_w = model.model.decoder.embed_tokens.weight
-        dec_emb = _frozen_embedding(dec_w)
+        dec_emb = frozen_embedding(dec_w)
         # Shared encoder/decoder embeddings (BART, most Marian): one module in both programs.
-        enc_emb = dec_emb if enc_w.data_ptr() == dec_w.data_ptr() else _frozen_embedding(enc_w)
+        enc_emb = dec_emb if enc_w.data_ptr() == dec_w.data_ptr() else frozen_embedding(enc_w)
         enc = BartEncode(model, enc_emb, max_input_len).eval()
         dec = BartDecode(model, dec_emb, max_output_len, cache_mode).eval()
         gen = getattr(model, "generation_config", None)
@@ -259,12 +263,13 @@ class BartAdapter:
             max_output_len=max_output_len, decoder_start_token_id=int(start if start is not None else 0),
             eos_token_id=int(eos[0] if isinstance(eos, (list, tuple)) else eos),
             pad_token_id=int(cfg.pad_token_id if cfg.pad_token_id is not None else 0),
-            cache_mode=cache_mode, tolerance=dict(self.tolerance))
+            cache_mode=cache_mode, tolerance=dict(self.tolerance), **text_generation(model))
 
     def tiny_config(self, variant: str = "bart", **overrides: Any):
-        """Tiny random configs: "bart" (learned positions, gelu, layernorm_embedding) and
-        "marian" (sinusoidal positions, swish, scaled embeddings)."""
-        from transformers import BartConfig, MarianConfig
+        """Tiny random configs: "bart" (learned positions, gelu, layernorm_embedding), "mbart"
+        (pre-norm, final norms, scaled embeddings) and "marian" (sinusoidal positions, swish,
+        scaled embeddings)."""
+        from transformers import BartConfig, MarianConfig, MBartConfig
 
         base = dict(vocab_size=45, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                     decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
@@ -273,6 +278,7 @@ class BartAdapter:
         kinds = {
             "bart": (BartConfig, dict(activation_function="gelu", scale_embedding=False, forced_bos_token_id=None)),
             "marian": (MarianConfig, dict(activation_function="swish", scale_embedding=True)),
+            "mbart": (MBartConfig, dict(activation_function="gelu", scale_embedding=True)),
         }
         if variant not in kinds:
             raise ValueError(f"unknown BART variant {variant!r}; choose from {', '.join(kinds)}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register
+from . import register, text_generation
 from ..split import (NEG, RMSNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_state,
                      frozen_linear, heads_first, heads_last, position_onehot, register_cache, update_cache)
 
@@ -205,7 +205,7 @@ class T5Adapter:
             decoder_start_token_id=int(start if start is not None else 0),
             eos_token_id=int(eos[0] if isinstance(eos, (list, tuple)) else eos),
             pad_token_id=int(cfg.pad_token_id if cfg.pad_token_id is not None else 0),
-            cache_mode=cache_mode, tolerance=dict(self.tolerance))
+            cache_mode=cache_mode, tolerance=dict(self.tolerance), **text_generation(model))
 
     def tiny_config(self, variant: str = "v1.0", **overrides: Any):
         """Tiny random configs of each variant the tests cover."""

@@ -12,11 +12,17 @@
 
 A Session is what `run`, `verify` and `probe` share:
 
-    encode(input_ids int64[1, S], attention_mask int64[1, S]) -> state
+    encode(*inputs) -> state        the encode program's inputs as numpy arrays, in the
+                                    order the manifest's programs.encode.inputs lists them
+                                    (or one dict name -> array); text families:
+                                    (input_ids int64[1, S], attention_mask int64[1, S]),
+                                    S = the recipe's max_input_len (the caller pads); Whisper:
+                                    (input_features float32[1, n_mels, frames],)
     decode(token, position, state) -> logits float32[V]  (numpy)
 
-S is the recipe's max_input_len (the caller pads). Backend modules import their
-heavy runtime lazily so `edgeseq --help` stays fast.
+Backends feed whatever the manifest declares (`encode_arrays`), so a new family with
+other encode inputs needs no backend change. Backend modules import their heavy
+runtime lazily so `edgeseq --help` stays fast.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from ..errors import InputError
 
 
 class Session(Protocol):
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Any: ...
+    def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> Any: ...
 
     def decode(self, token: int, position: int, state: Any) -> np.ndarray: ...
 
@@ -44,6 +50,30 @@ class Lowered:
     programs: dict[str, Any]
     report: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
+
+
+def encode_arrays(entries: list[dict[str, Any]], inputs: tuple) -> list[np.ndarray]:
+    """Session.encode's arguments -> one contiguous array per declared encode input, in order.
+
+    `entries` is the manifest's programs.encode.inputs ({name, shape, dtype}); `inputs` the
+    positional arrays, or a single dict keyed by name. Each array is cast to the declared
+    dtype; a missing input or a wrong shape is a one-line InputError."""
+    if len(inputs) == 1 and isinstance(inputs[0], dict):
+        given = inputs[0]
+        missing = [e["name"] for e in entries if e["name"] not in given]
+        if missing:
+            raise InputError(f"encode needs {', '.join(e['name'] for e in entries)}; missing {', '.join(missing)}")
+        inputs = tuple(given[e["name"]] for e in entries)
+    if len(inputs) != len(entries):
+        raise InputError(f"encode takes {len(entries)} inputs ({', '.join(e['name'] for e in entries)}), "
+                         f"got {len(inputs)}")
+    out = []
+    for e, x in zip(entries, inputs):
+        a = np.ascontiguousarray(x, dtype=np.dtype(e["dtype"]))
+        if list(a.shape) != list(e["shape"]):
+            raise InputError(f"encode input {e['name']} must have shape {list(e['shape'])}, got {list(a.shape)}")
+        out.append(a)
+    return out
 
 
 def check_schemes(recipe, target, supported: dict[str, str]) -> None:
@@ -73,6 +103,10 @@ register("onnx", "toolchain.backends.onnx")
 register("litert", "toolchain.backends.litert")
 register("coreml", "toolchain.backends.coreml")
 register("executorch-coreml", "toolchain.backends.executorch_coreml")
+# Vendor NPUs through LiteRT ahead-of-time compilation (one module, backend = vendor).
+register("litert-qualcomm", "toolchain.backends.litert_aot")
+register("litert-mediatek", "toolchain.backends.litert_aot")
+register("executorch-ethos-u", "toolchain.backends.executorch_ethos")
 
 
 def runtimes() -> list[str]:

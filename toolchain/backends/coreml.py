@@ -217,14 +217,17 @@ def _const_name(fqn: str) -> str:
 
 def _weight_components(parts) -> dict[str, dict[str, str]]:
     """Per function: constant base name -> component, from the torch side's module names."""
+    from torch import nn
+
     from ..quantize import components
 
     out: dict[str, dict[str, str]] = {"encode": {}, "decode": {}}
     for comp, mods in components(parts).items():
         for name, _module in mods:
-            if comp == "embeddings":  # one table, read by both functions
-                for fn in out:
-                    out[fn][_const_name("embed.weight")] = comp
+            if comp == "embeddings":  # one table, read by both functions (encode has none for audio input)
+                for fn, module in (("encode", parts.encode), ("decode", parts.decode)):
+                    if isinstance(getattr(module, "embed", None), nn.Embedding):
+                        out[fn][_const_name("embed.weight")] = comp
                 continue
             fn, fqn = name.split(".", 1)
             out[fn][_const_name(f"{fqn}.weight")] = comp
@@ -542,12 +545,15 @@ class CoreMLSession:
         self._dtypes = {e["name"]: np.dtype(e["runtime_dtype"])
                         for p in progs.values() for e in p["inputs"]}
         self._cross = [e["name"] for e in progs["encode"]["outputs"]]
+        self._enc_spec = progs["encode"]["inputs"]
         self._zeros = {s["name"]: np.zeros(s["shape"], dtype=np.dtype(s["dtype"])) for s in progs["decode"]["states"]}
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> CoreMLState:
+    def encode(self, *inputs) -> CoreMLState:
+        from . import encode_arrays
+
         d = self._dtypes
-        out = self._enc.predict({"input_ids": np.ascontiguousarray(input_ids, dtype=d["input_ids"]),
-                                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=d["attention_mask"])})
+        out = self._enc.predict({e["name"]: np.ascontiguousarray(a, dtype=d[e["name"]])
+                                 for e, a in zip(self._enc_spec, encode_arrays(self._enc_spec, inputs))})
         feeds = {n: np.asarray(out[n], dtype=d[n]) for n in self._cross}
         state = self._dec.make_state()
         # A new state's contents are not specified; the masked cache update needs zeros (NaN * 0 = NaN).

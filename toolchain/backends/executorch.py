@@ -178,11 +178,13 @@ class ExecuTorchSession:
         self._decode = program.load_method(progs["decode"]["method"])
         self._token = torch.zeros(1, 1, dtype=torch.long)
         self._pos = torch.zeros(1, dtype=torch.long)
+        self._encode_inputs = progs["encode"]["inputs"]
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list:
+    def encode(self, *inputs) -> list:
+        from . import encode_arrays
+
         t = self._torch
-        return list(self._encode.execute([t.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
-                                          t.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))]))
+        return list(self._encode.execute([t.from_numpy(a) for a in encode_arrays(self._encode_inputs, inputs)]))
 
     def decode(self, token: int, position: int, state: list) -> np.ndarray:
         self._token[0, 0] = token

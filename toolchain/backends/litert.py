@@ -308,6 +308,7 @@ class LiteRTSession:
             return {e["name"]: (e["tensor"], np.dtype(e["runtime_dtype"])) for e in entries}
 
         self._enc_in = tensors(enc["inputs"])
+        self._enc_spec = enc["inputs"]
         self._enc_out = [e["tensor"] for e in enc["outputs"]]
         dec_in = tensors(dec["inputs"])
         self._token, self._token_dtype = dec_in["token"]
@@ -320,11 +321,13 @@ class LiteRTSession:
         # decode output tensor -> the decode input it feeds at the next step
         self._feedback = [(outs[f"new_{c['name']}"], dec_in[c["name"]][0]) for c in dec["cache"]]
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> LiteRTState:
-        ids_t, ids_dt = self._enc_in["input_ids"]
-        mask_t, mask_dt = self._enc_in["attention_mask"]
-        out = self._enc(**{ids_t: np.ascontiguousarray(input_ids, dtype=ids_dt),
-                           mask_t: np.ascontiguousarray(attention_mask, dtype=mask_dt)})
+    def encode(self, *inputs) -> LiteRTState:
+        from . import encode_arrays
+
+        # Our dtypes first (shape checks), then the flatbuffer's (int64 ids are int32 there).
+        arrays = encode_arrays(self._enc_spec, inputs)
+        out = self._enc(**{self._enc_in[e["name"]][0]: np.ascontiguousarray(a, dtype=self._enc_in[e["name"]][1])
+                           for e, a in zip(self._enc_spec, arrays)})
         feeds = {dec_t: out[enc_t] for enc_t, dec_t in self._cross}
         # Zero caches are shared read-only templates: decode never writes into an input array.
         feeds.update(self._caches)

@@ -226,9 +226,14 @@ def _calibration_feeds(enc_model, dec_model, parts, calibration: list[list[int]]
     dec = ort.InferenceSession(paths["decode"], providers=["CPUExecutionProvider"])
     enc_feeds, dec_feeds = [], []
     cross_names, cache_names = parts.encode_output_names(), parts.cache_names()
-    for ids in calibration:
-        input_ids, mask = pad(ids[: parts.max_input_len], parts.max_input_len, parts.pad_token_id)
-        feed = {"input_ids": input_ids, "attention_mask": mask}
+    prompt = list(parts.decoder_prompt)
+    for item in calibration:
+        # A token id list (text families: padded here), or the encode arrays themselves (audio).
+        if parts.input["kind"] == "text":
+            arrays = pad(item[: parts.max_input_len], parts.max_input_len, parts.pad_token_id)
+        else:
+            arrays = item
+        feed = dict(zip(parts.encode_input_names(), arrays))
         enc_feeds.append(feed)
         cross = dict(zip(cross_names, enc.run(None, feed)))
         cache = {n: np.zeros(s, np.float32) for n, s in zip(cache_names, parts.cache_shapes())}
@@ -240,7 +245,9 @@ def _calibration_feeds(enc_model, dec_model, parts, calibration: list[list[int]]
             logits, *new_cache = dec.run(None, step)
             cache = dict(zip(cache_names, new_cache))
             token = int(np.argmax(logits[0]))
-            if token == parts.eos_token_id:
+            if position < len(prompt) and prompt[position] is not None:  # forced prompt tokens
+                token = prompt[position]
+            elif token == parts.eos_token_id:
                 break
     if len(dec_feeds) > _MAX_DECODE_CALIB:
         keep = np.linspace(0, len(dec_feeds) - 1, _MAX_DECODE_CALIB).round().astype(int)
@@ -374,7 +381,7 @@ def _write_shared(models: dict[str, Any], out_dir: Path) -> list[str]:
     return [*models, WEIGHTS]
 
 
-def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | None = None) -> Lowered:
+def lower(parts, recipe, target, out_dir: Path, calibration: list | None = None) -> Lowered:
     import onnx
 
     check(recipe, target)
@@ -470,6 +477,8 @@ class OnnxSession:
         self._enc = ort.InferenceSession(str(artifact.file(progs["encode"]["file"])), opts, providers=providers)
         self._dec = ort.InferenceSession(str(artifact.file(progs["decode"]["file"])), opts, providers=providers)
         self._io = io_binding
+        self._enc_spec = progs["encode"]["inputs"]
+        self._enc_names = [e["name"] for e in self._enc_spec]
         names = [i.name for i in self._dec.get_inputs()]
         self._cache_shapes = [c["shape"] for c in progs["decode"]["cache"]]
         self._cross_names = names[2:len(names) - len(self._cache_shapes)]
@@ -481,9 +490,10 @@ class OnnxSession:
         self._token, self._position, self._logits = (ort.OrtValue.ortvalue_from_numpy(a) for a in
                                                      (self._token_np, self._position_np, self._logits_np))
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray):
-        cross = self._enc.run(None, {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-                                     "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)})
+    def encode(self, *inputs):
+        from . import encode_arrays
+
+        cross = self._enc.run(None, dict(zip(self._enc_names, encode_arrays(self._enc_spec, inputs))))
         if not self._io:
             return {"cross": dict(zip(self._cross_names, cross)),
                     "cache": [np.zeros(s, np.float32) for s in self._cache_shapes]}

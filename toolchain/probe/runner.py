@@ -4,6 +4,9 @@ Measures, in this fresh process: load_ms (open the runtime Session), then `warmu
 unmeasured and `runs` measured generations of exactly `output_len` tokens (EOS is
 ignored so runs are comparable) from a fixed input of `input_len` tokens:
 ttft_ms = encode + first decode step; decode_ms_per_token = the later steps.
+Every report says its "kind": "measured" here, or "estimate" for a backend whose
+program cannot run on this host (an NPU binary): then the figures are the
+compiler's estimate from the artifact and nothing is executed.
 """
 
 from __future__ import annotations
@@ -39,23 +42,42 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
     from .. import backends
     from ..artifact import open_artifact
     from ..errors import InputError
-    from ..generate import greedy
+    from ..generate import decoding, greedy
 
     artifact = open_artifact(path)
     recipe, target, spec = artifact.recipe, artifact.target, artifact.manifest["tokens"]
     backend = backends.for_target(target)
+    threads = threads or target.threads
+    s = min(input_len or recipe.max_input_len, recipe.max_input_len)
+    kw = decoding(spec)
+    n_prompt = len(kw["prompt"])  # forced prompt tokens (Whisper): decoded before the first output token
+    t = min(output_len or recipe.max_output_len, recipe.max_output_len - n_prompt)
+    audio = artifact.manifest.get("input", {}).get("kind") == "log_mel"
+    if audio:  # a fixed synthetic signal's log-mel features; the encoder length is the model's
+        s = artifact.manifest["input"]["frames"]
+    head = {"artifact": os.path.abspath(path), "device": device, "runtime": f"{target.runtime}/{target.backend}",
+            "checkpoint": artifact.manifest["checkpoint"]["name"], "recipe": recipe.name, "target": target.name,
+            "input_len": s, "encoder_len": recipe.max_input_len, "output_len": t}
+    if hasattr(backend, "estimate"):
+        # An NPU program that cannot run here: the compiler's estimate, labelled as such.
+        return {**head, "kind": "estimate", "runs": 0, "warmup": 0, **backend.estimate(artifact, t),
+                "environment": {"platform": "estimate (not run)", "threads": None,
+                                "versions": artifact.manifest.get("tool_versions", {}),
+                                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     ok, why = backend.available()
     if ok:
         ok, why = backends.can_execute(backend)
     if not ok:
         raise InputError(f"cannot run a {target.runtime} artifact with {sys.executable}: {why}")
-    threads = threads or target.threads
-    s = min(input_len or recipe.max_input_len, recipe.max_input_len)
-    t = min(output_len or recipe.max_output_len, recipe.max_output_len)
     specials = {spec["pad_token_id"], spec["eos_token_id"], spec["decoder_start_token_id"]}
     vocab = [i for i in range(spec["vocab_size"]) if i not in specials]
     rng = np.random.default_rng(0)
     ids = [int(x) for x in rng.choice(vocab, size=s - 1)] + [spec["eos_token_id"]]
+    inputs = None
+    if audio:
+        from ..audio import log_mel, synthetic
+
+        ids, inputs = None, (log_mel(synthetic("chirp", artifact.manifest["input"]), artifact.manifest["input"]),)
 
     backend.preload()
     t0 = time.perf_counter()
@@ -63,21 +85,17 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
     load_s = time.perf_counter() - t0
     ttft, per_token, total = [], [], []
     for i in range(warmup + runs):
-        g = greedy(session, ids, max_input_len=recipe.max_input_len, max_output_len=recipe.max_output_len,
-                   start_id=spec["decoder_start_token_id"], eos_id=spec["eos_token_id"],
-                   pad_id=spec["pad_token_id"], max_new_tokens=t, force_length=True)
+        g = greedy(session, ids, inputs=inputs, max_input_len=recipe.max_input_len,
+                   max_output_len=recipe.max_output_len, max_new_tokens=t, force_length=True, **kw)
         if i >= warmup:
-            ttft.append(g.encode_s + g.step_s[0])
-            per_token.extend(g.step_s[1:])
+            ttft.append(g.encode_s + sum(g.step_s[: n_prompt + 1]))
+            per_token.extend(g.step_s[n_prompt + 1:])
             total.append(g.encode_s + sum(g.step_s))
         if progress:
             progress(i + 1, warmup + runs)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
-        "artifact": os.path.abspath(path),
-        "device": device, "runtime": f"{target.runtime}/{target.backend}",
-        "checkpoint": artifact.manifest["checkpoint"]["name"], "recipe": recipe.name, "target": target.name,
-        "runs": runs, "warmup": warmup, "input_len": s, "encoder_len": recipe.max_input_len, "output_len": t,
+        **head, "kind": "measured", "runs": runs, "warmup": warmup,
         "load_ms": round(load_s * 1000, 3),
         "ttft_ms": {"p50": _pct(ttft, 50), "p90": _pct(ttft, 90)},
         "decode_ms_per_token": {"p50": _pct(per_token, 50), "p90": _pct(per_token, 90)} if per_token else None,
