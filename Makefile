@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: install demo test test-deps clean bench bench-quick bench-peers
+.PHONY: install demo test test-deps clean bench bench-quick bench-peers support-table
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ demo: install
 
 test: install test-deps
 	$(VPY) -m pytest -q
+
+# README's family x target table, regenerated from a real run of the family matrix.
+support-table: install
+	$(VPY) -m pytest -q tests/test_families.py
+	$(VPY) scripts/support_table.py
 
 # The ssh probe tests start a real OpenSSH server on loopback (Debian's openssh-server).
 test-deps:

@@ -220,6 +220,28 @@ def test_text_split_matches_transformers(family_checkpoints, family):
     _text_split_parity(family_checkpoints[family], family)
 
 
+def test_text_generation_config_is_honoured(family_checkpoints):
+    """forced_bos / forced_eos / suppress_tokens / begin_suppress_tokens of a text model's generation
+    config: greedy over the split gives transformers' generate tokens (not forced to full length)."""
+    src = load_checkpoint(family_checkpoints["bart"])
+    model = src.load_model()
+    gen_cfg = model.generation_config
+    first = reference(model, [5, 6, 7, 1], T)[0][0]
+    # EOS (1) suppressed, so every run reaches the length limit, where token 2 is forced.
+    gen_cfg.forced_bos_token_id, gen_cfg.forced_eos_token_id = 4, 2
+    gen_cfg.suppress_tokens, gen_cfg.begin_suppress_tokens = [1], [first]
+    parts = src.adapter.build(model, S, T, "buffer")
+    assert parts.decoder_prompt == [4] and parts.forced_eos_token_id == 2
+    for length in (4, 9):
+        rng = np.random.default_rng(length)
+        ids = [int(x) for x in rng.integers(3, 40, size=length - 1)] + [1]
+        with torch.no_grad():
+            ref = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=T, do_sample=False)[0, 1:].tolist()
+        gen = greedy(EagerSession(parts), ids, max_input_len=S, max_output_len=T, **_decoding(parts))
+        assert gen.prompt + gen.tokens == ref, (length, gen.prompt + gen.tokens, ref)
+        assert len(ref) == T and ref[0] == 4 and ref[-1] == 2 and ref[1] != first and 1 not in ref
+
+
 def test_t5gemma_layer_types(tmp_path):
     """2+2 layers: a sliding-window (bidirectional in the encoder, causal in the decoder) and a
     full-attention layer per stack, GQA and both soft-caps, against transformers."""

@@ -25,7 +25,6 @@ What differs from T5 (toolchain/arch/t5.py), all implemented exactly (none switc
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -115,7 +114,8 @@ class _EncoderLayer(nn.Module):
         self.pre_attn, self.post_attn = _norm(layer.pre_self_attn_layernorm), _norm(layer.post_self_attn_layernorm)
         self.pre_ff, self.post_ff = _norm(layer.pre_feedforward_layernorm), _norm(layer.post_feedforward_layernorm)
         mlp = layer.mlp
-        self.gate, self.up, self.down = frozen_linear(mlp.gate_proj), frozen_linear(mlp.up_proj), frozen_linear(mlp.down_proj)
+        self.gate, self.up, self.down = (frozen_linear(mlp.gate_proj), frozen_linear(mlp.up_proj),
+                                         frozen_linear(mlp.down_proj))
         self.act = activation(cfg.hidden_activation)
 
     def forward(self, x, bias, cos, sin):
@@ -175,7 +175,8 @@ class _DecoderLayer(nn.Module):
         self.pre_cross, self.post_cross = _norm(layer.pre_cross_attn_layernorm), _norm(layer.post_cross_attn_layernorm)
         self.pre_ff, self.post_ff = _norm(layer.pre_feedforward_layernorm), _norm(layer.post_feedforward_layernorm)
         mlp = layer.mlp
-        self.gate, self.up, self.down = frozen_linear(mlp.gate_proj), frozen_linear(mlp.up_proj), frozen_linear(mlp.down_proj)
+        self.gate, self.up, self.down = (frozen_linear(mlp.gate_proj), frozen_linear(mlp.up_proj),
+                                         frozen_linear(mlp.down_proj))
         self.act = activation(cfg.hidden_activation)
 
     def forward(self, x, onehot, self_bias, cos, sin, cross_bias, ck, cv, cache_k, cache_v, in_place: bool):
