@@ -159,21 +159,27 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | N
                    tool_versions=versions())
 
 
+def load_program(path, data_path=None, threads: int | None = None):
+    """An ExecuTorch program from disk, with the quantized kernels registered (embedding_byte/4bit,
+    quantize/dequantize_per_tensor) and the shared threadpool sized to `threads`."""
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    import executorch.kernels.quantized  # noqa: F401
+    if threads and portable_lib._threadpool_get_thread_count() != int(threads):
+        portable_lib._unsafe_reset_threadpool(int(threads))
+    return Runtime.get().load_program(path, data_path=data_path)
+
+
 class ExecuTorchSession:
     def __init__(self, artifact, threads: int | None = None):
         import torch
-        from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime
 
         self._torch = torch
-        # Quantized embeddings (embedding_byte/4bit) need the quantized kernel library registered.
-        import executorch.kernels.quantized  # noqa: F401
-        if threads and portable_lib._threadpool_get_thread_count() != int(threads):
-            portable_lib._unsafe_reset_threadpool(int(threads))
         progs = artifact.manifest["programs"]
         data = progs["encode"].get("data_file")  # None when all weights live in the .pte (Core ML delegate)
-        program = Runtime.get().load_program(artifact.file(progs["encode"]["file"]),
-                                             data_path=artifact.file(data) if data else None)
+        program = load_program(artifact.file(progs["encode"]["file"]), artifact.file(data) if data else None,
+                               threads)
         self._encode = program.load_method(progs["encode"]["method"])
         self._decode = program.load_method(progs["decode"]["method"])
         self._token = torch.zeros(1, 1, dtype=torch.long)

@@ -386,24 +386,22 @@ class EthosHostSession:
 
     def __init__(self, artifact, threads: int | None = None):
         import torch
-        from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime
 
-        import executorch.kernels.quantized  # noqa: F401  (quantize/dequantize_per_tensor kernels)
+        from .executorch import load_program
 
         self._torch = torch
-        if threads and portable_lib._threadpool_get_thread_count() != int(threads):
-            portable_lib._unsafe_reset_threadpool(int(threads))
         progs = artifact.manifest["programs"]
-        program = Runtime.get().load_program(artifact.file(progs["encode"]["host_reference"]))
+        program = load_program(artifact.file(progs["encode"]["host_reference"]), threads=threads)
         self._encode = program.load_method("encode")
         self._decode = program.load_method("decode")
+        self._encode_inputs = progs["encode"]["inputs"]
         self._cache_shapes = [tuple(c["shape"]) for c in progs["decode"]["cache"]]
 
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict:
+    def encode(self, *inputs) -> dict:
+        from . import encode_arrays
+
         t = self._torch
-        cross = list(self._encode.execute([t.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64)),
-                                           t.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))]))
+        cross = list(self._encode.execute([t.from_numpy(a) for a in encode_arrays(self._encode_inputs, inputs)]))
         return {"cross": cross, "cache": [t.zeros(s) for s in self._cache_shapes]}
 
     def decode(self, token: int, position: int, state: dict) -> np.ndarray:
