@@ -97,18 +97,25 @@ def _export(name: str, module, args):
         return torch.export.export(gm, args, strict=False)
 
 
-def _delegation(graph_module) -> dict[str, Any]:
+def count_delegation(graph_module) -> tuple[Any, int, Counter]:
+    """ExecuTorch's delegation info for a lowered graph: (info, delegated compute nodes, Counter of
+    the compute nodes left outside every delegate, by op type as get_delegation_info names them)."""
     from executorch.devtools.backend_debug import get_delegation_info
 
     info = get_delegation_info(graph_module)
-    portable = Counter()
+    outside: Counter = Counter()
     delegated = 0
     for op, stats in info.delegation_by_operator.items():
         if op in _NON_COMPUTE:
             continue
         delegated += stats.delegated
         if stats.non_delegated:
-            portable[op] += stats.non_delegated
+            outside[op] += stats.non_delegated
+    return info, delegated, outside
+
+
+def _delegation(graph_module) -> dict[str, Any]:
+    info, delegated, portable = count_delegation(graph_module)
     total = delegated + sum(portable.values())
     return {
         "delegate": "XnnpackBackend",

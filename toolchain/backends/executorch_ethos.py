@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -286,25 +287,17 @@ def _vela_report(tosa_files: list[Path], spec, workdir: Path) -> dict[str, Any]:
 
 def _placement(graph_module, rejected: dict[str, str]) -> dict[str, Any]:
     """Operators of the lowered ExecuTorch graph on the NPU vs the CPU, with reasons."""
-    from executorch.devtools.backend_debug import get_delegation_info
+    from .executorch import count_delegation
 
-    info = get_delegation_info(graph_module)
-    npu, cpu = 0, Counter()
-    for op, stats in info.delegation_by_operator.items():
-        if op in _NON_COMPUTE:
-            continue
-        npu += stats.delegated
-        if stats.non_delegated:
-            cpu[op] += stats.non_delegated
+    info, npu, cpu = count_delegation(graph_module)
     reasons: dict[str, set[str]] = {}
-    for node in graph_module.graph.nodes:
-        if node.op == "call_function" and node.name in rejected:
-            reasons.setdefault(str(getattr(node.target, "__name__", node.target)), set()).add(rejected[node.name])
+    for node_name, reason in rejected.items():  # op type = node name without its _N suffix, as ExecuTorch counts
+        reasons.setdefault(re.sub(r"_\d+$", "", node_name), set()).add(reason)
     cpu_ops = {}
     for op, n in sorted(cpu.items()):
-        why = sorted(next((r for k, r in reasons.items() if op.startswith(k.split(".")[0])), set()))
-        cpu_ops[op] = {"count": n, "why": "; ".join(why) if why else _BOUNDARY.get(
-            op, "not claimed by the Ethos-U partitioner (no reason reported)")}
+        why = "; ".join(sorted(reasons.get(op, ()))) or _BOUNDARY.get(
+            op, "not claimed by the Ethos-U partitioner (no reason reported)")
+        cpu_ops[op] = {"count": n, "why": why}
     total = npu + sum(cpu.values())
     return {"delegate": "EthosUBackend", "delegated_subgraphs": info.num_delegated_subgraphs,
             "npu_nodes": npu, "cpu_nodes": sum(cpu.values()),
