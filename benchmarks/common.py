@@ -10,6 +10,7 @@ encoder-decoder, the prefill for a decoder-only model).
 from __future__ import annotations
 
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,18 @@ def rejects(recipe: str, target: str) -> str | None:
     return None
 
 
+def fresh_export(out: Path) -> dict | None:
+    """The manifest of a cached export made by this toolchain source, else None (missing, or
+    stale: the exporters changed since, so its numbers would not be this code's)."""
+    from toolchain import source_digest
+    from toolchain.artifact import open_artifact
+
+    if not (out / "manifest.json").is_file():
+        return None
+    manifest = open_artifact(out).manifest
+    return manifest if manifest["tool_versions"].get("edgeseq_source") == source_digest() else None
+
+
 def build(ckpt: Path, recipe: str, target: str, out: Path) -> float | None:
     """Export (or reuse) one artifact; returns its export seconds, None if the target rejects the recipe."""
     from toolchain.artifact import open_artifact
@@ -76,8 +89,11 @@ def build(ckpt: Path, recipe: str, target: str, out: Path) -> float | None:
     from toolchain.export import export
     from toolchain.specs import load_recipe, load_target
 
-    if (out / "manifest.json").is_file():
-        return open_artifact(out).manifest["export_seconds"]
+    manifest = fresh_export(out)
+    if manifest:
+        return manifest["export_seconds"]
+    if out.exists():
+        shutil.rmtree(out)  # exported by other toolchain code: a stale cache entry, export again
     if rejects(recipe, target):
         return None
     art = export(load_checkpoint(ckpt), load_recipe(recipe_ref(recipe)), load_target(target), out)

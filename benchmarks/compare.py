@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import roofline  # noqa: E402
-from common import ROOT, artifact_dir, build, cpu_model, rejects, summarize, t5_small_random  # noqa: E402
+from common import ROOT, artifact_dir, build, fresh_export, cpu_model, rejects, summarize, t5_small_random  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PEERS = ("optimum-onnx", "optimum-executorch")
@@ -150,7 +150,7 @@ def build_edgeseq(row: Row, ckpt: Path, target: str, recipe: str, out: Path) -> 
     if why:
         row.why = f"the target rejects the recipe: {why}"
         return
-    if not (out / "manifest.json").is_file():
+    if not fresh_export(out):
         log(f"export edgeseq {ckpt.name} -t {target} -r {recipe}")
     try:
         row.export_s = build(ckpt, recipe, target, out)

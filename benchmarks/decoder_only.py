@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -240,9 +241,15 @@ def _check_parity(model, parts, seq: int) -> float:
 
 def export(ckpt: Path, recipe, out: Path) -> dict:
     """Prefill/decode at recipe.max_input_len/max_output_len through edgeseq's ExecuTorch lowering.
-    Writes model.pte + weights.ptd + info.json into `out` (skipped if info.json exists)."""
+    Writes model.pte + weights.ptd + info.json into `out` (skipped if an info.json written by
+    this toolchain source exists)."""
+    from toolchain import source_digest
+
     if (out / "info.json").is_file():
-        return json.loads((out / "info.json").read_text())
+        info = json.loads((out / "info.json").read_text())
+        if info.get("edgeseq_source") == source_digest():
+            return info
+        shutil.rmtree(out)  # lowered by other toolchain code: export again
     from transformers import LlamaForCausalLM
 
     from toolchain.backends import executorch as et
@@ -260,7 +267,8 @@ def export(ckpt: Path, recipe, out: Path) -> dict:
             "max_output_len": recipe.max_output_len, "eager_parity_max_abs_diff": diff,
             "model_bytes": sum((tmp / f).stat().st_size for f in lowered.files),
             "delegation": lowered.report.get("delegation"), "export_seconds": round(time.time() - t0, 1),
-            "vocab_size": model.config.vocab_size, "eos_token_id": model.config.eos_token_id}
+            "vocab_size": model.config.vocab_size, "eos_token_id": model.config.eos_token_id,
+            "edgeseq_source": source_digest()}
     (tmp / "info.json").write_text(json.dumps(info, indent=1))
     tmp.rename(out)
     return info

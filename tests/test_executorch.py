@@ -75,6 +75,11 @@ def test_decode_program_has_no_encoder_state_input(artifacts):
     s = art.recipe.max_input_len
     assert (1, s, d_model) not in shapes
     assert len(shapes) == 3 + 2 * layers
+    # Decode reads its inputs (the cross K/V, 1.5 MB per token at t5-small size) where the
+    # caller holds them: none is memory-planned, so set_input shares, never copies.
+    assert not any(meta.input_tensor_meta(i).is_memory_planned() for i in range(meta.num_inputs()))
+    enc = program.metadata("encode")
+    assert all(enc.input_tensor_meta(i).is_memory_planned() for i in range(enc.num_inputs()))
 
 
 def test_manifest_fields_and_hashes(artifacts):

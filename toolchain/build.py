@@ -124,7 +124,9 @@ def load_matrix(path: str | Path) -> Matrix:
 
 
 def _versions(runtime: str) -> dict[str, str]:
-    out = {}
+    from . import source_digest
+
+    out = {"edgeseq_source": source_digest()}  # a changed exporter is a new cell
     for dist in ["edgeseq", "torch", "transformers", *RUNTIME_PACKAGES.get(runtime, [])]:
         try:
             out[dist] = version(dist)

@@ -18,7 +18,9 @@ from .specs import Recipe, Target
 
 
 def base_versions() -> dict[str, str]:
-    return {"edgeseq": version("edgeseq"), "torch": version("torch"), "transformers": version("transformers"),
+    from . import source_digest
+
+    return {"edgeseq": version("edgeseq"), "edgeseq_source": source_digest(), "torch": version("torch"), "transformers": version("transformers"),
             "python": platform.python_version()}
 
 

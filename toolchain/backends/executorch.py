@@ -130,6 +130,7 @@ def _delegation(graph_module) -> dict[str, Any]:
 def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | None = None) -> Lowered:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
     from .. import quantize
@@ -143,6 +144,12 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | N
     et = edge.to_executorch(ExecutorchBackendConfig(
         external_constants=lambda _node: _DATA_TAG,
         passes=[InitializedMutableBufferPass(["cache_"])],
+        # decode's inputs are not memory-planned: the runtime reads the caller's tensors in
+        # place instead of copying them into its arena on every step (the cross K/V are
+        # 2 x layers x [1, H, Dh, S] floats: 1.5 MB per token on a t5-small-sized model).
+        # encode keeps planned inputs (a few KB, and callers may hand it temporaries).
+        memory_planning_pass={"encode": MemoryPlanningPass(),
+                              "decode": MemoryPlanningPass(alloc_graph_input=False)},
         # Fuses torchao's dequantize->embedding into quantized_decomposed::embedding_byte/4bit.
         do_quant_fusion_and_const_prop=quant["embeddings"]["scheme"] != "none"))
     for plan in et.executorch_program.execution_plan:
