@@ -64,7 +64,7 @@ def rejects(recipe: str, target: str) -> str | None:
 
     r, t = load_recipe(recipe_ref(recipe)), load_target(target)
     try:
-        backends.for_target(t).check(r, t)
+        backends.check(backends.for_target(t), r, t)
     except InputError as e:
         return str(e)
     return None

@@ -175,7 +175,7 @@ def test_debug_shows_the_traceback(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 RECIPE = {"format_version": 1, "name": "r", "description": "d", "max_input_len": 8, "max_output_len": 8,
-          "quantization": {"encoder": "8da8w"}, "group_size": 32, "calibration": "",
+          "quantization": {"encoder": "8da8w"}, "group_size": 32, "calibration": "", "encode_lengths": [4],
           "tolerance": {"max_abs_logit_diff": 0.001, "min_sequence_match": 1.0, "max_accuracy_drop": 0.0}}
 TARGET = {"format_version": 1, "name": "t", "description": "d", "runtime": "executorch", "backend": "xnnpack",
           "device_class": "cpu", "threads": 2, **({"options": {}} if "options" in Target.__dataclass_fields__ else {})}
@@ -220,6 +220,10 @@ BAD_RECIPES = [
     (_with(RECIPE, tolerance={"min_sequence_match": 2}), "'min_sequence_match' must be <= 1"),
     (_with(RECIPE, tolerance={"max_accuracy_drop": -1}), "'max_accuracy_drop' must be >= 0"),
     (_with(RECIPE, tolerance={"max_logit_diff": 1}), "unknown tolerance key 'max_logit_diff'"),
+    (_with(RECIPE, encode_lengths=16), "'encode_lengths' must be a list of integers"),
+    (_with(RECIPE, encode_lengths=[4, "x"]), "'encode_lengths' must be a list of integers"),
+    (_with(RECIPE, encode_lengths=[6, 4]), "'encode_lengths' must be at most 8 increasing lengths"),
+    (_with(RECIPE, encode_lengths=[8]), "'encode_lengths' must be at most 8 increasing lengths"),
 ]
 BAD_TARGETS = [
     (_with(TARGET, runtime="tensorrt"), "'runtime' must be one of"),

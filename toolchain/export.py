@@ -25,8 +25,22 @@ def base_versions() -> dict[str, str]:
 
 
 def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str = "buffer"):
+    """The split for this recipe, plus one shorter encode per recipe.encode_lengths entry
+    (built by the adapter at that length, sharing the full encode's embedding module so the
+    two quantize and store it once)."""
+    from .split import PaddedEncode
+
     model = model if model is not None else source.load_model()
-    return source.adapter.build(model, recipe.max_input_len, recipe.max_output_len, cache_mode)
+    parts = source.adapter.build(model, recipe.max_input_len, recipe.max_output_len, cache_mode)
+    if recipe.encode_lengths and (parts.input.get("kind") != "text" or not parts.cross_bias):
+        raise InputError(f"recipe {recipe.name}: encode_lengths needs a text family (padded token inputs); "
+                         f"{source.adapter.family} encodes {parts.input.get('kind')}")
+    for length in recipe.encode_lengths:
+        inner = source.adapter.build(model, length, recipe.max_output_len, cache_mode).encode
+        if hasattr(parts.encode, "embed"):
+            inner.embed = parts.encode.embed
+        parts.encode_buckets[length] = PaddedEncode(inner, length, recipe.max_input_len).eval()
+    return parts
 
 
 def calibration_inputs(source: SourceModel, recipe: Recipe, limit: int = 32, spec: dict | None = None) -> list:
@@ -69,7 +83,7 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
     if Path(out).exists() and not force:  # fail before minutes of work, not after
         raise InputError(f"{out} already exists; pass --force to replace it")
     backend = backends.for_target(target)
-    backend.check(recipe, target)  # a recipe the target cannot honour fails here, before any work
+    backends.check(backend, recipe, target)  # a recipe the target cannot honour fails here, before any work
     t0 = time.time()
     model = source.load_model()
     params = sum(p.numel() for p in model.parameters())

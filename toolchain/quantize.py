@@ -63,11 +63,15 @@ def _untie_head(parts) -> None:
         dec.lm_head = head
 
 
-def components(parts) -> dict[str, list[tuple[str, nn.Module]]]:
+def components(parts, buckets: bool = False) -> dict[str, list[tuple[str, nn.Module]]]:
+    """Each component's modules; `buckets`: the shorter encode programs' linears count as
+    encoder too (quantized alike, so the weights file stores each tensor once)."""
     head = parts.decode.lm_head
     skip = {id(head)} if head is not None else set()
+    extra = [(f"encode_{n}.{k}", m) for n, b in parts.encode_buckets.items()
+             for k, m in _linears(b, skip)] if buckets else []
     return {
-        "encoder": [(f"encode.{n}", m) for n, m in _linears(parts.encode, skip)],
+        "encoder": [(f"encode.{n}", m) for n, m in _linears(parts.encode, skip)] + extra,
         "decoder": [(f"decode.{n}", m) for n, m in _linears(parts.decode, skip)],
         "embeddings": [("embed", parts.decode.embed)],
         "lm_head": [("decode.lm_head", head)] if head is not None else [],
@@ -100,7 +104,7 @@ def apply(parts, recipe) -> dict[str, Any]:
     q = {c: s for c, s in recipe.quantization.items() if s != "none"}
     if "lm_head" in q or "embeddings" in q:
         _untie_head(parts)
-    comps = components(parts)
+    comps = components(parts, buckets=True)
     plan: list[tuple[str, str, nn.Module]] = []
     for comp, scheme in q.items():
         allowed = EMBEDDING_SCHEMES if comp == "embeddings" else LINEAR_SCHEMES
@@ -111,7 +115,7 @@ def apply(parts, recipe) -> dict[str, Any]:
             _check_groups(name, module, scheme, recipe.group_size)
             plan.append((comp, scheme, module))
     report = {}
-    for comp, mods in comps.items():
+    for comp, mods in components(parts).items():  # the report counts each weight once
         scheme = q.get(comp, "none")
         report[comp] = {"scheme": scheme, "tensors": len(mods),
                         "fp32_bytes": sum(m.weight.numel() * 4 for _, m in mods),

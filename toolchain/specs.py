@@ -46,10 +46,18 @@ class Recipe:
     group_size: int = 32  # for the group-wise 4-bit schemes
     calibration: str = ""  # JSONL ({"input": ...}) for static schemes; "" = the checkpoint's eval.jsonl
     tolerance: Tolerance = field(default_factory=Tolerance)
+    # Shorter input lengths that get their own encode program besides the max_input_len
+    # one (text families). An input runs the smallest that holds it, so encode costs what
+    # the input needs, not the longest input the recipe allows; decode is unchanged (each
+    # shorter encode pads its cross K/V to max_input_len and masks the tail). Empty: one
+    # encode program. Backends that cannot hold several encode programs refuse it.
+    encode_lengths: tuple[int, ...] = ()
     format_version: int = SPEC_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["encode_lengths"] = list(self.encode_lengths)
+        return d
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,8 @@ class Target:
         return dataclasses.asdict(self)
 
 
-_TYPES = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", bool: "true/false"}
+_TYPES = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", bool: "true/false",
+          list: "a list of integers"}
 QUANT_COMPONENTS = ("encoder", "decoder", "embeddings", "lm_head")
 QUANT_SCHEMES = {
     "none": "fp32",
@@ -136,6 +145,13 @@ def _build(cls, data: Any, where: str, kind: str, key: str | None = None):
                 if scheme not in QUANT_SCHEMES:
                     raise InputError(f"{where}: unknown quantization scheme {short(scheme)} for {comp}; "
                                      f"known: {', '.join(QUANT_SCHEMES)}")
+        elif name == "encode_lengths":
+            value = _check(kind, where, name, value, list)
+            for v in value:
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise InputError(f"{where}: {kind} key 'encode_lengths' must be a list of integers, "
+                                     f"got {short(value)}")
+            value = tuple(value)
         elif name == "options":
             value = _check(kind, where, name, value, dict)
             for k, v in value.items():
@@ -173,6 +189,10 @@ def _validate_recipe(r: Recipe, where: str) -> Recipe:
             raise InputError(f"{where}: recipe key {key!r} must be between 1 and 8192, got {v}")
     if r.group_size not in (16, 32, 64, 128, 256):
         raise InputError(f"{where}: recipe key 'group_size' must be one of 16, 32, 64, 128, 256, got {r.group_size}")
+    lengths = r.encode_lengths
+    if len(lengths) > 8 or any(not 1 <= v < r.max_input_len for v in lengths) or list(lengths) != sorted(set(lengths)):
+        raise InputError(f"{where}: recipe key 'encode_lengths' must be at most 8 increasing lengths, each "
+                         f"between 1 and max_input_len - 1 ({r.max_input_len - 1}), got {short(list(lengths))}")
     return r
 
 

@@ -207,6 +207,28 @@ def frozen_embedding(weight: torch.Tensor) -> nn.Embedding:
     return emb
 
 
+class PaddedEncode(nn.Module):
+    """A text family's encode program built for `length` input positions, with its outputs
+    padded to the `full` (max_input_len) shapes decode takes, so one decode serves every
+    encode length: cross_bias [1, 1, L] -> [1, 1, S] with NEG on positions L..S-1 (decode's
+    cross-attention gives them zero weight), cross_k [1, H, Dh, L] -> [1, H, Dh, S] and
+    cross_v [1, H, L, Dh] -> [1, H, S, Dh] with zeros. Inputs: input_ids and
+    attention_mask int64[1, L]. Exact for any input of at most L tokens: the encoder only
+    ever attends among the real tokens (a padded position is masked either way)."""
+
+    def __init__(self, inner: nn.Module, length: int, full: int):
+        super().__init__()
+        self.inner, self.length, self.full = inner, length, full
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        cross_bias, *kv = self.inner(input_ids, attention_mask)
+        pad = self.full - self.length
+        out = [F.pad(cross_bias, (0, pad), value=NEG)]
+        for i, t in enumerate(kv):  # even: keys [.., Dh, L] pad the last dim; odd: values [.., L, Dh]
+            out.append(F.pad(t, (0, pad)) if i % 2 == 0 else F.pad(t, (0, 0, 0, pad)))
+        return tuple(out)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One input of the encode program: name, dtype, static shape, and the value example
@@ -257,6 +279,9 @@ class Seq2SeqParts:
     suppress_tokens: list[int] = field(default_factory=list)
     begin_suppress_tokens: list[int] = field(default_factory=list)
     forced_eos_token_id: int | None = None  # forced at the last allowed step (transformers' forced_eos)
+    # Shorter encode programs (recipe encode_lengths): length L -> PaddedEncode taking
+    # [1, L] inputs and returning the max_input_len shapes; filled by export.build_parts.
+    encode_buckets: dict[int, nn.Module] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.encode_spec:

@@ -1,6 +1,8 @@
 """Runtimes: one module per runtime behind one small interface.
 
     CACHE_MODE = "buffer" | "io"                        where decode's KV cache lives
+    ENCODE_LENGTHS = False                              optional: True if it exports the recipe's
+                                                        encode_lengths (shorter encode programs)
     available() -> (bool, why)                          can this machine export/run it
     check(recipe, target)                               raise InputError for what it cannot honour
     lower(parts, recipe, target, out_dir, calibration) -> Lowered
@@ -84,6 +86,16 @@ def check_schemes(recipe, target, supported: dict[str, str]) -> None:
             can = ", ".join(f"{s} ({what})" for s, what in supported.items())
             raise InputError(f"recipe {recipe.name}: {comp}={scheme} is not supported by {target.name}; "
                              f"it supports: {can}")
+
+
+def check(module, recipe, target) -> None:
+    """Everything a backend must refuse before any work: what the interface knows
+    (encode_lengths on a backend with one encode program), then the backend's own check()."""
+    if recipe.encode_lengths and not getattr(module, "ENCODE_LENGTHS", False):
+        able = [r for r in runtimes() if getattr(importlib.import_module(_RUNTIMES[r]), "ENCODE_LENGTHS", False)]
+        raise InputError(f"recipe {recipe.name}: encode_lengths (several encode programs) is not supported by "
+                         f"{target.name}; supported by runtime {', '.join(able)}; remove the key for this target")
+    module.check(recipe, target)
 
 
 # "runtime" or "runtime-backend" -> module path. Explicit, so a typo or duplicate fails

@@ -26,6 +26,9 @@ from . import Lowered
 
 PTE, PTD = "model.pte", "weights.ptd"
 CACHE_MODE = "buffer"  # the self-attention cache lives in the program as mutable buffers
+# The recipe's encode_lengths become more methods of the same program (encode_16, ...),
+# their weights deduplicated into the one .ptd with the full encode's.
+ENCODE_LENGTHS = True
 _DATA_TAG = "weights"
 # Nodes that are bookkeeping, not compute: they never reach a kernel.
 _NON_COMPUTE = {"getitem"}
@@ -137,8 +140,12 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | N
 
     check(recipe, target)
     quant = quantize.apply(parts, recipe)
+    from ..split import text_inputs
+
     programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
                 "decode": _export("decode", parts.decode, parts.decode_inputs())}
+    for n, module in sorted(parts.encode_buckets.items()):
+        programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
     report = {name: _delegation(edge.exported_program(name).graph_module) for name in programs}
     et = edge.to_executorch(ExecutorchBackendConfig(
@@ -148,8 +155,7 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | N
         # place instead of copying them into its arena on every step (the cross K/V are
         # 2 x layers x [1, H, Dh, S] floats: 1.5 MB per token on a t5-small-sized model).
         # encode keeps planned inputs (a few KB, and callers may hand it temporaries).
-        memory_planning_pass={"encode": MemoryPlanningPass(),
-                              "decode": MemoryPlanningPass(alloc_graph_input=False)},
+        memory_planning_pass={name: MemoryPlanningPass(alloc_graph_input=name != "decode") for name in programs},
         # Fuses torchao's dequantize->embedding into quantized_decomposed::embedding_byte/4bit.
         do_quant_fusion_and_const_prop=quant["embeddings"]["scheme"] != "none"))
     for plan in et.executorch_program.execution_plan:
@@ -163,6 +169,8 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | N
         written.rename(out_dir / PTD)
     sig = parts.describe()
     sig["encode"].update(file=PTE, method="encode")
+    if parts.encode_buckets:  # inputs [1, L] each; outputs as the full encode's
+        sig["encode"]["lengths"] = [{"length": n, "method": f"encode_{n}"} for n in sorted(parts.encode_buckets)]
     sig["decode"].update(file=PTE, method="decode",
                          kv_cache="in-program mutable buffers (cache_k_*, cache_v_*), zero-initialised")
     schemes = quantize.program_schemes(quant)
@@ -196,15 +204,30 @@ class ExecuTorchSession:
                                threads)
         self._encode = program.load_method(progs["encode"]["method"])
         self._decode = program.load_method(progs["decode"]["method"])
+        # Shorter encode programs, shortest first: (length, method).
+        self._lengths = [(e["length"], program.load_method(e["method"])) for e in progs["encode"].get("lengths", [])]
         self._token = torch.zeros(1, 1, dtype=torch.long)
         self._pos = torch.zeros(1, dtype=torch.long)
         self._encode_inputs = progs["encode"]["inputs"]
+        self.encode_length = None  # the input length the last encode ran at
 
     def encode(self, *inputs) -> list:
         from . import encode_arrays
 
         t = self._torch
-        return list(self._encode.execute([t.from_numpy(a) for a in encode_arrays(self._encode_inputs, inputs)]))
+        arrays = encode_arrays(self._encode_inputs, inputs)
+        method, length = self._encode, arrays[0].shape[1]
+        if self._lengths:
+            # Text inputs are right-padded [1, S]: the real length ends at the mask's last 1.
+            mask = arrays[[e["name"] for e in self._encode_inputs].index("attention_mask")][0]
+            used = int(np.flatnonzero(mask)[-1]) + 1 if mask.any() else 1
+            for n, m in self._lengths:
+                if used <= n:
+                    method, length = m, n
+                    arrays = [np.ascontiguousarray(a[:, :n]) for a in arrays]
+                    break
+        self.encode_length = length
+        return list(method.execute([t.from_numpy(a) for a in arrays]))
 
     def decode(self, token: int, position: int, state: list) -> np.ndarray:
         self._token[0, 0] = token

@@ -96,6 +96,8 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         **head, "kind": "measured", "runs": runs, "warmup": warmup,
+        # The length encode ran at: the shortest of the recipe's encode_lengths that holds the input.
+        "encoder_len": getattr(session, "encode_length", None) or head["encoder_len"],
         "load_ms": round(load_s * 1000, 3),
         "ttft_ms": {"p50": _pct(ttft, 50), "p90": _pct(ttft, 90)},
         "decode_ms_per_token": {"p50": _pct(per_token, 50), "p90": _pct(per_token, 90)} if per_token else None,
