@@ -1,4 +1,5 @@
-"""Recipe encode_lengths: shorter encode programs beside the full one (executorch-xnnpack).
+"""Recipe encode_lengths: shorter encode programs beside the full one (executorch-xnnpack:
+methods of one .pte; onnx-cpu: more graphs on one weights.data).
 
 An input runs the shortest encode that holds it; decode is the same program whatever encode
 ran, so every length must give eager's logits and tokens. Other targets refuse the key."""
@@ -19,7 +20,7 @@ from toolchain.specs import load_recipe, load_target
 
 from test_split import reference
 
-TOL = {"atol": 1e-4, "rtol": 1e-4}  # fp32 XNNPACK vs eager, as in test_executorch
+TOL = {"atol": 1e-4, "rtol": 1e-4}  # fp32 runtime vs eager: kernels and summation order only
 
 
 def _recipe(tmp_path, name: str, lengths: list[int]) -> str:
@@ -29,23 +30,27 @@ def _recipe(tmp_path, name: str, lengths: list[int]) -> str:
     return str(p)
 
 
-@pytest.fixture(scope="module")
-def bucketed(checkpoint, tmp_path_factory):
+TARGETS = {"executorch-xnnpack": ("executorch", "weights.ptd"), "onnx-cpu": ("onnx", "weights.data")}
+
+
+@pytest.fixture(scope="module", params=list(TARGETS))
+def pair(request, checkpoint, tmp_path_factory):
+    """(target, artifact with encode_lengths [8, 16], the same without) of one checkpoint."""
     tmp = tmp_path_factory.mktemp("lengths")
-    out = tmp / "art"
-    export(load_checkpoint(checkpoint), load_recipe(_recipe(tmp, "lens", [8, 16])),
-           load_target("executorch-xnnpack"), out)
-    return out
+    src, target = load_checkpoint(checkpoint), load_target(request.param)
+    arts = [export(src, load_recipe(_recipe(tmp, name, lengths)), target, tmp / name).path
+            for name, lengths in (("lens", [8, 16]), ("plain", []))]
+    return request.param, *arts
 
 
-def test_every_length_matches_eager(bucketed, checkpoint):
+def test_every_length_matches_eager(pair, checkpoint):
+    target, bucketed, _ = pair
     art = open_artifact(bucketed)
-    assert [e["method"] for e in art.manifest["programs"]["encode"]["lengths"]] == ["encode_8", "encode_16"]
-    assert {"encode", "encode_8", "encode_16", "decode"} <= set(art.manifest["delegation"])
-    session = backends.get("executorch").open(art, threads=2)
+    assert [e["length"] for e in art.manifest["programs"]["encode"]["lengths"]] == [8, 16]
+    session = backends.get(TARGETS[target][0]).open(art, threads=2)
     model = load_checkpoint(checkpoint).load_model()
     rng = np.random.default_rng(7)
-    # 3 and 8 -> encode_8 (8: exactly full), 9 and 16 -> encode_16, 17 and 24 -> the full encode.
+    # 3 and 8 -> the 8-token encode (8: exactly full), 9 and 16 -> 16, 17 and 24 -> the full one.
     for length, ran in [(3, 8), (8, 8), (9, 16), (16, 16), (17, 24), (24, 24)]:
         ids = [int(x) for x in rng.integers(3, 45, size=length - 1)] + [1]
         ref_tokens, ref_logits = reference(model, ids, 12)
@@ -56,10 +61,12 @@ def test_every_length_matches_eager(bucketed, checkpoint):
         assert gen.tokens == ref_tokens
 
 
-def test_weights_stored_once(bucketed, artifact):
-    """The shorter encodes' linears are the full encode's tensors, so the .ptd holds them once
-    (`artifact`: the same checkpoint and lengths without encode_lengths)."""
-    w1, w3 = (open_artifact(p).manifest["files"]["weights.ptd"]["bytes"] for p in (artifact, bucketed))
+def test_weights_stored_once(pair):
+    """The shorter encodes' linears are the full encode's tensors, so the weights file holds
+    them once (compared with the same checkpoint and lengths without encode_lengths)."""
+    target, bucketed, plain = pair
+    data = TARGETS[target][1]
+    w1, w3 = (open_artifact(p).manifest["files"][data]["bytes"] for p in (plain, bucketed))
     # Only the encoders' relative-position bias tables are new (fp32 [H, L, L] per length),
     # plus alignment; a second copy of the fp32 encoder linears alone would add ~64 KB each.
     heads = 4
@@ -67,17 +74,17 @@ def test_weights_stored_once(bucketed, artifact):
     assert w1 < w3 < w1 + tables + 2048, (w1, w3, tables)
 
 
-@pytest.mark.parametrize("target", ["onnx-cpu", "litert-cpu", "coreml-cpu", "executorch-ethos-u85"])
+@pytest.mark.parametrize("target", ["litert-cpu", "coreml-cpu", "executorch-ethos-u85"])
 def test_other_targets_refuse(target, tmp_path):
     recipe, t = load_recipe(_recipe(tmp_path, "lens", [8])), load_target(target)
     with pytest.raises(InputError, match="encode_lengths .* is not supported by"):
         backends.check(backends.for_target(t), recipe, t)
 
 
-def test_probe_reports_the_encode_length(bucketed):
+def test_probe_reports_the_encode_length(pair):
     """probe --input-len N measures the encode an N-token input really runs, and says which."""
     from test_probe import probe_json
 
     for n, ran in [(5, 8), (12, 16), (20, 24)]:
-        r = probe_json(bucketed, "--runs", 1, "--warmup", 0, "--input-len", n, "--output-len", 2)
+        r = probe_json(pair[1], "--runs", 1, "--warmup", 0, "--input-len", n, "--output-len", 2)
         assert (r["input_len"], r["encoder_len"]) == (n, ran)

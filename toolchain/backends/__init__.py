@@ -78,6 +78,18 @@ def encode_arrays(entries: list[dict[str, Any]], inputs: tuple) -> list[np.ndarr
     return out
 
 
+def pick_encode_length(entries: list[dict[str, Any]], arrays: list[np.ndarray], lengths: list[int]) -> int | None:
+    """For artifacts with shorter encode programs (recipe encode_lengths, ascending in
+    `lengths`): the shortest length that holds this text input, or None for the full
+    encode. Text inputs are right-padded [1, S]: the real input ends at attention_mask's
+    last 1. The caller runs that program on arrays[:, :length]."""
+    if not lengths:
+        return None
+    mask = arrays[[e["name"] for e in entries].index("attention_mask")][0]
+    used = int(np.flatnonzero(mask)[-1]) + 1 if mask.any() else 1
+    return next((n for n in lengths if used <= n), None)
+
+
 def check_schemes(recipe, target, supported: dict[str, str]) -> None:
     """One-line InputError for the first recipe scheme the target cannot honour.
     `supported` maps scheme name -> what the target does with it."""

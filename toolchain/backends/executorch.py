@@ -204,29 +204,23 @@ class ExecuTorchSession:
                                threads)
         self._encode = program.load_method(progs["encode"]["method"])
         self._decode = program.load_method(progs["decode"]["method"])
-        # Shorter encode programs, shortest first: (length, method).
-        self._lengths = [(e["length"], program.load_method(e["method"])) for e in progs["encode"].get("lengths", [])]
+        # Shorter encode programs (recipe encode_lengths): length -> method, shortest first.
+        self._lengths = {e["length"]: program.load_method(e["method"]) for e in progs["encode"].get("lengths", [])}
         self._token = torch.zeros(1, 1, dtype=torch.long)
         self._pos = torch.zeros(1, dtype=torch.long)
         self._encode_inputs = progs["encode"]["inputs"]
         self.encode_length = None  # the input length the last encode ran at
 
     def encode(self, *inputs) -> list:
-        from . import encode_arrays
+        from . import encode_arrays, pick_encode_length
 
         t = self._torch
         arrays = encode_arrays(self._encode_inputs, inputs)
-        method, length = self._encode, arrays[0].shape[1]
-        if self._lengths:
-            # Text inputs are right-padded [1, S]: the real length ends at the mask's last 1.
-            mask = arrays[[e["name"] for e in self._encode_inputs].index("attention_mask")][0]
-            used = int(np.flatnonzero(mask)[-1]) + 1 if mask.any() else 1
-            for n, m in self._lengths:
-                if used <= n:
-                    method, length = m, n
-                    arrays = [np.ascontiguousarray(a[:, :n]) for a in arrays]
-                    break
-        self.encode_length = length
+        n = pick_encode_length(self._encode_inputs, arrays, list(self._lengths))
+        method = self._encode if n is None else self._lengths[n]
+        if n is not None:
+            arrays = [np.ascontiguousarray(a[:, :n]) for a in arrays]
+        self.encode_length = arrays[0].shape[1]
         return list(method.execute([t.from_numpy(a) for a in arrays]))
 
     def decode(self, token: int, position: int, state: list) -> np.ndarray:

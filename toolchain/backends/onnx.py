@@ -44,6 +44,9 @@ from . import Lowered
 
 ENCODE, DECODE, WEIGHTS = "encode.onnx", "decode.onnx", "weights.data"
 CACHE_MODE = "io"  # the self-attention cache is explicit decode inputs/outputs
+# The recipe's encode_lengths become more graphs (encode_64.onnx, ...) pointing into the
+# same deduplicated weights.data: their linears are the full encode's tensors.
+ENCODE_LENGTHS = True
 OPSET = 20
 PROVIDERS = {"cpu": "CPUExecutionProvider"}
 # Per component: linears (encoder, decoder, lm_head) and the token embedding.
@@ -255,6 +258,15 @@ def _calibration_feeds(enc_model, dec_model, parts, calibration: list[list[int]]
     return {"encode": enc_feeds, "decode": dec_feeds}
 
 
+def _shorter_feeds(feeds: list[dict] | None, n: int) -> list[dict] | None:
+    """Static-int8 calibration feeds of an n-token encode: the inputs that fit in n tokens
+    (all of them cut to n when none does), as [1, n] arrays."""
+    if feeds is None:
+        return None
+    fits = [f for f in feeds if not f["attention_mask"][0, n:].any()] or feeds
+    return [{k: np.ascontiguousarray(v[:, :n]) for k, v in f.items()} for f in fits]
+
+
 def _quantize_embeddings(model, names: set[str]) -> int:
     """Int8 rows for the named embedding gathers, in place; returns how many were rewritten.
 
@@ -387,8 +399,12 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list | None = None)
     check(recipe, target)
     if parts.cache_mode != CACHE_MODE:
         raise ValueError(f"onnx needs parts built with cache_mode={CACHE_MODE!r}, got {parts.cache_mode!r}")
+    from ..split import text_inputs
+
     enc = _export(parts.encode, parts.encode_inputs(), parts.encode_input_names(), parts.encode_output_names())
     dec = _export(parts.decode, parts.decode_inputs(), parts.decode_input_names(), parts.decode_output_names())
+    shorter = {n: _export(m, tuple(t.example() for t in text_inputs(n)), parts.encode_input_names(),
+                          parts.encode_output_names()) for n, m in sorted(parts.encode_buckets.items())}
     quantized: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".quant-") as tmp:
         tmp = Path(tmp)
@@ -401,19 +417,27 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list | None = None)
             feeds = _calibration_feeds(enc, dec, parts, calibration, tmp)
         enc, quantized["encode"] = _quantize(enc, "encode", recipe, feeds["encode"], tmp)
         dec, quantized["decode"] = _quantize(dec, "decode", recipe, feeds["decode"], tmp)
-    files = _write_shared({ENCODE: enc, DECODE: dec}, out_dir)
-    for name in (ENCODE, DECODE):
+        for n in shorter:
+            shorter[n], quantized[f"encode_{n}"] = _quantize(shorter[n], "encode", recipe,
+                                                             _shorter_feeds(feeds["encode"], n), tmp)
+    graphs = {ENCODE: enc, **{f"encode_{n}.onnx": m for n, m in shorter.items()}, DECODE: dec}
+    files = _write_shared(graphs, out_dir)
+    for name in graphs:
         onnx.checker.check_model(str(out_dir / name), full_check=True)
 
     sig = parts.describe()
+    if shorter:  # inputs [1, L] each; outputs as the full encode's
+        sig["encode"]["lengths"] = [{"length": n, "file": f"encode_{n}.onnx"} for n in shorter]
     report = {}
-    for prog, file, model in (("encode", ENCODE, enc), ("decode", DECODE, dec)):
-        opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
-        sig[prog].update(file=file, data_file=WEIGHTS, provider=PROVIDERS[target.backend],
-                         opset=opsets.get("ai.onnx"), opsets=opsets, ir_version=model.ir_version)
+    for prog, file in [("encode", ENCODE), *((f"encode_{n}", f"encode_{n}.onnx") for n in shorter), ("decode", DECODE)]:
+        model = graphs[file]
         report[prog] = {"nodes": len(model.graph.node),
                         "op_counts": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
                         "quantized_nodes": quantized[prog]}
+        if prog in sig:
+            opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
+            sig[prog].update(file=file, data_file=WEIGHTS, provider=PROVIDERS[target.backend],
+                             opset=opsets.get("ai.onnx"), opsets=opsets, ir_version=model.ir_version)
     sig["decode"]["kv_cache"] = ("explicit IO: inputs cache_k_l [H, Dh, T], cache_v_l [H, T, Dh] after the "
                                  "cross K/V; outputs new_cache_* after the logits; zeros before position 0")
     return Lowered(files=files, programs=sig, report={"onnx": report}, tool_versions=versions())
@@ -475,6 +499,10 @@ class OnnxSession:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = [progs["decode"].get("provider", "CPUExecutionProvider")]
         self._enc = ort.InferenceSession(str(artifact.file(progs["encode"]["file"])), opts, providers=providers)
+        # Shorter encode graphs (recipe encode_lengths): length -> session.
+        self._enc_lengths = {e["length"]: ort.InferenceSession(str(artifact.file(e["file"])), opts, providers=providers)
+                             for e in progs["encode"].get("lengths", [])}
+        self.encode_length = None  # the input length the last encode ran at
         self._dec = ort.InferenceSession(str(artifact.file(progs["decode"]["file"])), opts, providers=providers)
         self._io = io_binding
         self._enc_spec = progs["encode"]["inputs"]
@@ -491,9 +519,15 @@ class OnnxSession:
                                                      (self._token_np, self._position_np, self._logits_np))
 
     def encode(self, *inputs):
-        from . import encode_arrays
+        from . import encode_arrays, pick_encode_length
 
-        cross = self._enc.run(None, dict(zip(self._enc_names, encode_arrays(self._enc_spec, inputs))))
+        arrays = encode_arrays(self._enc_spec, inputs)
+        n = pick_encode_length(self._enc_spec, arrays, list(self._enc_lengths))
+        enc = self._enc if n is None else self._enc_lengths[n]
+        if n is not None:
+            arrays = [np.ascontiguousarray(a[:, :n]) for a in arrays]
+        self.encode_length = arrays[0].shape[1]
+        cross = enc.run(None, dict(zip(self._enc_names, arrays)))
         if not self._io:
             return {"cross": dict(zip(self._cross_names, cross)),
                     "cache": [np.zeros(s, np.float32) for s in self._cache_shapes]}
