@@ -81,10 +81,13 @@ def test_other_targets_refuse(target, tmp_path):
         backends.check(backends.for_target(t), recipe, t)
 
 
-def test_probe_reports_the_encode_length(pair):
-    """probe --input-len N measures the encode an N-token input really runs, and says which."""
-    from test_probe import probe_json
+def test_probe_and_inspect_show_the_lengths(pair):
+    """probe --input-len N measures the encode an N-token input really runs, and says which;
+    inspect lists the shorter encodes."""
+    from test_probe import invoke, probe_json
 
     for n, ran in [(5, 8), (12, 16), (20, 24)]:
         r = probe_json(pair[1], "--runs", 1, "--warmup", 0, "--input-len", n, "--output-len", 2)
         assert (r["input_len"], r["encoder_len"]) == (n, ran)
+    code, out = invoke("inspect", pair[1])
+    assert code == 0 and "for inputs up to 8 tokens" in out and "for inputs up to 16 tokens" in out, out

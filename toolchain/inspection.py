@@ -89,6 +89,9 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
         ins = ", ".join(f"{i['name']}{i['shape']}" for i in p["inputs"][:4])
         more = f" +{len(p['inputs']) - 4} more" if len(p["inputs"]) > 4 else ""
         lines.append(f"  program {name}: {p['file']}:{p.get('method') or p.get('signature') or name}({ins}{more})")
+        for e in p.get("lengths", []):  # shorter encodes (recipe encode_lengths), outputs padded to S
+            lines.append(f"  program {name} for inputs up to {e['length']} tokens: "
+                         f"{e.get('file') or p['file']}:{e.get('method') or name}")
     for comp, q in (m.get("quantization") or {}).items():
         if q["tensors"]:
             lines.append(f"  component {comp:<10} {q['scheme']:<12} {q['tensors']:>3} tensors  "
