@@ -21,6 +21,8 @@ A Session is what `run`, `verify` and `probe` share:
                                     S = the recipe's max_input_len (the caller pads); Whisper:
                                     (input_features float32[1, n_mels, frames],)
     decode(token, position, state) -> logits float32[V]  (numpy)
+    encode_length                   (ENCODE_LENGTHS backends) the length the last encode
+                                    ran at (`choose_encode` picks the program)
 
 Backends feed whatever the manifest declares (`encode_arrays`), so a new family with
 other encode inputs needs no backend change. Backend modules import their heavy
@@ -78,16 +80,20 @@ def encode_arrays(entries: list[dict[str, Any]], inputs: tuple) -> list[np.ndarr
     return out
 
 
-def pick_encode_length(entries: list[dict[str, Any]], arrays: list[np.ndarray], lengths: list[int]) -> int | None:
-    """For artifacts with shorter encode programs (recipe encode_lengths, ascending in
-    `lengths`): the shortest length that holds this text input, or None for the full
-    encode. Text inputs are right-padded [1, S]: the real input ends at attention_mask's
-    last 1. The caller runs that program on arrays[:, :length]."""
-    if not lengths:
-        return None
-    mask = arrays[[e["name"] for e in entries].index("attention_mask")][0]
-    used = int(np.flatnonzero(mask)[-1]) + 1 if mask.any() else 1
-    return next((n for n in lengths if used <= n), None)
+def choose_encode(entries: list[dict[str, Any]], inputs: tuple, full: Any, shorter: dict[int, Any]):
+    """Session.encode's arguments -> (program, length, arrays): the declared encode arrays
+    (`encode_arrays`) and the program to run them. With shorter encode programs (recipe
+    encode_lengths; `shorter` maps length -> program) that is the shortest that holds this
+    text input, run on arrays[:, :length]; else `full` on the arrays as given. Text inputs
+    are right-padded [1, S]: the real input ends at attention_mask's last 1."""
+    arrays = encode_arrays(entries, inputs)
+    if shorter:
+        mask = arrays[[e["name"] for e in entries].index("attention_mask")][0]
+        used = int(np.flatnonzero(mask)[-1]) + 1 if mask.any() else 1
+        n = next((n for n in sorted(shorter) if used <= n), None)
+        if n is not None:
+            return shorter[n], n, [np.ascontiguousarray(a[:, :n]) for a in arrays]
+    return full, arrays[0].shape[1], arrays
 
 
 def check_schemes(recipe, target, supported: dict[str, str]) -> None:

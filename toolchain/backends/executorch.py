@@ -212,16 +212,10 @@ class ExecuTorchSession:
         self.encode_length = None  # the input length the last encode ran at
 
     def encode(self, *inputs) -> list:
-        from . import encode_arrays, pick_encode_length
+        from . import choose_encode
 
-        t = self._torch
-        arrays = encode_arrays(self._encode_inputs, inputs)
-        n = pick_encode_length(self._encode_inputs, arrays, list(self._lengths))
-        method = self._encode if n is None else self._lengths[n]
-        if n is not None:
-            arrays = [np.ascontiguousarray(a[:, :n]) for a in arrays]
-        self.encode_length = arrays[0].shape[1]
-        return list(method.execute([t.from_numpy(a) for a in arrays]))
+        method, self.encode_length, arrays = choose_encode(self._encode_inputs, inputs, self._encode, self._lengths)
+        return list(method.execute([self._torch.from_numpy(a) for a in arrays]))
 
     def decode(self, token: int, position: int, state: list) -> np.ndarray:
         self._token[0, 0] = token

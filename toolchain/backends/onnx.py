@@ -519,14 +519,9 @@ class OnnxSession:
                                                      (self._token_np, self._position_np, self._logits_np))
 
     def encode(self, *inputs):
-        from . import encode_arrays, pick_encode_length
+        from . import choose_encode
 
-        arrays = encode_arrays(self._enc_spec, inputs)
-        n = pick_encode_length(self._enc_spec, arrays, list(self._enc_lengths))
-        enc = self._enc if n is None else self._enc_lengths[n]
-        if n is not None:
-            arrays = [np.ascontiguousarray(a[:, :n]) for a in arrays]
-        self.encode_length = arrays[0].shape[1]
+        enc, self.encode_length, arrays = choose_encode(self._enc_spec, inputs, self._enc, self._enc_lengths)
         cross = enc.run(None, dict(zip(self._enc_names, arrays)))
         if not self._io:
             return {"cross": dict(zip(self._cross_names, cross)),
