@@ -142,7 +142,6 @@ class Decode(nn.Module):
         self.register_buffer("sin_table", sin.t().contiguous())
         self.register_buffer("rot", _rotate_half_matrix(head_dim))
         self.register_buffer("mask_table", torch.triu(torch.full((out_len, out_len), NEG), diagonal=1).t().contiguous())
-        self.register_buffer("positions", torch.arange(out_len, dtype=torch.long))
         register_cache(self, len(layers), heads, head_dim, out_len, "buffer")
 
     def forward(self, token, position, *prompt_kv):

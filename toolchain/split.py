@@ -147,23 +147,28 @@ def update_cache(cache: torch.Tensor, new: torch.Tensor, onehot: torch.Tensor, i
 
 
 def register_cache(module: nn.Module, layers: int, heads: int, head_dim: int, length: int, cache_mode: str) -> None:
-    """In "buffer" mode, give a decode module its per-layer self-attention cache buffers
-    (cache_k_l [H, Dh, T], cache_v_l [H, T, Dh], zero-initialised)."""
+    """Give a decode module its cache slots: `positions` (int64 [T], what a step's position
+    is compared with to pick its slot, see decode_step) and, in "buffer" mode, the per-layer
+    self-attention cache buffers (cache_k_l [H, Dh, T], cache_v_l [H, T, Dh], zero-initialised)."""
     if cache_mode not in ("buffer", "io"):
         raise ValueError(f"cache_mode must be 'buffer' or 'io', got {cache_mode!r}")
+    module.register_buffer("positions", torch.arange(length, dtype=torch.long))
     if cache_mode == "buffer":
         for i in range(layers):
             module.register_buffer(f"cache_k_{i}", torch.zeros(heads, head_dim, length))
             module.register_buffer(f"cache_v_{i}", torch.zeros(heads, length, head_dim))
 
 
-def decode_state(module: nn.Module, layers: int, rest: tuple) -> tuple[tuple, list[torch.Tensor]]:
-    """Split decode's trailing inputs into (cross K/V per layer, self-attention caches): the
-    caches are the module's buffers ("buffer" mode) or the inputs after the cross K/V ("io")."""
+def decode_step(module: nn.Module, position: torch.Tensor, rest: tuple) -> tuple[tuple, list[torch.Tensor], torch.Tensor]:
+    """What every decode step starts from: (cross K/V per layer, self-attention caches, the
+    position's one-hot [1, T]). `rest` is decode's inputs after the cross_bias; the caches are
+    the module's buffers ("buffer" mode) or the inputs after the cross K/V ("io")."""
+    layers = len(module.layers)
+    onehot = position_onehot(position, module.positions.shape[0], module.positions)
     cross_kv = rest[: 2 * layers]
     if module.cache_mode == "buffer":
-        return cross_kv, [getattr(module, f"cache_{kv}_{i}") for i in range(layers) for kv in "kv"]
-    return cross_kv, list(rest[2 * layers:])
+        return cross_kv, [getattr(module, f"cache_{kv}_{i}") for i in range(layers) for kv in "kv"], onehot
+    return cross_kv, list(rest[2 * layers:]), onehot
 
 
 def cross_kv_outputs(x: torch.Tensor, cross_bias: torch.Tensor | None, cross_k, cross_v, heads: int,

@@ -36,8 +36,8 @@ from torch import nn
 
 from . import register, text_generation
 from ..errors import InputError
-from ..split import (NEG, LayerNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_state,
-                     frozen_embedding, frozen_linear, heads_first, heads_last, position_onehot, register_cache,
+from ..split import (NEG, LayerNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_step,
+                     frozen_embedding, frozen_linear, heads_first, heads_last, register_cache,
                      update_cache)
 
 # transformers' ACT2FN names -> the shared activation table's names.
@@ -188,13 +188,11 @@ class BartDecode(nn.Module):
         self.register_buffer("final_logits_bias", model.final_logits_bias.detach().clone().float().reshape(1, -1))
         causal = torch.triu(torch.full((t, t), NEG), diagonal=1)  # [T(q), T(k)]: key after query -> masked
         self.register_buffer("causal_table", causal.T.contiguous())  # [T(k), T(q)]
-        self.register_buffer("positions", torch.arange(t, dtype=torch.long))
         register_cache(self, len(self.layers), h, dh, t, cache_mode)
 
     def forward(self, token, position, cross_bias, *rest):
-        t, n = self.max_output_len, len(self.layers)
-        cross_kv, caches = decode_state(self, n, rest)
-        onehot = position_onehot(position, t, self.positions)  # [1, T]
+        t = self.max_output_len
+        cross_kv, caches, onehot = decode_step(self, position, rest)  # onehot [1, T]
         self_bias = F.linear(onehot, self.causal_table).reshape(1, 1, t)  # broadcasts over heads
         x = self.embed(token)  # [1, 1, D]
         if self.embed_scale != 1.0:

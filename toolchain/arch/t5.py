@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register, text_generation
-from ..split import (NEG, RMSNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_state,
-                     frozen_linear, heads_first, heads_last, position_onehot, register_cache, update_cache)
+from ..split import (NEG, RMSNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_step,
+                     frozen_linear, heads_first, heads_last, register_cache, update_cache)
 
 
 class _FeedForward(nn.Module):
@@ -147,13 +147,11 @@ class T5Decode(nn.Module):
         causal = torch.triu(torch.full((t, t), NEG), diagonal=1)  # key after query -> masked
         full = rel + causal
         self.register_buffer("step_bias_table", full.permute(0, 2, 1).reshape(h * t, t).contiguous())
-        self.register_buffer("positions", torch.arange(t, dtype=torch.long))
         register_cache(self, len(self.layers), h, dh, t, cache_mode)
 
     def forward(self, token, position, cross_bias, *rest):
-        t, h, n = self.max_output_len, self.heads, len(self.layers)
-        cross_kv, caches = decode_state(self, n, rest)
-        onehot = position_onehot(position, t, self.positions)  # [1, T]
+        t, h = self.max_output_len, self.heads
+        cross_kv, caches, onehot = decode_step(self, position, rest)  # onehot [1, T]
         self_bias = F.linear(onehot, self.step_bias_table).reshape(h, 1, t)
         x = self.embed(token)  # [1, 1, D]
         new_caches = []

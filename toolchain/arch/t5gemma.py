@@ -33,8 +33,8 @@ from torch import nn
 
 from . import register, text_generation
 from ..errors import InputError
-from ..split import (NEG, RMSNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_state,
-                     frozen_embedding, frozen_linear, heads_first, heads_last, position_onehot, register_cache,
+from ..split import (NEG, RMSNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_step,
+                     frozen_embedding, frozen_linear, heads_first, heads_last, register_cache,
                      update_cache)
 
 
@@ -107,16 +107,26 @@ class _Attention(nn.Module):
         return x * cos + F.linear(x, self.rot) * sin
 
 
+class _GatedMLP(nn.Module):
+    """Gemma's feed-forward: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, mlp: nn.Module, act: str):
+        super().__init__()
+        self.gate, self.up, self.down = (frozen_linear(mlp.gate_proj), frozen_linear(mlp.up_proj),
+                                         frozen_linear(mlp.down_proj))
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
 class _EncoderLayer(nn.Module):
     def __init__(self, layer: nn.Module, cfg):
         super().__init__()
         self.attn = _Attention(layer.self_attn, cfg)
         self.pre_attn, self.post_attn = _norm(layer.pre_self_attn_layernorm), _norm(layer.post_self_attn_layernorm)
         self.pre_ff, self.post_ff = _norm(layer.pre_feedforward_layernorm), _norm(layer.post_feedforward_layernorm)
-        mlp = layer.mlp
-        self.gate, self.up, self.down = (frozen_linear(mlp.gate_proj), frozen_linear(mlp.up_proj),
-                                         frozen_linear(mlp.down_proj))
-        self.act = activation(cfg.hidden_activation)
+        self.mlp = _GatedMLP(layer.mlp, cfg.hidden_activation)
 
     def forward(self, x, bias, cos, sin):
         a = self.attn
@@ -126,7 +136,7 @@ class _EncoderLayer(nn.Module):
         v = heads_first(a.v(h), a.heads)
         x = x + self.post_attn(a.o(heads_last(attend(q, k.transpose(1, 2), v, bias, a.scale, a.softcap))))
         h = self.pre_ff(x)
-        return x + self.post_ff(self.down(self.act(self.gate(h)) * self.up(h)))
+        return x + self.post_ff(self.mlp(h))
 
 
 class T5GemmaEncode(nn.Module):
@@ -174,10 +184,7 @@ class _DecoderLayer(nn.Module):
         self.cq, self.co = frozen_linear(ca.q_proj), frozen_linear(ca.o_proj)
         self.pre_cross, self.post_cross = _norm(layer.pre_cross_attn_layernorm), _norm(layer.post_cross_attn_layernorm)
         self.pre_ff, self.post_ff = _norm(layer.pre_feedforward_layernorm), _norm(layer.post_feedforward_layernorm)
-        mlp = layer.mlp
-        self.gate, self.up, self.down = (frozen_linear(mlp.gate_proj), frozen_linear(mlp.up_proj),
-                                         frozen_linear(mlp.down_proj))
-        self.act = activation(cfg.hidden_activation)
+        self.mlp = _GatedMLP(layer.mlp, cfg.hidden_activation)
 
     def forward(self, x, onehot, self_bias, cos, sin, cross_bias, ck, cv, cache_k, cache_v, in_place: bool):
         a = self.attn
@@ -193,7 +200,7 @@ class _DecoderLayer(nn.Module):
         ctx = attend(q, ck.reshape(ck.shape[1:]), cv.reshape(cv.shape[1:]), cross_bias, a.scale, a.softcap)
         x = x + self.post_cross(self.co(ctx.reshape(1, 1, h * dh)))
         y = self.pre_ff(x)
-        return x + self.post_ff(self.down(self.act(self.gate(y)) * self.up(y))), k_all, v_all
+        return x + self.post_ff(self.mlp(y)), k_all, v_all
 
 
 class T5GemmaDecode(nn.Module):
@@ -221,13 +228,11 @@ class T5GemmaDecode(nn.Module):
         for kind in sorted(set(self.kinds)):  # causal (+ window) masks: [T(k), T(q)], a step takes column p
             ok = _window_ok(pos[:, None], pos[None, :], kind, cfg.sliding_window, causal=True)  # [T(q), T(k)]
             self.register_buffer(f"mask_{kind}", torch.where(ok, 0.0, NEG).T.contiguous())
-        self.register_buffer("positions", torch.arange(t, dtype=torch.long))
         register_cache(self, len(self.layers), h, dh, t, cache_mode)
 
     def forward(self, token, position, cross_bias, *rest):
-        t, n = self.max_output_len, len(self.layers)
-        cross_kv, caches = decode_state(self, n, rest)
-        onehot = position_onehot(position, t, self.positions)  # [1, T]
+        t = self.max_output_len
+        cross_kv, caches, onehot = decode_step(self, position, rest)  # onehot [1, T]
         cos, sin = F.linear(onehot, self.rope_cos_table), F.linear(onehot, self.rope_sin_table)  # [1, Dh]
         biases = {kind: F.linear(onehot, getattr(self, f"mask_{kind}")).reshape(1, 1, t) for kind in set(self.kinds)}
         x = self.embed(token) * self.embed_scale  # [1, 1, D]

@@ -30,8 +30,8 @@ from torch import nn
 
 from . import register
 from ..errors import InputError
-from ..split import (NEG, LayerNorm, Seq2SeqParts, TensorSpec, activation, attend, cross_kv_outputs, decode_state,
-                     frozen_embedding, frozen_linear, heads_first, heads_last, position_onehot, register_cache,
+from ..split import (NEG, LayerNorm, Seq2SeqParts, TensorSpec, activation, attend, cross_kv_outputs, decode_step,
+                     frozen_embedding, frozen_linear, heads_first, heads_last, register_cache,
                      update_cache)
 
 
@@ -140,13 +140,11 @@ class WhisperDecode(nn.Module):
         self.lm_head = None if tied else frozen_linear(head)
         causal = torch.triu(torch.full((t, t), NEG), diagonal=1)  # [T(q), T(k)]
         self.register_buffer("causal_table", causal.T.contiguous())  # [T(k), T(q)]
-        self.register_buffer("positions", torch.arange(t, dtype=torch.long))
         register_cache(self, len(self.layers), h, dh, t, cache_mode)
 
     def forward(self, token, position, *rest):
-        t, n = self.max_output_len, len(self.layers)
-        cross_kv, caches = decode_state(self, n, rest)
-        onehot = position_onehot(position, t, self.positions)  # [1, T]
+        t = self.max_output_len
+        cross_kv, caches, onehot = decode_step(self, position, rest)  # onehot [1, T]
         self_bias = F.linear(onehot, self.causal_table).reshape(1, 1, t)
         x = self.embed(token) + F.linear(onehot, self.dec_pos_table).reshape(1, 1, -1)  # [1, 1, D]
         new_caches = []
