@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from toolchain.cli import main
+from toolchain.progress import PREFIX_RE as PROGRESS
 
 from conftest import DEMO, ROOT
 from helpers import tiny_t5
@@ -297,3 +298,43 @@ def test_import_edgeseq_api(artifact, tmp_path):
     assert rep["passed"] and rep["examples"] == 1
     with pytest.raises(edgeseq.InputError, match="unknown target"):
         edgeseq.export(DEMO, target="nope", output=tmp_path / "x")
+
+
+# 6 ------------------------------------------------------------------------------- progress
+
+
+def test_export_and_verify_show_progress(artifact, checkpoint, small_recipe, tmp_path):
+    """Not a terminal (a CI log): plain `[  1.2s] ...` lines for export stages and verify rows;
+    --quiet: none. (Before: minutes of silence.)"""
+    proc = edgeseq("export", checkpoint, "-t", "onnx-cpu", "-r", small_recipe, "-o", tmp_path / "a")
+    lines = [line for line in proc.stderr.splitlines() if PROGRESS.match(line)]
+    assert any("export: lowering to onnx-cpu with recipe small ..." in line for line in lines), proc.stderr
+    assert any(re.search(r"export: lowering to onnx-cpu with recipe small: done in \d+\.\d s", line)
+               for line in lines), proc.stderr
+    proc = edgeseq("verify", artifact, "--limit", "3")
+    assert re.search(r"verify: rows 3/3 \(\d+ s\)", proc.stderr), proc.stderr
+    quiet = edgeseq("verify", artifact, "--limit", "2", "--quiet")
+    assert not [line for line in quiet.stderr.splitlines() if PROGRESS.match(line)], quiet.stderr
+
+
+def test_progress_on_a_terminal_is_one_live_line():
+    import io
+
+    from toolchain import progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    assert progress.configure(stream=out) is progress.Mode.LIVE
+    try:
+        with progress.stage("export: lowering"):
+            count = progress.Counter("rows")
+            for i in range(1, 4):
+                count(i, 3)
+    finally:
+        progress.configure(quiet=True)
+    text = out.getvalue()
+    assert "\r" in text and text.count("\n") == 2, repr(text)  # the counter's end + the stage's end
+    assert text.rstrip().endswith("export: lowering: done in 0.0 s") or "done in" in text.splitlines()[-1]

@@ -41,10 +41,12 @@ class SourceModel:
     weights: tuple[Path, ...]
     tokenizer_file: Path
     allow_pickle: bool
+    hub_id: str = ""  # set when the checkpoint was found in the Hugging Face cache by its id
 
     @property
     def name(self) -> str:
-        return self.path.name
+        # A hub snapshot's directory is a commit hash: the model's name says more.
+        return self.hub_id.split("/")[-1] if self.hub_id else self.path.name
 
     @property
     def adapter(self):
@@ -54,7 +56,8 @@ class SourceModel:
         return {p.name: sha256_file(p) for p in sorted(self.path.iterdir()) if p.is_file()}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "model_type": self.model_type,
+        return {"name": self.name, "path": str(self.path), **({"hub_id": self.hub_id} if self.hub_id else {}),
+                "model_type": self.model_type,
                 **self.adapter.describe(self.config),
                 "weights_bytes": sum(p.stat().st_size for p in self.weights)}
 
@@ -181,14 +184,14 @@ def from_hub_cache(repo_id: str) -> Path | None:
 
 
 def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> SourceModel:
-    p = Path(path)
+    p, hub_id = Path(path), ""
     if not p.exists():
         cached = from_hub_cache(str(path))
         if cached is None:
             hint = (" (a Hugging Face id? edgeseq never downloads: only local directories and ids already in "
                     "the local Hugging Face cache work)") if HUB_ID_RE.fullmatch(str(path)) else ""
             raise InputError(f"checkpoint not found: {p}{hint}")
-        p = cached
+        p, hub_id = cached, str(path)
     if not p.is_dir():
         raise InputError(f"{p}: a checkpoint is a directory (save_pretrained output), not a file")
     cfg = _read_config(p)
@@ -215,4 +218,4 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> SourceModel
                          f"AutoTokenizer.from_pretrained(dir).save_pretrained(dir))")
     _check_tokenizer(tok, p / "config.json", adapter.describe(cfg).get("vocab_size"))
     return SourceModel(path=p.resolve(), config=cfg, model_type=model_type, weights=weights,
-                       tokenizer_file=tok, allow_pickle=allow_pickle)
+                       tokenizer_file=tok, allow_pickle=allow_pickle, hub_id=hub_id)

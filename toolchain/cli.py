@@ -345,13 +345,13 @@ def build(matrix: str, out: str, cache_dir: str | None, jobs: int, baseline: str
     """
     from .build import build as do_build, markdown
 
-    def progress(row, done, total):
+    def cell_done(row, done, total):
         if not as_json:
             why = "; ".join([*row.get("problems", []), *([row["error"]] if row.get("error") else [])])
             click.echo(f"  [{done}/{total}] {row['checkpoint']} {row['target']}/{row['recipe']}: {row['verdict']}"
                        f"{' (cache hit)' if row['cache_hit'] else ''}{': ' + why if why else ''}", err=True)
 
-    s = do_build(matrix, out, cache_dir, jobs, baseline, max_slowdown_pct, progress)
+    s = do_build(matrix, out, cache_dir, jobs, baseline, max_slowdown_pct, cell_done)
     _emit(s, as_json, markdown(s))
     if not s["ok"]:
         bad = [f"{r['checkpoint']} {r['target']}/{r['recipe']}" for r in s["cells"] if r["verdict"] != "pass"]
