@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from . import logs
 from .errors import CheckFailed, InputError
 
 
@@ -77,8 +78,10 @@ class Group(click.Group):
 
 @click.group(cls=Group)
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("--verbose", is_flag=True,
+              help="Let the runtimes' own log lines (ExecuTorch's C++ cpuinfo lines, LiteRT's INFO) reach stderr.")
 @click.version_option(package_name="edgeseq")
-def main(debug: bool) -> None:
+def main(debug: bool, verbose: bool) -> None:
     """Export trained encoder-decoder transformers to on-device encode/decode programs,
     verify them against eager PyTorch, and measure them.
 
@@ -90,6 +93,7 @@ def main(debug: bool) -> None:
     """
     if not debug:
         _quiet()
+    logs.set_verbose(verbose)
 
 
 def _emit(data, as_json: bool, text: str) -> None:
