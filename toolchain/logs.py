@@ -30,6 +30,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO
 
 _verbose = False
 _lock = threading.RLock()
@@ -68,12 +69,10 @@ def native_logs() -> Iterator[None]:
         return
     with _lock:
         _flush()  # text already written belongs before the capture
-        try:
-            saved = os.dup(2)
-        except OSError:  # no descriptor 2 (a daemon): nothing to keep clean
+        capture, saved = _open_capture()
+        if capture is None:  # no writable temp dir or no descriptor 2: better the lines than no load
             yield
             return
-        capture = tempfile.TemporaryFile()
         failed = False
         try:
             os.dup2(capture.fileno(), 2)
@@ -89,6 +88,20 @@ def native_logs() -> Iterator[None]:
                 capture.seek(0)
                 _write_all(2, capture.read())
             capture.close()
+
+
+def _open_capture() -> tuple[IO[bytes] | None, int]:
+    """A temporary file to capture into and a duplicate of descriptor 2 to restore; (None, -1)
+    if either cannot be had."""
+    try:
+        capture = tempfile.TemporaryFile()
+    except OSError:
+        return None, -1
+    try:
+        return capture, os.dup(2)
+    except OSError:
+        capture.close()
+        return None, -1
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -185,11 +185,11 @@ def runtime_lib():
     Why not `executorch.runtime` / `portable_lib`: portable_lib, which both import, is a
     re-export of this `_C` extension, but first imports `executorch.exir._warnings` for a
     warning class, and that loads all of `executorch.exir` (torch._dynamo, torch._inductor,
-    torchao, networkx): 5-7 s of a 6 s `edgeseq run` on the demo, measured. The only part of
-    its prelude the extension needs is `import torch` (the extension links libtorch_python
-    and hands back torch tensors). `executorch.kernels.quantized` loads the quantized kernels
-    library (a torch.ops.load_library; its static initialisers register the ExecuTorch kernels
-    too) and imports only torch."""
+    torchao, networkx): `edgeseq run` of the demo took 6.9 s with it, 1.8 s without (median of
+    5, AMD EPYC, 2 cores); what is left is mostly `import torch` (~1.2 s), the one part of its
+    prelude the extension needs (it links libtorch_python, takes and returns torch tensors).
+    `executorch.kernels.quantized` loads the quantized kernels library (a torch.ops.load_library;
+    its static initialisers register the ExecuTorch kernels too) and imports only torch."""
     import executorch.kernels.quantized  # noqa: F401
     import torch  # noqa: F401  (before the extension: it links libtorch_python, returns torch tensors)
     from executorch.extension.pybindings import _C
