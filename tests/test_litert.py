@@ -217,6 +217,19 @@ def test_cli_does_not_import_litert():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_run_keeps_delegate_info_line_off_stderr(lite_demo):
+    """The interpreter prints "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2: --verbose only."""
+    def run(*flags):
+        return subprocess.run([sys.executable, "-m", "toolchain.cli", *flags, "run", str(lite_demo["fp32"]),
+                               "the 3rd of March, 2021"], capture_output=True, text=True, cwd=ROOT)
+
+    quiet, loud = run(), run("--verbose")
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    assert quiet.stdout == loud.stdout == "2021-03-03\n"
+    assert "TensorFlow Lite" in loud.stderr, loud.stderr
+    assert quiet.stderr == "", quiet.stderr
+
+
 @pytest.fixture(scope="session")
 def demo_fp32_report(lite_demo):
     from toolchain.verify import verify

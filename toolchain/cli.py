@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from . import progress
+from . import logs, progress
 from .errors import CheckFailed, InputError
 
 
@@ -44,7 +44,7 @@ def _terminate(signum, frame):
 
 
 # Options of the group that may also be written after the subcommand (`edgeseq run A x --debug`).
-GLOBAL_FLAGS = ("--debug", "--quiet")
+GLOBAL_FLAGS = ("--debug", "--quiet", "--verbose")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
@@ -100,8 +100,10 @@ class Group(click.Group):
 @click.group(cls=Group)
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors (also after the command).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr (errors still print).")
+@click.option("--verbose", is_flag=True,
+              help="Let the runtimes' own log lines (ExecuTorch's C++ cpuinfo lines, LiteRT's INFO) reach stderr.")
 @click.version_option(package_name="edgeseq")
-def main(debug: bool, quiet: bool) -> None:
+def main(debug: bool, quiet: bool, verbose: bool) -> None:
     """Export trained encoder-decoder transformers to on-device encode/decode programs,
     verify them against eager PyTorch, and measure them.
 
@@ -116,6 +118,7 @@ def main(debug: bool, quiet: bool) -> None:
     progress.configure(quiet=quiet)
     # Library calls after this command (tests, an embedding program) print nothing again.
     click.get_current_context().call_on_close(lambda: progress.configure(quiet=True))
+    logs.set_verbose(verbose)
 
 
 def _emit(data, as_json: bool, text: str) -> None:

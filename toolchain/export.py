@@ -14,6 +14,7 @@ from . import backends, progress
 from .artifact import FORMAT_VERSION, MANIFEST, check_replaceable, file_entries, open_artifact, staging_dir, write_json_atomic
 from .checkpoint import SourceModel
 from .errors import InputError
+from .logs import native_logs
 from .specs import Recipe, Target
 
 
@@ -99,7 +100,9 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
         if recipe.quantization:
             with progress.stage("export: reading calibration inputs"):
                 calibration = calibration_inputs(source, recipe, spec=inputs)
-        with progress.stage(f"export: lowering to {target.name} with recipe {recipe.name}"):
+        # Converters' own native log lines (absl, TFLite, ExecuTorch) are hidden unless --verbose.
+        with progress.stage(f"export: lowering to {target.name} with recipe {recipe.name}"), \
+                native_logs(expected=(InputError,)):
             lowered = backend.lower(parts, recipe, target, tmp, calibration=calibration)
         shutil.copyfile(source.tokenizer_file, tmp / "tokenizer.json")
         files = file_entries(tmp, [*lowered.files, "tokenizer.json"])

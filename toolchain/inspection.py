@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import MANIFEST, open_artifact
-from .checkpoint import load_checkpoint
 
 
 def _param_count(weights) -> int:
@@ -39,6 +38,8 @@ def _targets_fit() -> list[dict[str, Any]]:
 
 
 def inspect_checkpoint(path: Path, allow_pickle: bool) -> tuple[dict, str]:
+    from .checkpoint import load_checkpoint  # imports the adapters, hence torch: not for artifacts
+
     src = load_checkpoint(path, allow_pickle)
     d = src.describe()
     if not allow_pickle or all(w.suffix == ".safetensors" for w in src.weights):

@@ -16,6 +16,7 @@ from the one `error: ...` line a failure prints.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -48,13 +49,26 @@ class _State:
 def configure(quiet: bool = False, stream: TextIO | None = None) -> Mode:
     """Called by the CLI: live on a terminal, lines otherwise, off with --quiet."""
     out = stream if stream is not None else sys.stderr
-    _State.stream = out
     _State.t0 = time.monotonic()
     if quiet:
         _State.mode = Mode.OFF
     else:
         _State.mode = Mode.LIVE if getattr(out, "isatty", lambda: False)() else Mode.LINES
+        out = _own_descriptor(out)
+    _State.stream = out
     return _State.mode
+
+
+def _own_descriptor(out: TextIO) -> TextIO:
+    """Progress written to the process's real stderr goes through a duplicate of descriptor 2,
+    so it still reaches the terminal while logs.native_logs() points descriptor 2 at a capture
+    (an export's converters log natively for minutes; their lines are hidden, ours are not)."""
+    try:
+        if out.fileno() != 2:
+            return out
+        return os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    except (AttributeError, ValueError, OSError):  # not a real file (a test's StringIO)
+        return out
 
 
 def mode() -> Mode:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..logs import native_logs
 from . import Lowered
 
 PTE, PTD = "model.pte", "weights.ptd"
@@ -61,11 +62,7 @@ def check(recipe, target) -> None:
 
 def preload() -> None:
     """Import the runtime, so a probe's load time measures loading the model, not Python imports."""
-    import torch  # noqa: F401
-    from executorch.extension.pybindings import portable_lib  # noqa: F401
-    from executorch.runtime import Runtime
-
-    Runtime.get()
+    runtime_lib()
 
 
 def versions() -> dict[str, str]:
@@ -193,16 +190,57 @@ def _to_executorch(edge, programs: dict, quant: dict):
         do_quant_fusion_and_const_prop=quant["embeddings"]["scheme"] != "none"))
 
 
-def load_program(path, data_path=None, threads: int | None = None):
-    """An ExecuTorch program from disk, with the quantized kernels registered (embedding_byte/4bit,
-    quantize/dequantize_per_tensor) and the shared threadpool sized to `threads`."""
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
+def runtime_lib():
+    """ExecuTorch's runtime extension module, with the quantized kernels registered
+    (embedding_byte/4bit, quantize/dequantize_per_tensor), and nothing of the exporter.
 
+    Why not `executorch.runtime` / `portable_lib`: portable_lib, which both import, is a
+    re-export of this `_C` extension, but first imports `executorch.exir._warnings` for a
+    warning class, and that loads all of `executorch.exir` (torch._dynamo, torch._inductor,
+    torchao, networkx): `edgeseq run` of the demo took 6.9 s with it, 1.8 s without (median of
+    5, AMD EPYC, 2 cores); what is left is mostly `import torch` (~1.2 s), the one part of its
+    prelude the extension needs (it links libtorch_python, takes and returns torch tensors).
+    `executorch.kernels.quantized` loads the quantized kernels library (a torch.ops.load_library;
+    its static initialisers register the ExecuTorch kernels too) and imports only torch."""
     import executorch.kernels.quantized  # noqa: F401
-    if threads and portable_lib._threadpool_get_thread_count() != int(threads):
-        portable_lib._unsafe_reset_threadpool(int(threads))
-    return Runtime.get().load_program(path, data_path=data_path)
+    import torch  # noqa: F401  (before the extension: it links libtorch_python, returns torch tensors)
+    from executorch.extension.pybindings import _C
+
+    return _C
+
+
+class Method:
+    """One loaded method: `execute(inputs) -> outputs`, as executorch.runtime.Method."""
+
+    __slots__ = ("_method",)
+
+    def __init__(self, method) -> None:
+        self._method = method
+
+    def execute(self, inputs):
+        return self._method(inputs)
+
+
+class Program:
+    """A loaded program: `load_method(name) -> Method`, as executorch.runtime.Program."""
+
+    def __init__(self, program) -> None:
+        self._program = program
+
+    def load_method(self, name: str) -> Method:
+        with native_logs():  # XNNPACK's init logs cpuinfo lines here
+            return Method(self._program.load_method(name))
+
+
+def load_program(path, data_path=None, threads: int | None = None) -> Program:
+    """An ExecuTorch program from disk (see runtime_lib), the shared threadpool sized to `threads`.
+    The runtime's C++ log lines (cpuinfo_utils.cpp ...) go to stderr only with --verbose."""
+    lib = runtime_lib()
+    with native_logs():
+        if threads and lib._threadpool_get_thread_count() != int(threads):
+            lib._unsafe_reset_threadpool(int(threads))
+        return Program(lib._load_program(str(path), program_verification=lib.Verification.InternalConsistency,
+                                         data_path=str(data_path) if data_path is not None else None))
 
 
 class ExecuTorchSession:

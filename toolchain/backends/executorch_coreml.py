@@ -48,9 +48,9 @@ def available() -> tuple[bool, str]:
 
 def can_execute() -> tuple[bool, str]:
     """Whether this Python's ExecuTorch runtime has the Core ML backend; else why not, in one line."""
-    from executorch.extension.pybindings import portable_lib
+    from .executorch import runtime_lib
 
-    registered = portable_lib._get_registered_backend_names()
+    registered = runtime_lib()._get_registered_backend_names()
     if DELEGATE in registered:
         return True, ""
     return False, (f"this ExecuTorch runtime has no {DELEGATE} (registered: {', '.join(registered)}); "

@@ -115,10 +115,9 @@ def check(recipe, target) -> None:
 
 
 def preload() -> None:
-    from executorch.extension.pybindings import portable_lib  # noqa: F401
-    from executorch.runtime import Runtime
+    from .executorch import runtime_lib
 
-    Runtime.get()
+    runtime_lib()
 
 
 def versions() -> dict[str, str]:

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ..logs import native_logs
 from . import Lowered
 
 TFLITE = "model.tflite"
@@ -298,8 +299,12 @@ class LiteRTSession:
 
         progs = artifact.manifest["programs"]
         # The default op resolver applies the XNNPACK delegate with this thread count.
-        self._it = Interpreter(model_path=str(artifact.file(progs["encode"]["file"])),
-                               num_threads=int(threads or artifact.target.threads or 1))
+        with native_logs():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on fd 2
+            self._it = Interpreter(model_path=str(artifact.file(progs["encode"]["file"])),
+                                   num_threads=int(threads or artifact.target.threads or 1))
+            # The delegate is applied (and announced) at the first allocation: do it now, not
+            # at the first encode, so load time includes it and the line is caught here.
+            self._it.allocate_tensors()
         self._enc = self._it.get_signature_runner(progs["encode"]["signature"])
         self._dec = self._it.get_signature_runner(progs["decode"]["signature"])
         enc, dec = progs["encode"], progs["decode"]
