@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: install demo test test-deps clean bench bench-quick bench-peers support-table
+.PHONY: install demo test test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64
 
 install: $(VENV)/.installed
 
@@ -30,8 +30,19 @@ demo: install
 	$(VENV)/bin/edgeseq probe $(DEMO_OUT) --runs 10 --json > build/demo-probe.json
 	$(VENV)/bin/edgeseq report build/demo-probe.json -o build/demo-report.md
 
-test: install test-deps
+test: install test-deps runner
 	$(VPY) -m pytest -q
+
+# The native C++ runner (runtime/) for the host, built with CMake against the installed executorch
+# wheel into build/runner-host (incremental: seconds when up to date). Without a C++ compiler or
+# cmake it says so in one line and `--runner native` stays unavailable; nothing else changes.
+runner: install
+	@$(VPY) -m toolchain.native build host || true
+
+# The same runner cross-built for ARM64 Linux (build/runner-aarch64) against the aarch64 wheel
+# (downloaded once into build/), run under qemu-user by `--device qemu-aarch64`.
+runner-aarch64: install
+	@$(VPY) -m toolchain.native build aarch64 || true
 
 # README's family x target table, regenerated from a real run of the family matrix.
 support-table: install
