@@ -300,6 +300,29 @@ def open_session(artifact, threads: int | None = None, device_name: str | None =
     return NativeSession(artifact, threads, device(device_name))
 
 
+def resolve_runner(runner: str | None, device_name: str | None) -> str:
+    """`--runner` (python | native; None = the default) with `--device`: an emulated ARM64 device
+    has no Python, so it means the native runner."""
+    if runner not in (None, "python", "native"):
+        raise InputError(f"--runner {runner!r}: use python or native")
+    if device_name not in (None, "local"):
+        device(device_name)  # a one-line error for an unknown device
+        if runner == "python":
+            raise InputError(f"--device {device_name} runs the native runner only; drop --runner python")
+        return "native"
+    return runner or "python"
+
+
+def session_for(artifact, threads: int | None = None, runner: str | None = None, device_name: str | None = None):
+    """The Session `run` and `verify` use: the artifact's Python runtime Session (the default),
+    or the native runner on the host or on `device_name`."""
+    if resolve_runner(runner, device_name) == "native":
+        return open_session(artifact, threads, device_name)
+    from . import backends
+
+    return backends.for_target(artifact.target).open(artifact, threads=threads)
+
+
 def probe(session: NativeSession, ids, inputs, runs: int, warmup: int, output_len: int) -> dict[str, Any]:
     """One runner process measuring itself: load_ms, ttft_ms, decode_ms_per_token, tokens_per_s,
     peak_rss_mb of the runner process (`--runs`/`--warmup`, EOS ignored as the Python probe does)."""

@@ -24,6 +24,7 @@ from .artifact import Artifact
 from .checkpoint import load_checkpoint
 from .errors import InputError
 from .generate import decoding, greedy, tokenize
+from .native import resolve_runner, session_for
 
 BUILTIN_INPUTS = ["the quick brown fox", "hello world", "a b c d e f g"]
 
@@ -115,8 +116,15 @@ def _executed(target) -> str:
     return f"{target.runtime}/{target.backend}" + (f": {what}" if what else "")
 
 
+def _native_note(runner: str | None, device: str | None) -> str:
+    if resolve_runner(runner, device) != "native":
+        return ""
+    return f" (native runner{', ' + device + ', emulated' if device not in (None, 'local') else ''})"
+
+
 def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | None = None,
-           limit: int | None = None, allow_pickle: bool = False, progress=None) -> VerifyReport:
+           limit: int | None = None, allow_pickle: bool = False, progress=None, runner: str | None = None,
+           device: str | None = None) -> VerifyReport:
     import torch
 
     m = artifact.manifest
@@ -128,7 +136,7 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
     recipe, target = artifact.recipe, artifact.target
     tok = source.load_tokenizer()
     model = source.load_model()
-    session = backends.for_target(target).open(artifact, threads=target.threads)
+    session = session_for(artifact, target.threads, runner, device)  # --runner / --device (native.py)
     spec = m["tokens"]
     audio = m.get("input", {}).get("kind") == "log_mel"  # Whisper: log-mel features, not token ids
     rows, src = eval_examples(eval_file, source.path, limit, audio=audio)
@@ -170,7 +178,7 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
         sequence_match=seq_hits / len(rows),
         task_accuracy=task_hits / n_targets if n_targets else None,
         reference_accuracy=ref_hits / n_targets if n_targets else None,
-        eval_source=src, runtime=_executed(target), passed=True, failures=[])
+        eval_source=src, runtime=_executed(target) + _native_note(runner, device), passed=True, failures=[])
     if report.max_abs_logit_diff > tol.max_abs_logit_diff:
         report.failures.append(f"max_abs_logit_diff {report.max_abs_logit_diff:.3g} > {tol.max_abs_logit_diff:g}")
     if report.sequence_match < tol.min_sequence_match:
