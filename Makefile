@@ -49,13 +49,20 @@ support-table: install
 	$(VPY) -m pytest -q tests/test_families.py
 	$(VPY) scripts/support_table.py
 
-# The ssh probe tests start a real OpenSSH server on loopback (Debian's openssh-server).
+# The ssh probe tests start a real OpenSSH server on loopback (Debian's openssh-server); the
+# ARM64 native runner tests cross-build with g++-aarch64-linux-gnu and run under qemu-user.
 test-deps:
 	@test -x /usr/sbin/sshd || command -v sshd >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get install -y -q openssh-server >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server >/dev/null; }; \
 	  else echo "note: sshd not installed (apt-get install openssh-server); the ssh probe tests will fail"; fi; }
+	@# The ARM64 native runner: Debian's cross compiler and qemu-user (tests/test_native_arm64.py).
+	@command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q g++-aarch64-linux-gnu qemu-user >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q g++-aarch64-linux-gnu qemu-user >/dev/null; }; \
+	  else echo "note: g++-aarch64-linux-gnu/qemu-user not installed (apt-get install g++-aarch64-linux-gnu qemu-user); the ARM64 runner tests will fail"; fi; }
 
 # Benchmarks (benchmarks/compare.py). Peers run in their own venvs under build/bench, since
 # their transformers pins conflict with ours and with each other; torch is pinned first

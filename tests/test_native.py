@@ -15,13 +15,10 @@ from numpy.testing import assert_allclose
 
 from toolchain import backends, native
 from toolchain.artifact import open_artifact
-from toolchain.checkpoint import load_checkpoint
 from toolchain.cli import main
 from toolchain.errors import InputError
-from toolchain.export import export
 from toolchain.generate import decoding, greedy
 from toolchain.report import REQUIRED
-from toolchain.specs import load_recipe, load_target
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}  # the same program and kernels: only threading noise
 
@@ -35,19 +32,6 @@ def runner_bin():
         if "no C++ compiler" in str(e) or "cmake not found" in str(e):
             pytest.skip(f"native runner not buildable here: {e}")
         raise
-
-
-@pytest.fixture(scope="module")
-def quant_artifact(checkpoint, tmp_path_factory):
-    """int8 (8da8w linears, embedding_byte embeddings) with shorter encode programs [8, 16]:
-    the quantized kernels library and the encode_L methods in one small export."""
-    tmp = tmp_path_factory.mktemp("native")
-    recipe = tmp / "q.yaml"
-    recipe.write_text("format_version: 1\nname: q\ndescription: test\nmax_input_len: 24\nmax_output_len: 12\n"
-                      "quantization: {encoder: 8da8w, decoder: 8da8w, embeddings: int8-weight, lm_head: 8da8w}\n"
-                      "encode_lengths: [8, 16]\ntolerance: {max_abs_logit_diff: 1.0e+9, min_sequence_match: 0.9}\n")
-    return export(load_checkpoint(checkpoint), load_recipe(str(recipe)), load_target("executorch-xnnpack"),
-                  tmp / "q").path
 
 
 def _sessions(path):
@@ -66,9 +50,9 @@ def test_build_from_the_wheel(runner_bin):
     assert out.returncode == 0 and "usage: edgeseq-runner" in out.stdout
 
 
-@pytest.mark.parametrize("which", ["fp32", "int8+encode_lengths"])
-def test_same_tokens_and_logits_as_python_session(runner_bin, artifact, quant_artifact, which):
-    art, py, nat = _sessions(artifact if which == "fp32" else quant_artifact)
+@pytest.mark.parametrize("which", ["fp32", "int8-embeddings+encode_8"])
+def test_same_tokens_and_logits_as_python_session(runner_bin, artifact, int8_embeddings_artifact, which):
+    art, py, nat = _sessions(artifact if which == "fp32" else int8_embeddings_artifact)
     kw = decoding(art.manifest["tokens"])
     r = art.recipe
     try:
@@ -81,7 +65,8 @@ def test_same_tokens_and_logits_as_python_session(runner_bin, artifact, quant_ar
     finally:
         nat.close()
     if which != "fp32":
-        assert {e["length"] for e in art.manifest["programs"]["encode"]["lengths"]} == {8, 16}
+        assert [e["length"] for e in art.manifest["programs"]["encode"]["lengths"]] == [8]
+        assert "quantized_decomposed::embedding_byte" in art.manifest["delegation"]["decode"]["runtime_ops"]
 
 
 def test_decoding_rules_mirror_greedy(runner_bin, artifact):
