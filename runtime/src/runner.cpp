@@ -1,6 +1,7 @@
 // edgeseq-runner: greedy generation with an edgeseq ExecuTorch artifact, in C++, no Python.
 //
 //   edgeseq-runner REQUEST.json|- [--runs N] [--warmup K] [--threads T] [--verbose]
+//   edgeseq-runner --serve [--threads T] [--verbose]    one JSON request per stdin line
 //
 // The request (JSON, written by toolchain/native.py or by hand) names the program and weights
 // files, the methods, the encode inputs and the decoding rules; the runner loads the program
