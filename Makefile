@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: install demo test test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64
+.PHONY: install demo test test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64 bench-native
 
 install: $(VENV)/.installed
 
@@ -74,8 +74,13 @@ PEER_PKG_optimum-onnx      := optimum-onnx[onnxruntime]==0.1.0
 PEER_PKG_optimum-executorch := optimum-executorch==1.1.0
 PEERS := optimum-onnx optimum-executorch
 
-bench: install bench-peers
+bench: install bench-peers runner
 	$(VPY) benchmarks/compare.py $(BENCH_ARGS)
+	$(VPY) benchmarks/native.py
+
+# The native C++ runner vs the Python Session on the same t5-small-sized artifacts.
+bench-native: install runner
+	$(VPY) benchmarks/native.py
 
 bench-quick: install bench-peers
 	$(VPY) benchmarks/compare.py --quick $(BENCH_ARGS)
