@@ -92,8 +92,8 @@ def main() -> int:
     for recipe, py, nat, roof in rows:
         for r in (py, nat):
             d, t = r["decode_ms_per_token"], r["ttft_ms"]
-            ratio = ("" if r is py else
-                     f"decode {d['p50'] / py['decode_ms_per_token']['p50']:.2f}x, TTFT {t['p50'] / py['ttft_ms']['p50']:.2f}x")
+            ratio = "" if r is py else (f"decode {d['p50'] / py['decode_ms_per_token']['p50']:.2f}x, "
+                                        f"TTFT {t['p50'] / py['ttft_ms']['p50']:.2f}x")
             lines.append(f"| {recipe} | {r['runner']} | {r['load_ms']:.1f} | {t['p50']:.2f} ({t['p90']:.2f}) | "
                          f"{d['p50']:.3f} ({d['p90']:.3f}) | {r['tokens_per_s']:.1f} | {r['peak_rss_mb']:.0f} | "
                          f"{r['artifact_bytes'] / 1e6:.1f} | {d['p50'] / roof:.2f}x ({roof:.2f} ms) | {ratio} |")

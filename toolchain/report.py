@@ -48,7 +48,8 @@ def probe_line(r: dict[str, Any]) -> str:
                 f"  TTFT {r['ttft_ms']['p50']} ms  {r['tokens_per_s']:.1f} tokens/s  SRAM "
                 f"{max(n.get('encode_sram_kib', 0), n.get('decode_sram_kib', 0)):.1f} KiB  "
                 f"artifact {r['artifact_bytes'] / 1e6:.2f} MB")
-    return (f"probe {r.get('checkpoint')} {r.get('target')}/{r.get('recipe')} on {r['device']} "
+    head = "EMULATED (instruction-set emulation: not a latency)\n" if kind(r) == "emulated" else ""
+    return (f"{head}probe {r.get('checkpoint')} {r.get('target')}/{r.get('recipe')} on {r['device']} "
             f"({env.get('cpu', '?')}, {env.get('threads', '?')} threads), "
             f"{r.get('input_len')} in / {r.get('output_len')} out, {r['runs']} runs\n"
             f"  load {r['load_ms']:.1f} ms  TTFT p50 {r['ttft_ms']['p50']:.2f} ms (p90 {r['ttft_ms']['p90']:.2f})  "
