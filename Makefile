@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: install demo test test-deps clean bench bench-quick bench-peers support-table
+.PHONY: install demo test test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64 bench-native
 
 install: $(VENV)/.installed
 
@@ -30,21 +30,39 @@ demo: install
 	$(VENV)/bin/edgeseq probe $(DEMO_OUT) --runs 10 --json > build/demo-probe.json
 	$(VENV)/bin/edgeseq report build/demo-probe.json -o build/demo-report.md
 
-test: install test-deps
+test: install test-deps runner
 	$(VPY) -m pytest -q
+
+# The native C++ runner (runtime/) for the host, built with CMake against the installed executorch
+# wheel into build/runner-host (incremental: seconds when up to date). Without a C++ compiler or
+# cmake it says so in one line and `--runner native` stays unavailable; nothing else changes.
+runner: install
+	@$(VPY) -m toolchain.native build host || true
+
+# The same runner cross-built for ARM64 Linux (build/runner-aarch64) against the aarch64 wheel
+# (downloaded once into build/), run under qemu-user by `--device qemu-aarch64`.
+runner-aarch64: install
+	@$(VPY) -m toolchain.native build aarch64 || true
 
 # README's family x target table, regenerated from a real run of the family matrix.
 support-table: install
 	$(VPY) -m pytest -q tests/test_families.py
 	$(VPY) scripts/support_table.py
 
-# The ssh probe tests start a real OpenSSH server on loopback (Debian's openssh-server).
+# The ssh probe tests start a real OpenSSH server on loopback (Debian's openssh-server); the
+# ARM64 native runner tests cross-build with g++-aarch64-linux-gnu and run under qemu-user.
 test-deps:
 	@test -x /usr/sbin/sshd || command -v sshd >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get install -y -q openssh-server >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server >/dev/null; }; \
 	  else echo "note: sshd not installed (apt-get install openssh-server); the ssh probe tests will fail"; fi; }
+	@# The ARM64 native runner: Debian's cross compiler and qemu-user (tests/test_native_arm64.py).
+	@command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q g++-aarch64-linux-gnu qemu-user >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q g++-aarch64-linux-gnu qemu-user >/dev/null; }; \
+	  else echo "note: g++-aarch64-linux-gnu/qemu-user not installed (apt-get install g++-aarch64-linux-gnu qemu-user); the ARM64 runner tests will fail"; fi; }
 
 # Benchmarks (benchmarks/compare.py). Peers run in their own venvs under build/bench, since
 # their transformers pins conflict with ours and with each other; torch is pinned first
@@ -56,8 +74,13 @@ PEER_PKG_optimum-onnx      := optimum-onnx[onnxruntime]==0.1.0
 PEER_PKG_optimum-executorch := optimum-executorch==1.1.0
 PEERS := optimum-onnx optimum-executorch
 
-bench: install bench-peers
+bench: install bench-peers runner
 	$(VPY) benchmarks/compare.py $(BENCH_ARGS)
+	$(VPY) benchmarks/native.py
+
+# The native C++ runner vs the Python Session on the same t5-small-sized artifacts.
+bench-native: install runner
+	$(VPY) benchmarks/native.py
 
 bench-quick: install bench-peers
 	$(VPY) benchmarks/compare.py --quick $(BENCH_ARGS)

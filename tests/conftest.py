@@ -91,3 +91,21 @@ def demo_artifact(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "xnnpack-fp32"
     export(load_checkpoint(DEMO), load_recipe("fp32"), load_target("executorch-xnnpack"), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def int8_embeddings_artifact(checkpoint, tmp_path_factory) -> Path:
+    """int8 embeddings (quantized_decomposed::embedding_byte, from the quantized kernels library)
+    and a shorter encode program (encode_8) in one small export (linears stay fp32: an 8da8w export
+    takes twice as long and the runner feeds it no differently)."""
+    from toolchain.checkpoint import load_checkpoint
+    from toolchain.export import export
+    from toolchain.specs import load_recipe, load_target
+
+    tmp = tmp_path_factory.mktemp("native")
+    recipe = tmp / "q.yaml"
+    recipe.write_text("format_version: 1\nname: q\ndescription: test\nmax_input_len: 24\nmax_output_len: 12\n"
+                      "quantization: {embeddings: int8-weight}\nencode_lengths: [8]\n"
+                      "tolerance: {max_abs_logit_diff: 1.0e+9, min_sequence_match: 0.9}\n")
+    return export(load_checkpoint(checkpoint), load_recipe(str(recipe)), load_target("executorch-xnnpack"),
+                  tmp / "q").path

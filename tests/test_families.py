@@ -542,3 +542,13 @@ def test_whisper_artifact_transcribes_wav_like_eager(family_checkpoints, family_
     r = probe(str(art.path), runs=1, warmup=0, input_len=None, output_len=None, threads=2)
     assert r["input_len"] == 100 and r["output_len"] == T - len(m["tokens"]["decoder_prompt"])
     assert r["ttft_ms"]["p50"] > 0 and r["decode_ms_per_token"]["p50"] > 0
+    # The native C++ runner (log-mel features as a raw float32 file, the forced prompt with its
+    # language slot, suppress / begin-suppress tokens): the same text as the Python Session.
+    from toolchain import native
+
+    try:
+        native.build("host")
+    except InputError as e:
+        pytest.skip(f"native runner not buildable here: {e}")
+    result = CliRunner().invoke(main, ["run", str(art.path), str(wav), "--runner", "native"])
+    assert result.exit_code == 0 and result.stdout.rstrip("\n") == text, result.output

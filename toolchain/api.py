@@ -36,29 +36,33 @@ def export(checkpoint: str | Path, target: str, recipe: str = "fp32", output: st
 
 
 def verify(artifact: str | Path, *, checkpoint: str | None = None, eval_file: str | None = None,
-           limit: int | None = None, allow_pickle: bool = False) -> dict[str, Any]:
+           limit: int | None = None, allow_pickle: bool = False, runner: str | None = None,
+           device: str | None = None) -> dict[str, Any]:
     """Parity of the artifact against eager transformers (or its structure, where the runtime
-    cannot execute here); recorded in the manifest and returned."""
+    cannot execute here); recorded in the manifest and returned. `runner="native"` executes it
+    with the C++ edgeseq-runner, `device="qemu-aarch64"` on emulated ARM64."""
     from .verify import verify_artifact
 
     return verify_artifact(open_artifact(artifact), checkpoint=checkpoint, eval_file=eval_file, limit=limit,
-                           allow_pickle=allow_pickle)
+                           allow_pickle=allow_pickle, runner=runner, device=device)
 
 
 def run(artifact: str | Path, text: str, *, max_new_tokens: int | None = None, min_new_tokens: int = 0,
-        truncate: bool = False, allow_unknown: bool = False, threads: int | None = None) -> str:
+        truncate: bool = False, allow_unknown: bool = False, threads: int | None = None,
+        runner: str | None = None, device: str | None = None) -> str:
     """Greedy generation from `text` (a WAV path for audio artifacts); returns the output text."""
     from .runner import generate_text
 
-    out, _note = generate_text(str(artifact), text, max_new_tokens, min_new_tokens, truncate, threads, allow_unknown)
+    out, _note = generate_text(str(artifact), text, max_new_tokens, min_new_tokens, truncate, threads, allow_unknown,
+                               runner, device)
     return out
 
 
 def probe(artifact: str | Path, *, device: str = "local", runs: int = 10, warmup: int = 2,
           input_len: int | None = None, output_len: int | None = None, threads: int | None = None,
-          python: str | None = None) -> dict[str, Any]:
+          python: str | None = None, runner: str | None = None) -> dict[str, Any]:
     """Latency probe (load, TTFT, per-token decode, tokens/s, memory) in a fresh process."""
     from .probe.devices import probe_artifact
 
     return probe_artifact(artifact, device=device, runs=runs, warmup=warmup, input_len=input_len,
-                          output_len=output_len, threads=threads, python=python)
+                          output_len=output_len, threads=threads, python=python, runner=runner)

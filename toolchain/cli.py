@@ -191,9 +191,13 @@ def export(checkpoint: str, target_name: str, recipe_name: str, out: str, force:
 @click.option("--eval", "eval_file", type=click.Path(), help="JSONL eval set ({\"input\", \"target\"}); default: the checkpoint's eval.jsonl.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N eval examples.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle (.bin) weights for the reference model.")
+@click.option("--runner", type=click.Choice(["python", "native"]),
+              help="python: the runtime's Python Session (default); native: the C++ edgeseq-runner (`make runner`).")
+@click.option("--device", help="Where the native runner executes: local (default) or qemu-aarch64 (emulated ARM64, "
+                                "built by `make runner-aarch64`; implies --runner native).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verify report as JSON.")
 def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: int | None,
-           allow_pickle: bool, as_json: bool) -> None:
+           allow_pickle: bool, runner: str | None, device: str | None, as_json: bool) -> None:
     """Compare ARTIFACT with eager PyTorch: logits, greedy tokens, task accuracy.
 
     Exits 1 when the recipe's tolerance is not met. The result is stored in the manifest.
@@ -205,7 +209,7 @@ def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: 
 
     art = open_artifact(artifact)
     rep = verify_artifact(art, checkpoint=checkpoint, eval_file=eval_file, limit=limit, allow_pickle=allow_pickle,
-                          progress=progress.Counter("verify: rows", 0))
+                          progress=progress.Counter("verify: rows", 0), runner=runner, device=device)
     progress.clear()
     verdict = "PASS" if rep["passed"] else "FAIL: " + "; ".join(rep["failures"])
     if rep.get("structure_only"):  # e.g. Core ML on Linux: what was checked, and what was not run
@@ -233,8 +237,12 @@ def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: 
 @click.option("--allow-unknown", is_flag=True,
               help="Let characters the tokenizer does not know become its unknown token instead of failing.")
 @click.option("--threads", type=int, help="Runtime threads (default: the target's).")
+@click.option("--runner", type=click.Choice(["python", "native"]),
+              help="python: the runtime's Python Session (default); native: the C++ edgeseq-runner (`make runner`).")
+@click.option("--device", help="Where the native runner executes: local (default) or qemu-aarch64 (emulated ARM64, "
+                                "built by `make runner-aarch64`; implies --runner native).")
 def run(artifact: str, text: str, max_new_tokens: int | None, min_new_tokens: int, truncate: bool,
-        allow_unknown: bool, threads: int | None) -> None:
+        allow_unknown: bool, threads: int | None, runner: str | None, device: str | None) -> None:
     """Generate greedily from TEXT with ARTIFACT; prints only the output text.
 
     A note on stderr says when the output stopped at the artifact's cache size.
@@ -243,7 +251,8 @@ def run(artifact: str, text: str, max_new_tokens: int | None, min_new_tokens: in
     """
     from .runner import generate_text
 
-    out, note = generate_text(artifact, text, max_new_tokens, min_new_tokens, truncate, threads, allow_unknown)
+    out, note = generate_text(artifact, text, max_new_tokens, min_new_tokens, truncate, threads, allow_unknown,
+                              runner, device)
     click.echo(out)
     if note:
         click.echo(f"note: {note}", err=True)
@@ -252,7 +261,8 @@ def run(artifact: str, text: str, max_new_tokens: int | None, min_new_tokens: in
 @main.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--device", default="local", show_default=True,
-              help="local, or ssh://[user@]host[:port] (copies the artifact once by content hash).")
+              help="local, ssh://[user@]host[:port] (copies the artifact once by content hash), or "
+                   "qemu-aarch64 (the native runner on emulated ARM64: kind emulated, not a latency).")
 @click.option("--runs", type=int, default=10, show_default=True, help="Measured generations.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Unmeasured generations first.")
 @click.option("--input-len", type=int, help="Input tokens (default: the recipe's max_input_len).")
@@ -261,10 +271,12 @@ def run(artifact: str, text: str, max_new_tokens: int | None, min_new_tokens: in
 @click.option("--python", "python", help="Python on the device (default: this one locally, python3 over ssh).")
 @click.option("--ssh-key", type=click.Path(), help="ssh identity file.")
 @click.option("--ssh-config", type=click.Path(), help="ssh config file (ssh -F).")
+@click.option("--runner", type=click.Choice(["python", "native"]),
+              help="python: the runtime's Python Session (default); native: the C++ edgeseq-runner (`make runner`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the probe report as JSON.")
 def probe(artifact: str, device: str, runs: int, warmup: int, input_len: int | None, output_len: int | None,
           threads: int | None, python: str | None, ssh_key: str | None, ssh_config: str | None,
-          as_json: bool) -> None:
+          runner: str | None, as_json: bool) -> None:
     """Measure load time, time to first token, per-token decode, tokens/s, memory, size.
 
     Runs in a fresh process on the device, through the same Session as `run` and `verify`.
@@ -287,7 +299,7 @@ def probe(artifact: str, device: str, runs: int, warmup: int, input_len: int | N
 
     rep = probe_artifact(artifact, device=device, runs=runs, warmup=warmup, input_len=input_len,
                          output_len=output_len, threads=threads, python=python, ssh_key=ssh_key,
-                         ssh_config=ssh_config, progress=step)
+                         ssh_config=ssh_config, runner=runner, progress=step)
     if bar is not None:
         bar.render_finish()
     _emit(rep, as_json, probe_line(rep))

@@ -29,6 +29,12 @@ def is_estimate(r: dict[str, Any]) -> bool:
     return r.get("kind") == "estimate"
 
 
+def kind(r: dict[str, Any]) -> str:
+    """measured | estimate (a compiler's figures) | emulated (the native runner under qemu-user:
+    instruction-set emulation, so its times say nothing about a device's latency)."""
+    return r.get("kind", "measured")
+
+
 def probe_line(r: dict[str, Any]) -> str:
     d = r["decode_ms_per_token"] or {"p50": float("nan"), "p90": float("nan")}
     env = r.get("environment", {})
@@ -42,7 +48,8 @@ def probe_line(r: dict[str, Any]) -> str:
                 f"  TTFT {r['ttft_ms']['p50']} ms  {r['tokens_per_s']:.1f} tokens/s  SRAM "
                 f"{max(n.get('encode_sram_kib', 0), n.get('decode_sram_kib', 0)):.1f} KiB  "
                 f"artifact {r['artifact_bytes'] / 1e6:.2f} MB")
-    return (f"probe {r.get('checkpoint')} {r.get('target')}/{r.get('recipe')} on {r['device']} "
+    head = "EMULATED (instruction-set emulation: not a latency)\n" if kind(r) == "emulated" else ""
+    return (f"{head}probe {r.get('checkpoint')} {r.get('target')}/{r.get('recipe')} on {r['device']} "
             f"({env.get('cpu', '?')}, {env.get('threads', '?')} threads), "
             f"{r.get('input_len')} in / {r.get('output_len')} out, {r['runs']} runs\n"
             f"  load {r['load_ms']:.1f} ms  TTFT p50 {r['ttft_ms']['p50']:.2f} ms (p90 {r['ttft_ms']['p90']:.2f})  "
@@ -80,7 +87,7 @@ def load_probe(path: str | Path) -> dict[str, Any]:
 
 def label(r: dict[str, Any]) -> str:
     """A probe's column name; an estimate says so in its name, so it is never read as a measurement."""
-    mark = " [ESTIMATE]" if is_estimate(r) else ""
+    mark = {"estimate": " [ESTIMATE]", "emulated": " [EMULATED]"}.get(kind(r), "")
     return f"{r.get('checkpoint', '?')} {r.get('target', r['runtime'])}/{r.get('recipe', '?')} @{r['device']}{mark}"
 
 
@@ -118,6 +125,10 @@ def environment_note(reports: list[dict[str, Any]]) -> str:
         env = r.get("environment", {})
         if is_estimate(r):
             notes.append(f"- {label(r)}: not measured; {r.get('source', 'compiler estimate')}")
+            continue
+        if kind(r) == "emulated":
+            notes.append(f"- {label(r)}: emulated ({env.get('cpu', '?')}), not a latency; "
+                         f"{r.get('input_len')} in / {r.get('output_len')} out, {r['runs']} runs")
             continue
         notes.append(f"- {label(r)}: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, "
                      f"{env.get('threads', '?')} threads, {env.get('date', '?')}, "
@@ -158,6 +169,9 @@ def gate(reports: list[dict[str, Any]], baseline: dict[str, Any], pct: float) ->
         if is_estimate(r) != is_estimate(baseline):
             raise InputError(f"cannot gate {label(r)} against {label(baseline)}: one is an estimate, the other "
                              f"a measurement")
+        if kind(r) != kind(baseline):
+            raise InputError(f"cannot gate {label(r)} against {label(baseline)}: one is {kind(r)}, the other "
+                             f"{kind(baseline)} (an emulated run's times are not latencies)")
         for name, key in (("TTFT p50", "ttft_ms"), ("decode p50", "decode_ms_per_token")):
             b, v = (baseline[key] or {}).get("p50"), (r[key] or {}).get("p50")
             if b and v and v > b * (1 + pct / 100):

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from . import backends
 from .artifact import open_artifact
 from .errors import InputError
 from .generate import check_new_tokens, decoding, greedy, tokenize
+from .native import session_for
 
 
 def generate_text(path: str, text: str, max_new_tokens: int | None = None, min_new_tokens: int = 0,
                   truncate: bool = False, threads: int | None = None,
-                  allow_unknown: bool = False) -> tuple[str, str | None]:
+                  allow_unknown: bool = False, runner: str | None = None,
+                  device: str | None = None) -> tuple[str, str | None]:
     """Greedy generation. Returns (text, note): the note says why the output may be cut short
     (the static KV cache was full before end of sequence), else None."""
     from tokenizers import Tokenizer
@@ -28,7 +29,7 @@ def generate_text(path: str, text: str, max_new_tokens: int | None = None, min_n
     else:
         ids, inputs = tokenize(tok, text, recipe.max_input_len, truncate=truncate, allow_unknown=allow_unknown), None
     check_new_tokens(max_new_tokens, recipe.max_output_len - len(kw["prompt"]), min_new_tokens)
-    session = backends.for_target(target).open(art, threads=threads or target.threads)
+    session = session_for(art, threads or target.threads, runner, device)  # --runner / --device (native.py)
     gen = greedy(session, ids, inputs=inputs, max_input_len=recipe.max_input_len, max_output_len=recipe.max_output_len,
                  max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, **kw)
     note = None

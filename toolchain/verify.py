@@ -29,6 +29,7 @@ from .artifact import Artifact
 from .checkpoint import load_checkpoint
 from .errors import InputError
 from .generate import decoding, greedy, tokenize
+from .native import resolve_runner, session_for
 from .progress import stage
 
 BUILTIN_INPUTS = ["the quick brown fox", "hello world", "a b c d e f g"]
@@ -140,8 +141,15 @@ def _executed(target) -> str:
     return f"{target.runtime}/{target.backend}" + (f": {what}" if what else "")
 
 
+def _native_note(runner: str | None, device: str | None) -> str:
+    if resolve_runner(runner, device) != "native":
+        return ""
+    return f" (native runner{', ' + device + ', emulated' if device not in (None, 'local') else ''})"
+
+
 def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | None = None,
-           limit: int | None = None, allow_pickle: bool = False, progress=None) -> VerifyReport:
+           limit: int | None = None, allow_pickle: bool = False, progress=None, runner: str | None = None,
+           device: str | None = None) -> VerifyReport:
     import torch
 
     m = artifact.manifest
@@ -154,7 +162,7 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
     with stage(f"verify: loading {source.name} (eager reference) and the artifact"):
         tok = source.load_tokenizer()
         model = source.load_model()
-        session = backends.for_target(target).open(artifact, threads=target.threads)
+        session = session_for(artifact, target.threads, runner, device)  # --runner / --device (native.py)
     spec = m["tokens"]
     audio = m.get("input", {}).get("kind") == "log_mel"  # Whisper: log-mel features, not token ids
     rows, src = eval_examples(eval_file, source.path, limit, audio=audio)
@@ -199,7 +207,7 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
         sequence_match=seq_hits / len(rows),
         task_accuracy=task_hits / n_targets if n_targets else None,
         reference_accuracy=ref_hits / n_targets if n_targets else None,
-        eval_source=src, runtime=_executed(target), passed=True, failures=[])
+        eval_source=src, runtime=_executed(target) + _native_note(runner, device), passed=True, failures=[])
     if report.max_abs_logit_diff > allowed:
         report.failures.append(f"max_abs_logit_diff {report.max_abs_logit_diff:.3g} > {allowed:.3g} "
                                f"({tol.max_abs_logit_diff:g} + {tol.max_rel_logit_diff:g} x logit scale {scale:.3g})")
@@ -213,7 +221,8 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
 
 
 def verify_artifact(artifact: Artifact, checkpoint: str | None = None, eval_file: str | None = None,
-                    limit: int | None = None, allow_pickle: bool = False, progress=None) -> dict[str, Any]:
+                    limit: int | None = None, allow_pickle: bool = False, progress=None,
+                    runner: str | None = None, device: str | None = None) -> dict[str, Any]:
     """Verify what can be verified here and record it in the manifest: the numerics (`verify`)
     where this machine can execute the runtime, else the artifact's structure, with
     `why_not_executed` saying why (Core ML off macOS). Returns the report as a dict, whose
@@ -222,7 +231,7 @@ def verify_artifact(artifact: Artifact, checkpoint: str | None = None, eval_file
     ok, why = backends.can_execute(backend)
     if ok:
         rep = verify(artifact, checkpoint=checkpoint, eval_file=eval_file, limit=limit,
-                     allow_pickle=allow_pickle, progress=progress).to_dict()
+                     allow_pickle=allow_pickle, progress=progress, runner=runner, device=device).to_dict()
     else:
         if not hasattr(backend, "verify_structure"):
             raise InputError(f"{artifact.path}: cannot execute here: {why}")

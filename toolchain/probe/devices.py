@@ -44,6 +44,14 @@ class LocalTransport:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
+class QemuTransport(LocalTransport):
+    """ARM64 under qemu-user on this host: the probe runner runs here and starts the aarch64
+    edgeseq-runner under qemu-aarch64 (toolchain/native.py QEMU). Emulated: its timings are
+    reported as "kind": "emulated", never as latencies."""
+
+    name = "qemu-aarch64"
+
+
 @dataclass
 class SSHTransport:
     user: str | None
@@ -99,11 +107,27 @@ def _last_line(text: str) -> str:
 def parse_device(device: str, python: str | None, key: str | None, config: str | None):
     if device == "local":
         return LocalTransport(python)
+    if device == "qemu-aarch64":
+        return QemuTransport(python)
     u = urlparse(device)
     if u.scheme != "ssh" or not u.hostname:
-        raise InputError(f"--device {device!r}: use 'local' or ssh://[user@]host[:port]")
+        raise InputError(f"--device {device!r}: use 'local', qemu-aarch64 or ssh://[user@]host[:port]")
     return SSHTransport(user=u.username, host=u.hostname, port=u.port, python=python or "python3",
                         key=key, config=config)
+
+
+def native_options(runner: str | None, device: str) -> list[str]:
+    """The probe runner's options for `--runner` on `device` (qemu-aarch64 means the native runner)."""
+    from ..native import resolve_runner
+
+    if device.startswith("ssh://"):
+        if runner == "native":
+            raise InputError("--runner native over ssh:// is not supported yet (the probe over ssh runs the "
+                             "device's Python); use --device qemu-aarch64 or local")
+        return []
+    if resolve_runner(runner, device) != "native":
+        return []
+    return ["--runner", "native"] + (["--native-device", device] if device != "local" else [])
 
 
 def artifact_key(manifest: dict) -> str:
@@ -199,7 +223,7 @@ def run_probe(transport, artifact_dir: Path, manifest: dict, options: list[str],
 def probe_artifact(artifact: str | Path, device: str = "local", runs: int = 10, warmup: int = 2,
                    input_len: int | None = None, output_len: int | None = None, threads: int | None = None,
                    python: str | None = None, ssh_key: str | None = None, ssh_config: str | None = None,
-                   progress=None) -> dict:
+                   runner: str | None = None, progress=None) -> dict:
     """`edgeseq probe`: check the arguments and the artifact here (a modified artifact is refused
     before anything is spawned or copied), then measure it in a fresh process on the device."""
     from ..artifact import open_artifact
@@ -213,7 +237,8 @@ def probe_artifact(artifact: str | Path, device: str = "local", runs: int = 10, 
     r = art.recipe
     check_probe_lengths(input_len, output_len, r.max_input_len, r.max_output_len)
     transport = parse_device(device, python, ssh_key, ssh_config)
-    options = ["--runs", str(runs), "--warmup", str(warmup), "--device-label", transport.name, "--progress"]
+    options = ["--runs", str(runs), "--warmup", str(warmup), "--device-label", transport.name, "--progress",
+                 *native_options(runner, device)]
     for flag, value in (("--input-len", input_len), ("--output-len", output_len), ("--threads", threads)):
         if value is not None:
             options += [flag, str(value)]

@@ -37,8 +37,41 @@ def _pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(values) * 1000.0, q)), 3)
 
 
+def _environment(threads, artifact, runtime_versions: dict) -> dict:
+    return {
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads,
+        "platform": platform.platform(), "python": platform.python_version(),
+        "versions": artifact.manifest.get("tool_versions", {}),
+        "runtime_versions": runtime_versions,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _native(head: dict, artifact, ids, inputs, runs: int, warmup: int, t: int, threads: int,
+            native_device: str | None) -> dict:
+    """The probe measured by edgeseq-runner itself (its own process: load, TTFT, per-token decode,
+    tokens/s, peak RSS), no Python in the loop. Under qemu the kind is "emulated"."""
+    from .. import native
+
+    session = native.open_session(artifact, threads, native_device)
+    try:
+        r = native.probe(session, ids, inputs, runs, warmup, t)
+    finally:
+        session.close()
+    dev = session.device
+    env = _environment(r["threads"], artifact, {"executorch": native.ET_VERSION})
+    env["runner_binary"] = str(session.binary)
+    if dev.kind == "emulated":
+        env["cpu"] = f"{dev.name} -cpu {native.QEMU_CPU} (emulated on {env['cpu']})"
+    return {**head, "kind": dev.kind, "runner": "native", "runs": runs, "warmup": warmup,
+            "encoder_len": r["encoder_len"], "load_ms": r["load_ms"], "ttft_ms": r["ttft_ms"],
+            "decode_ms_per_token": r["decode_ms_per_token"], "tokens_per_s": r["tokens_per_s"],
+            "peak_rss_mb": r["peak_rss_mb"], "artifact_bytes": artifact.total_bytes, "environment": env}
+
+
 def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: int | None,
-          threads: int | None, device: str = "local", progress=None) -> dict:
+          threads: int | None, device: str = "local", progress=None, runner: str = "python",
+          native_device: str | None = None) -> dict:
     from .. import backends
     from ..artifact import open_artifact
     from ..errors import InputError
@@ -79,6 +112,8 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
 
         ids, inputs = None, (log_mel(synthetic("chirp", artifact.manifest["input"]), artifact.manifest["input"]),)
 
+    if runner == "native":
+        return _native(head, artifact, ids, inputs, runs, warmup, t, threads, native_device)
     backend.preload()
     t0 = time.perf_counter()
     session = backend.open(artifact, threads=threads)
@@ -95,7 +130,7 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
             progress(i + 1, warmup + runs)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
-        **head, "kind": "measured", "runs": runs, "warmup": warmup,
+        **head, "kind": "measured", "runner": "python", "runs": runs, "warmup": warmup,
         # The length encode ran at: the shortest of the recipe's encode_lengths that holds the input.
         "encoder_len": getattr(session, "encode_length", None) or head["encoder_len"],
         "load_ms": round(load_s * 1000, 3),
@@ -104,13 +139,7 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
         "tokens_per_s": round(t * runs / sum(total), 2),
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "artifact_bytes": artifact.total_bytes,
-        "environment": {
-            "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads,
-            "platform": platform.platform(), "python": platform.python_version(),
-            "versions": artifact.manifest.get("tool_versions", {}),
-            "runtime_versions": backend.versions(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "environment": _environment(threads, artifact, backend.versions()),
     }
 
 
@@ -124,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--device-label", default="local")
     ap.add_argument("--progress", action="store_true", help="emit {progress, total} JSON lines")
+    ap.add_argument("--runner", choices=["python", "native"], default="python")
+    ap.add_argument("--native-device", help="where the native runner executes (qemu-aarch64); default: here")
     a = ap.parse_args(argv)
     from ..errors import InputError
 
@@ -132,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = probe(a.artifact, a.runs, a.warmup, a.input_len, a.output_len, a.threads, a.device_label,
-                       progress if a.progress else None)
+                       progress if a.progress else None, a.runner, a.native_device)
     except InputError as e:
         print(json.dumps({"error": str(e)}))
         return 2
