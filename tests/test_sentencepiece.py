@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toolchain.artifact import open_artifact
@@ -157,8 +157,14 @@ def _run(art: Path, *args: str):
 # ---- Marian -------------------------------------------------------------------------------------
 
 
-def test_marian_ids_and_text_equal_marian_tokenizer(marian_dir):
-    mt, ours = _marian_tokenizer(marian_dir), load_checkpoint(marian_dir).load_tokenizer()
+@pytest.fixture(scope="module")
+def marian_pair(marian_dir):
+    """(transformers' MarianTokenizer, ours) for the same checkpoint."""
+    return _marian_tokenizer(marian_dir), load_checkpoint(marian_dir).load_tokenizer()
+
+
+def test_marian_ids_and_text_equal_marian_tokenizer(marian_pair):
+    mt, ours = marian_pair
     for text in TEXTS:
         ids = mt(text)["input_ids"]
         assert ours.encode(text).ids == ids, text
@@ -176,24 +182,14 @@ PIECES = st.one_of(st.text(alphabet=ALPHABET, max_size=8),
                    st.sampled_from(["</s>", "<unk>", "<pad>", ">>de<<", ">>", "<<", "▁", "  ", "river", " the"]))
 
 
-@settings(max_examples=150, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, database=None, derandomize=True)
 @given(parts=st.lists(PIECES, max_size=6))
-def test_fuzzed_marian_ids_equal_marian_tokenizer(parts, marian_dir):
-    mt, ours = _marian_tokenizer_cached(marian_dir)
+def test_fuzzed_marian_ids_equal_marian_tokenizer(parts, marian_pair):
+    mt, ours = marian_pair
     text = "".join(parts)
     ids = mt(text)["input_ids"]
     assert ours.encode(text).ids == ids
     assert ours.decode(ids) == mt.decode(ids, skip_special_tokens=True)
-
-
-_CACHE: dict[Path, tuple] = {}
-
-
-def _marian_tokenizer_cached(d: Path):
-    if d not in _CACHE:
-        _CACHE[d] = (_marian_tokenizer(d), load_checkpoint(d).load_tokenizer())
-    return _CACHE[d]
 
 
 def test_marian_separate_vocabularies(marian_dir, tmp_path):
