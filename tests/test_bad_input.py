@@ -44,6 +44,7 @@ from hypothesis import strategies as st
 from toolchain.artifact import FORMAT_VERSION, open_artifact, staging_dir
 from toolchain.cli import main
 from toolchain.errors import InputError
+from toolchain.progress import PREFIX_RE as PROGRESS_LINE
 from toolchain.specs import Target
 
 from conftest import BAD_INPUTS, DEMO, ROOT
@@ -64,7 +65,8 @@ def refused(result, needle: str, section: str, code: int = 2) -> str:
     assert result.exception is None or isinstance(result.exception, SystemExit), \
         f"traceback: {result.exc_info}"
     assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # Progress lines (`[  1.2s] export: ...`, toolchain.progress) may come first; the error is one line.
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not PROGRESS_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert needle in lines[0], lines[0]
     return lines[0]

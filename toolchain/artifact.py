@@ -89,6 +89,37 @@ def _swap_in(tmp: Path, out: Path, parent: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def check_replaceable(out: Path) -> None:
+    """`--force` replaces an earlier edgeseq artifact, nothing else: `out` must be an empty
+    directory, or one whose manifest.json is an edgeseq manifest listing every file in it.
+    Anything else (a user's folder, a file, an artifact someone added notes to) is refused
+    with one line and left untouched."""
+    out = Path(out)
+    if not out.is_dir() or out.is_symlink():
+        raise InputError(f"{out} exists and is not a directory; --force replaces only an edgeseq artifact")
+    entries = list(out.rglob("*"))
+    if not entries:
+        return
+    mpath = out / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        ours = isinstance(manifest, dict) and isinstance(manifest.get("format_version"), int) \
+            and isinstance(manifest.get("files"), dict) and "programs" in manifest
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise InputError(f"{out} is not an edgeseq artifact (no valid {MANIFEST}); --force replaces only "
+                         f"an earlier artifact: remove it yourself or choose another --output")
+    listed = set(manifest["files"]) | {MANIFEST}
+    names = [p.relative_to(out).as_posix() + ("/" if p.is_dir() and not p.is_symlink() else "") for p in entries]
+    # A directory is the artifact's when it holds listed files (a Core ML .mlpackage).
+    extra = sorted(n for n in names if n not in listed and not (n.endswith("/") and any(
+        f.startswith(n) for f in listed)))
+    if extra:
+        raise InputError(f"{out}: holds {extra[0]!r}{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}, "
+                         f"which its manifest does not list; --force would delete it: move it out first")
+
+
 def _why(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
@@ -105,8 +136,10 @@ def staging_dir(out: Path, force: bool) -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale(parent, out.name)  # may put back an artifact a killed --force had moved aside
-        if out.exists() and not force:
-            raise InputError(f"{out} already exists; pass --force to replace it")
+        if out.exists() or out.is_symlink():
+            if not force:
+                raise InputError(f"{out} already exists; pass --force to replace it")
+            check_replaceable(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=parent))
     except OSError as e:
         raise InputError(f"cannot write to {parent}: {_why(e)}") from None

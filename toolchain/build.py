@@ -170,25 +170,19 @@ def _produce(ck: Path, recipe, target, entry: Path, verify_limit: int | None, pr
     from .checkpoint import load_checkpoint
     from .export import export
     from .probe.devices import LocalTransport, run_probe
-    from .verify import verify
+    from .verify import verify_artifact
 
     tmp = entry.with_name(entry.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    from . import backends
-
     try:
         art = export(load_checkpoint(ck), recipe, target, tmp / "artifact")
-        backend = backends.for_target(target)
-        runnable, why = backends.can_execute(backend)
-        if runnable:
-            rep = verify(art, limit=verify_limit).to_dict()
-            probe = run_probe(LocalTransport(), art.path, art.manifest,
-                              ["--runs", str(probe_runs), "--warmup", "1", "--device-label", "local"])
-        else:  # e.g. Core ML on Linux: structure checked for real, numerics and latency not run
-            rep = {**backend.verify_structure(art), "why_not_executed": why}
-            probe = None
-        art.update("verify", rep)
+        # Where the runtime cannot execute here (Core ML on Linux) the structure is checked for
+        # real and numerics and latency are not run.
+        rep = verify_artifact(art, limit=verify_limit)
+        probe = None if rep.get("structure_only") else run_probe(
+            LocalTransport(), art.path, art.manifest,
+            ["--runs", str(probe_runs), "--warmup", "1", "--device-label", "local"])
         results = {"verify": rep, "probe": probe, "model_bytes": art.model_bytes,
                    "export_seconds": art.manifest["export_seconds"]}
         (tmp / "cell.json").write_text(json.dumps(results, indent=1))
@@ -243,6 +237,7 @@ def run_cell(ck: str, recipe_name: str, target_name: str, out: str, cache: str,
         row.update(status="ok", key=key[:16], artifact=str(dest), model_bytes=results["model_bytes"],
                    sequence_match=v.get("sequence_match"), task_accuracy=v.get("task_accuracy"),
                    reference_accuracy=v.get("reference_accuracy"), verify_passed=v["passed"],
+                   verify_failures=list(v.get("failures") or []),
                    ttft_ms=(p.get("ttft_ms") or {}).get("p50"),
                    decode_ms_per_token=(p.get("decode_ms_per_token") or {}).get("p50"),
                    latency_kind=p.get("kind", "measured") if p else None)
@@ -262,29 +257,34 @@ def _excluded(m: Matrix, ck: Path, recipe: str, target: str) -> bool:
     return any(all(fnmatch.fnmatch(names[k], pat) for k, pat in e.items()) for e in m.exclude)
 
 
+def verdict(r: dict, thresholds: dict[str, float], base: dict | None) -> None:
+    """Annotate one row with its verdict (pass | fail) and, when it fails, why: the verify
+    failures themselves, the accuracy drop, or the slowdown against `base` (its baseline row)."""
+    problems = []
+    if r["status"] == "ok":
+        if not r["verify_passed"]:
+            problems.append("verify failed: " + ("; ".join(r.get("verify_failures") or []) or "see its manifest"))
+        drop = thresholds.get("max_accuracy_drop")
+        if drop is not None and r["task_accuracy"] is not None and \
+                r["reference_accuracy"] - r["task_accuracy"] > drop + 1e-12:
+            problems.append(f"accuracy drop {r['reference_accuracy'] - r['task_accuracy']:.4f} > {drop:g}")
+        slow = thresholds.get("max_slowdown_pct")
+        if base and slow is not None and base.get("decode_ms_per_token") and r["decode_ms_per_token"] and \
+                base.get("latency_kind", "measured") == r.get("latency_kind", "measured"):
+            pct = 100 * (r["decode_ms_per_token"] / base["decode_ms_per_token"] - 1)
+            r["slowdown_pct"] = round(pct, 1)
+            if pct > slow:
+                problems.append(f"decode {pct:+.0f}% vs baseline (allowed {slow:+g}%)")
+    r["verdict"] = "fail" if r["status"] != "ok" or problems else "pass"
+    if problems:
+        r["problems"] = problems
+
+
 def verdicts(rows: list[dict], thresholds: dict[str, float], baseline: dict | None) -> None:
     """Annotate rows with a verdict against the thresholds and, if given, a baseline build.json."""
     base = {(b["checkpoint"], b["recipe"], b["target"]): b for b in (baseline or {}).get("cells", [])}
     for r in rows:
-        problems = []
-        if r["status"] == "ok":
-            if not r["verify_passed"]:
-                problems.append("verify failed")
-            drop = thresholds.get("max_accuracy_drop")
-            if drop is not None and r["task_accuracy"] is not None and \
-                    r["reference_accuracy"] - r["task_accuracy"] > drop + 1e-12:
-                problems.append(f"accuracy drop {r['reference_accuracy'] - r['task_accuracy']:.4f} > {drop:g}")
-            b = base.get((r["checkpoint"], r["recipe"], r["target"]))
-            slow = thresholds.get("max_slowdown_pct")
-            if b and slow is not None and b.get("decode_ms_per_token") and r["decode_ms_per_token"] and \
-                    b.get("latency_kind", "measured") == r.get("latency_kind", "measured"):
-                pct = 100 * (r["decode_ms_per_token"] / b["decode_ms_per_token"] - 1)
-                r["slowdown_pct"] = round(pct, 1)
-                if pct > slow:
-                    problems.append(f"decode {pct:+.0f}% vs baseline (allowed {slow:+g}%)")
-        r["verdict"] = "fail" if r["status"] != "ok" or problems else "pass"
-        if problems:
-            r["problems"] = problems
+        verdict(r, thresholds, base.get((r["checkpoint"], r["recipe"], r["target"])))
 
 
 def build(matrix_path: str, out: str, cache_dir: str | None, jobs: int, baseline_path: str | None,
@@ -310,20 +310,26 @@ def build(matrix_path: str, out: str, cache_dir: str | None, jobs: int, baseline
     t0 = time.time()
     args = [(ck, r, t, str(outp), str(cache), m.verify_limit, m.probe_runs) for ck, r, t in cells]
     rows: list[dict] = []
+    base = {(b["checkpoint"], b["recipe"], b["target"]): b for b in (baseline or {}).get("cells", [])}
+
+    def done(row: dict) -> None:  # each cell's verdict as soon as it is built, with its reasons
+        verdict(row, thresholds, base.get((row["checkpoint"], row["recipe"], row["target"])))
+        rows.append(row)
+        if progress:
+            progress(row, len(rows), len(args))
+
     if jobs > 1:
         import multiprocessing
 
         with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for row in pool.map(run_cell, *zip(*args)):
-                rows.append(row)
-                if progress:
-                    progress(row)
+                done(row)
     else:
-        for a in args:
-            rows.append(run_cell(*a))
-            if progress:
-                progress(rows[-1])
-    verdicts(rows, thresholds, baseline)
+        from . import progress as live
+
+        for i, a in enumerate(args, 1):
+            live.note(f"build: cell {i}/{len(args)}: {Path(a[0]).name} {Path(a[2]).stem}/{Path(a[1]).stem}")
+            done(run_cell(*a))
     summary = {"matrix": str(Path(matrix_path).resolve()), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(
         timespec="seconds"), "seconds": round(time.time() - t0, 2), "cache_dir": str(cache),
         "thresholds": thresholds, "cells": rows, "ok": all(r["verdict"] == "pass" for r in rows)}

@@ -13,6 +13,7 @@ files: see tokenizer.py; unreadable, or ids past the vocabulary).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,10 +156,32 @@ def _check_safetensors(files: list[Path]) -> None:
             raise InputError(f"{f}: corrupt or truncated safetensors file ({str(e).splitlines()[0]})") from None
 
 
+HUB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def from_hub_cache(repo_id: str) -> Path | None:
+    """A Hugging Face hub id (`org/name`) -> its snapshot in the local Hugging Face cache
+    (HF_HUB_CACHE / HF_HOME, as huggingface_hub resolves them), offline; None if not cached.
+    edgeseq never downloads: a model must already be on this machine."""
+    if not HUB_ID_RE.fullmatch(repo_id):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 (not cached, or no huggingface_hub: both mean "not here")
+        return None
+
+
 def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> SourceModel:
     p = Path(path)
     if not p.exists():
-        raise InputError(f"checkpoint not found: {p}")
+        cached = from_hub_cache(str(path))
+        if cached is None:
+            hint = (" (a Hugging Face id? edgeseq never downloads: only local directories and ids already in "
+                    "the local Hugging Face cache work)") if HUB_ID_RE.fullmatch(str(path)) else ""
+            raise InputError(f"checkpoint not found: {p}{hint}")
+        p = cached
     if not p.is_dir():
         raise InputError(f"{p}: a checkpoint is a directory (save_pretrained output), not a file")
     cfg = _read_config(p)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from . import progress
 from .errors import CheckFailed, InputError
 
 
@@ -42,9 +43,22 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+# Options of the group that may also be written after the subcommand (`edgeseq run A x --debug`).
+GLOBAL_FLAGS = ("--debug", "--quiet")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
 class Group(click.Group):
     """Turns library errors into one line on stderr: `error: ...` exit 2 (bad input, usage, a full
-    or read-only disk), `check failed: ...` exit 1. `--debug` shows the traceback instead."""
+    or read-only disk), `check failed: ...` exit 1, Ctrl-C exit 130. `--debug` shows the
+    traceback instead."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Global flags are accepted anywhere before a `--`: hoisted in front of the subcommand."""
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+        rest = [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+        return super().parse_args(ctx, flags + rest)
 
     def invoke(self, ctx: click.Context):
         debug = ctx.params.get("debug")
@@ -57,6 +71,7 @@ class Group(click.Group):
         except InputError as e:
             if debug:
                 raise
+            progress.clear()
             click.echo(f"error: {_one_line(e)}", err=True)
             ctx.exit(2)
         except click.UsageError as e:  # one line, with where to look, instead of Click's usage block
@@ -71,14 +86,22 @@ class Group(click.Group):
             click.echo(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror}", err=True)
             ctx.exit(2)
         except CheckFailed as e:
+            progress.clear()
             click.echo(f"check failed: {_one_line(e)}", err=True)
             ctx.exit(1)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            progress.clear()
+            click.echo("interrupted (nothing half-written was left)", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=Group)
-@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors (also after the command).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr (errors still print).")
 @click.version_option(package_name="edgeseq")
-def main(debug: bool) -> None:
+def main(debug: bool, quiet: bool) -> None:
     """Export trained encoder-decoder transformers to on-device encode/decode programs,
     verify them against eager PyTorch, and measure them.
 
@@ -90,6 +113,9 @@ def main(debug: bool) -> None:
     """
     if not debug:
         _quiet()
+    progress.configure(quiet=quiet)
+    # Library calls after this command (tests, an embedding program) print nothing again.
+    click.get_current_context().call_on_close(lambda: progress.configure(quiet=True))
 
 
 def _emit(data, as_json: bool, text: str) -> None:
@@ -116,22 +142,33 @@ def inspect(path: str, allow_pickle: bool, as_json: bool) -> None:
 @click.option("-t", "--target", "target_name", required=True, help="Target name (see `edgeseq targets`) or YAML file.")
 @click.option("-r", "--recipe", "recipe_name", default="fp32", show_default=True, help="Recipe name (see `edgeseq recipes`) or YAML file.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Artifact directory to create.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (atomically, after a successful export).")
+@click.option("--force", is_flag=True,
+              help="Replace OUTPUT if it is an earlier edgeseq artifact (atomically, after a successful export); "
+                   "any other existing directory is refused, never deleted.")
+@click.option("--max-input-len", type=int, help="Override the recipe's max_input_len (input tokens encode takes).")
+@click.option("--max-output-len", type=int, help="Override the recipe's max_output_len (decode's KV cache slots).")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle (.bin) weights. They can run code: trust them first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
-def export(checkpoint: str, target_name: str, recipe_name: str, out: str, force: bool, allow_pickle: bool,
-           as_json: bool) -> None:
+def export(checkpoint: str, target_name: str, recipe_name: str, out: str, force: bool, max_input_len: int | None,
+           max_output_len: int | None, allow_pickle: bool, as_json: bool) -> None:
     """Export CHECKPOINT to one artifact directory for a target and recipe.
 
-    Example: edgeseq export demo/date-t5 -t executorch-xnnpack -r fp32 -o build/a
+    CHECKPOINT is a save_pretrained directory, or a Hugging Face id (org/name) already in the
+    local Hugging Face cache (nothing is downloaded).
+
+    \b
+    Examples:
+      edgeseq export demo/date-t5 -t executorch-xnnpack -r fp32 -o build/a
+      edgeseq export demo/date-t5 -t onnx-cpu -r int8 --max-input-len 128 -o build/b
     """
     from .checkpoint import load_checkpoint
     from .export import export as do_export
-    from .specs import load_recipe, load_target
+    from .specs import load_recipe, load_target, with_lengths
 
     source = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
-    recipe, target = load_recipe(recipe_name), load_target(target_name)
+    recipe, target = with_lengths(load_recipe(recipe_name), max_input_len, max_output_len), load_target(target_name)
     art = do_export(source, recipe, target, Path(out), force=force)
+    progress.clear()
     m = art.manifest
     summary = {"artifact": str(art.path), "files": m["files"], "sizes": m["sizes"],
                "delegation": m.get("delegation"), "export_seconds": m["export_seconds"]}
@@ -160,38 +197,28 @@ def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: 
 
     Example: edgeseq verify build/a --json
     """
-    from . import backends
     from .artifact import open_artifact
-    from .verify import verify as do_verify
+    from .verify import verify_artifact
 
     art = open_artifact(artifact)
-    backend = backends.for_target(art.target)
-    ok, why = backends.can_execute(backend)
-    if not ok:  # e.g. Core ML on Linux: check what can be checked, say what was not run
-        if not hasattr(backend, "verify_structure"):
-            raise InputError(f"{artifact}: cannot execute here: {why}")
-        rep = backend.verify_structure(art)
-        rep["why_not_executed"] = why
-        art.update("verify", rep)
-        text = (f"verify {artifact} ({rep['runtime']}): STRUCTURE ONLY, numerics not run ({why})\n"
+    rep = verify_artifact(art, checkpoint=checkpoint, eval_file=eval_file, limit=limit, allow_pickle=allow_pickle,
+                          progress=progress.Counter("verify: rows", 0))
+    progress.clear()
+    verdict = "PASS" if rep["passed"] else "FAIL: " + "; ".join(rep["failures"])
+    if rep.get("structure_only"):  # e.g. Core ML on Linux: what was checked, and what was not run
+        text = (f"verify {artifact} ({rep['runtime']}): STRUCTURE ONLY, numerics not run ({rep['why_not_executed']})\n"
                 f"  checked: {', '.join(rep['checked'])}\n"
-                f"  {'PASS (structure only)' if rep['passed'] else 'FAIL: ' + '; '.join(rep['failures'])}")
-        _emit(rep, as_json, text)
-        if not rep["passed"]:
-            raise CheckFailed("; ".join(rep["failures"]))
-        return
-    report = do_verify(art, checkpoint=checkpoint, eval_file=eval_file, limit=limit, allow_pickle=allow_pickle)
-    art.update("verify", report.to_dict())
-    r = report
-    acc = ("" if r.task_accuracy is None else
-           f"  task_accuracy {r.task_accuracy:.4f} (eager reference {r.reference_accuracy:.4f})\n")
-    text = (f"verify {artifact} ({r.runtime}, {r.examples} examples from {r.eval_source})\n"
-            f"  sequence_match {r.sequence_match:.4f}  top1_agreement {r.top1_agreement:.4f}  "
-            f"max_abs_logit_diff {r.max_abs_logit_diff:.3g}\n{acc}"
-            f"  {'PASS' if r.passed else 'FAIL: ' + '; '.join(r.failures)}")
-    _emit(report.to_dict(), as_json, text)
-    if not r.passed:
-        raise CheckFailed("; ".join(r.failures))
+                f"  {'PASS (structure only)' if rep['passed'] else verdict}")
+    else:
+        acc = ("" if rep["task_accuracy"] is None else
+               f"  task_accuracy {rep['task_accuracy']:.4f} (eager reference {rep['reference_accuracy']:.4f})\n")
+        text = (f"verify {artifact} ({rep['runtime']}, {rep['examples']} examples from {rep['eval_source']})\n"
+                f"  sequence_match {rep['sequence_match']:.4f}  top1_agreement {rep['top1_agreement']:.4f}  "
+                f"max_abs_logit_diff {rep['max_abs_logit_diff']:.3g} (allowed {rep['allowed_logit_diff']:.3g} at "
+                f"logit scale {rep['logit_scale']:.3g})\n{acc}  {verdict}")
+    _emit(rep, as_json, text)
+    if not rep["passed"]:
+        raise CheckFailed("; ".join(rep["failures"]))
 
 
 @main.command()
@@ -244,32 +271,20 @@ def probe(artifact: str, device: str, runs: int, warmup: int, input_len: int | N
       edgeseq probe build/a --runs 20 --json > a.json
       edgeseq probe build/a --device ssh://pi@10.0.0.7 --python /opt/venv/bin/python
     """
-    from .artifact import open_artifact
-    from .generate import check_probe_lengths
-    from .probe.devices import parse_device, run_probe
+    from .probe.devices import probe_artifact
     from .report import probe_line
 
-    if runs < 1 or warmup < 0:
-        raise InputError("--runs must be >= 1 and --warmup >= 0")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads must be >= 1, got {threads}")
-    art = open_artifact(artifact)  # refuse a modified artifact before spawning anything
-    r = art.recipe
-    check_probe_lengths(input_len, output_len, r.max_input_len, r.max_output_len)
-    transport = parse_device(device, python, ssh_key, ssh_config)
-    options = ["--runs", str(runs), "--warmup", str(warmup), "--device-label", transport.name, "--progress"]
-    for flag, value in (("--input-len", input_len), ("--output-len", output_len), ("--threads", threads)):
-        if value is not None:
-            options += [flag, str(value)]
     bar = None
-    if not as_json and sys.stderr.isatty():
-        bar = click.progressbar(length=runs + warmup, label=f"probe on {transport.name}", file=sys.stderr)
+    if not as_json and sys.stderr.isatty() and progress.mode() is not progress.Mode.OFF:
+        bar = click.progressbar(length=runs + warmup, label=f"probe on {device}", file=sys.stderr)
 
-    def progress(i, n):
+    def step(i, n):
         if bar is not None:
             bar.update(i - bar.pos)
 
-    rep = run_probe(transport, art.path, art.manifest, options, progress)
+    rep = probe_artifact(artifact, device=device, runs=runs, warmup=warmup, input_len=input_len,
+                         output_len=output_len, threads=threads, python=python, ssh_key=ssh_key,
+                         ssh_config=ssh_config, progress=step)
     if bar is not None:
         bar.render_finish()
     _emit(rep, as_json, probe_line(rep))
@@ -295,6 +310,10 @@ def report(probes: tuple[str, ...], out: str | None, plot_path: str | None, base
     failures = rep.gate(reports, base, pct) if pct is not None else []
     mixed = ("Columns marked [ESTIMATE] are compiler estimates of an NPU program, not measurements.\n\n"
              if any(rep.is_estimate(r) for r in reports) else "")
+    lengths = rep.length_note(reports)
+    if lengths:
+        mixed += lengths + "\n\n"
+        click.echo(lengths, err=True)
     md = (f"# Probe report\n\n{rep.table(reports)}\n\nRatios are to the first column.\n\n{mixed}"
           f"{rep.environment_note(reports)}\n")
     if pct is not None:
@@ -326,10 +345,11 @@ def build(matrix: str, out: str, cache_dir: str | None, jobs: int, baseline: str
     """
     from .build import build as do_build, markdown
 
-    def progress(row):
+    def progress(row, done, total):
         if not as_json:
-            click.echo(f"  {row['checkpoint']} {row['target']}/{row['recipe']}: {row['status']}"
-                       f"{' (cache hit)' if row['cache_hit'] else ''} {row.get('error', '')}".rstrip(), err=True)
+            why = "; ".join([*row.get("problems", []), *([row["error"]] if row.get("error") else [])])
+            click.echo(f"  [{done}/{total}] {row['checkpoint']} {row['target']}/{row['recipe']}: {row['verdict']}"
+                       f"{' (cache hit)' if row['cache_hit'] else ''}{': ' + why if why else ''}", err=True)
 
     s = do_build(matrix, out, cache_dir, jobs, baseline, max_slowdown_pct, progress)
     _emit(s, as_json, markdown(s))

@@ -9,8 +9,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import backends
-from .artifact import FORMAT_VERSION, MANIFEST, file_entries, open_artifact, staging_dir, write_json_atomic
+from . import backends, progress
+from .artifact import FORMAT_VERSION, MANIFEST, check_replaceable, file_entries, open_artifact, staging_dir, write_json_atomic
 from .checkpoint import SourceModel
 from .errors import InputError
 from .specs import Recipe, Target
@@ -79,18 +79,27 @@ def input_spec(source: SourceModel, parts) -> dict[str, Any]:
 
 def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False):
     """Export one artifact, atomically. Returns the opened Artifact."""
-    if Path(out).exists() and not force:  # fail before minutes of work, not after
-        raise InputError(f"{out} already exists; pass --force to replace it")
+    if Path(out).exists() or Path(out).is_symlink():  # fail before minutes of work, not after
+        if not force:
+            raise InputError(f"{out} already exists; pass --force to replace it")
+        check_replaceable(Path(out))
     backend = backends.for_target(target)
     backends.check(backend, recipe, target)  # a recipe the target cannot honour fails here, before any work
     t0 = time.time()
-    model = source.load_model()
-    params = sum(p.numel() for p in model.parameters())
-    parts = build_parts(source, recipe, model, backend.CACHE_MODE)
-    inputs = input_spec(source, parts)
+    with progress.stage(f"export: loading {source.name} ({source.model_type})"):
+        model = source.load_model()
+        params = sum(p.numel() for p in model.parameters())
+    with progress.stage(f"export: splitting into encode/decode (in {recipe.max_input_len}, "
+                        f"out {recipe.max_output_len})"):
+        parts = build_parts(source, recipe, model, backend.CACHE_MODE)
+        inputs = input_spec(source, parts)
     with staging_dir(out, force) as tmp:
-        calibration = calibration_inputs(source, recipe, spec=inputs) if recipe.quantization else None
-        lowered = backend.lower(parts, recipe, target, tmp, calibration=calibration)
+        calibration = None
+        if recipe.quantization:
+            with progress.stage("export: reading calibration inputs"):
+                calibration = calibration_inputs(source, recipe, spec=inputs)
+        with progress.stage(f"export: lowering to {target.name} with recipe {recipe.name}"):
+            lowered = backend.lower(parts, recipe, target, tmp, calibration=calibration)
         tokenizer, tokenizer_files = source.tokenizer.save(tmp)  # tokenizer.json, or Marian's SentencePiece files
         files = file_entries(tmp, [*lowered.files, *tokenizer_files])
         model_bytes = sum(files[f]["bytes"] for f in lowered.files)

@@ -50,6 +50,18 @@ def probe_line(r: dict[str, Any]) -> str:
             f"peak RSS {r['peak_rss_mb']:.0f} MB  artifact {r['artifact_bytes'] / 1e6:.2f} MB")
 
 
+def length_note(reports: list[dict[str, Any]]) -> str:
+    """A sentence when the probes ran different input/output/encoder lengths: TTFT grows with
+    the input, per-token decode with the cache, so their ratios then compare unlike work."""
+    shapes = {(r.get("input_len"), r.get("encoder_len"), r.get("output_len")) for r in reports}
+    if len(shapes) <= 1:
+        return ""
+    said = "; ".join(f"{label(r)}: {r.get('input_len')} in (encoder {r.get('encoder_len')}) / "
+                     f"{r.get('output_len')} out" for r in reports)
+    return (f"Warning: these probes ran different lengths, so their ratios compare different work "
+            f"(re-probe with the same --input-len/--output-len): {said}.")
+
+
 def load_probe(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:

@@ -2,33 +2,48 @@
 
 A recipe says *how* to export (lengths, cache, quantization, parity tolerance);
 a target says *where* it runs (runtime, backend/delegate, device class). Both are
-YAML files in `recipes/` and `targets/` (or any path), rejected on unknown keys,
-wrong types or a `format_version` newer than this tool, with a one-line error
-naming the key. They serialize into the artifact's manifest.
+YAML files, rejected on unknown keys, wrong types or a `format_version` newer
+than this tool, with a one-line error naming the key. They serialize into the
+artifact's manifest.
+
+The shipped ones are package data (`toolchain/recipes/`, `toolchain/targets/`; the
+repository's top-level `recipes/` and `targets/` point there), read with
+importlib.resources so a wheel install has them. A name (`int8`, `onnx-cpu`) always
+means a shipped one; only something path-like (a `/`, or a `.yaml`/`.yml` suffix) is
+read as a file, so a folder in the working directory cannot hide a built-in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
 
 SPEC_FORMAT_VERSION = 1
-ROOT = Path(__file__).resolve().parent.parent
-RECIPE_DIR = ROOT / "recipes"
-TARGET_DIR = ROOT / "targets"
+RECIPE_DIR: Traversable = resources.files("toolchain") / "recipes"
+TARGET_DIR: Traversable = resources.files("toolchain") / "targets"
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """What `verify` requires of an artifact made with this recipe."""
+    """What `verify` requires of an artifact made with this recipe.
+
+    Logits pass when max |artifact - eager| <= max_abs_logit_diff + max_rel_logit_diff x
+    logit_scale, logit_scale being the largest |eager logit| over the compared steps (numpy's
+    allclose rule, with the scale of the logit vectors instead of each element: float32
+    rounding grows with the magnitude of the logits, so a fixed bound fails correct exports
+    of models with large logits)."""
 
     max_abs_logit_diff: float = 1e-3
+    max_rel_logit_diff: float = 1e-4
     min_sequence_match: float = 1.0
     max_accuracy_drop: float = 0.0
 
@@ -173,7 +188,7 @@ def _build(cls, data: Any, where: str, kind: str, key: str | None = None):
         raise InputError(f"{where}: {kind} key 'name' must be letters, digits, '.', '_', '+', '-' "
                          f"(it names directories), got {short(obj.name)}")
     if cls is Tolerance:
-        for k in ("max_abs_logit_diff", "max_accuracy_drop", "min_sequence_match"):
+        for k in ("max_abs_logit_diff", "max_rel_logit_diff", "max_accuracy_drop", "min_sequence_match"):
             if getattr(obj, k) < 0:
                 raise InputError(f"{where}: tolerance key {k!r} must be >= 0, got {getattr(obj, k)}")
         if obj.min_sequence_match > 1:
@@ -221,7 +236,7 @@ def _strict_loader():
     return StrictLoader
 
 
-def load_yaml(path: Path) -> Any:
+def load_yaml(path: Path | Traversable) -> Any:
     """Parse a YAML file; every way it can be unreadable is a one-line InputError with file and line."""
     import yaml  # lazily: the remote probe runner reads specs from manifests, not YAML
 
@@ -242,28 +257,50 @@ def load_yaml(path: Path) -> Any:
         raise InputError(f"{path}: invalid YAML: nested too deeply") from None
 
 
-def _resolve(name_or_path: str, directory: Path, kind: str) -> Path:
-    p = Path(name_or_path)
-    try:
-        if p.suffix in (".yaml", ".yml") or p.exists():
-            if not p.is_file():
-                raise InputError(f"{kind} file not found: {name_or_path}")
-            return p
-        candidate = directory / f"{name_or_path}.yaml"
-        if NAME_RE.fullmatch(name_or_path) and candidate.is_file():
-            return candidate
-    except (OSError, ValueError):  # a name too long for a path, or with a NUL byte
-        pass
-    raise InputError(f"unknown {kind} {short(name_or_path)}; available: {', '.join(available(directory))}")
+def is_path_like(name: str) -> bool:
+    """A recipe/target argument names a file only if it looks like one; else it is a built-in name."""
+    return "/" in name or os.sep in name or name.endswith((".yaml", ".yml"))
 
 
-def available(directory: Path) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.yaml"))
+def _resolve(name_or_path: str, directory: Traversable, kind: str) -> Path | Traversable:
+    if is_path_like(name_or_path):
+        p = Path(name_or_path)
+        try:
+            if p.is_file():
+                return p
+        except (OSError, ValueError):  # a name too long for a path, or with a NUL byte
+            pass
+        raise InputError(f"{kind} file not found: {name_or_path}")
+    candidate = directory.joinpath(f"{name_or_path}.yaml")
+    if NAME_RE.fullmatch(name_or_path) and candidate.is_file():
+        return candidate
+    hint = f" (a file? give its path, e.g. ./{name_or_path}.yaml)" if NAME_RE.fullmatch(name_or_path) else ""
+    raise InputError(f"unknown {kind} {short(name_or_path)}; available: {', '.join(available(directory))}{hint}")
+
+
+def available(directory: Traversable) -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in directory.iterdir() if p.name.endswith(".yaml") and p.is_file())
 
 
 def load_recipe(name_or_path: str) -> Recipe:
     path = _resolve(name_or_path, RECIPE_DIR, "recipe")
     return _validate_recipe(_build(Recipe, load_yaml(path), str(path), "recipe"), str(path))
+
+
+def with_lengths(recipe: Recipe, max_input_len: int | None = None, max_output_len: int | None = None) -> Recipe:
+    """The recipe with its lengths overridden (export's --max-input-len/--max-output-len), checked
+    like a recipe file's. The manifest records the result, so the override is never silent."""
+    changes = {k: v for k, v in (("max_input_len", max_input_len), ("max_output_len", max_output_len))
+               if v is not None}
+    if not changes:
+        return recipe
+    said = ", ".join(f"{k} {v}" for k, v in changes.items())
+    new = dataclasses.replace(recipe, description=f"{recipe.description} ({said} from the command line)", **changes)
+    where = f"recipe {recipe.name} with {said}"
+    for key, v in changes.items():
+        if not 1 <= v <= 8192:
+            raise InputError(f"--{key.replace('_', '-')} must be between 1 and 8192, got {v}")
+    return _validate_recipe(new, where)
 
 
 def _validate_target(t: Target, where: str) -> Target:

@@ -17,6 +17,7 @@ and NaN * 0 attention weight is still NaN).
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -132,38 +133,31 @@ def _delegation(graph_module) -> dict[str, Any]:
 
 def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | None = None) -> Lowered:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
-    from executorch.exir.passes import MemoryPlanningPass
-    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+    from executorch.exir import to_edge_transform_and_lower
 
-    from .. import quantize
+    from .. import progress, quantize
 
     check(recipe, target)
-    quant = quantize.apply(parts, recipe)
+    with progress.stage("  quantize (torchao)") if recipe.quantization else nullcontext():
+        quant = quantize.apply(parts, recipe)
     from ..split import text_inputs
 
-    programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
-                "decode": _export("decode", parts.decode, parts.decode_inputs())}
-    for n, module in sorted(parts.encode_buckets.items()):
-        programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
-    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+    with progress.stage("  torch.export"):
+        programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
+                    "decode": _export("decode", parts.decode, parts.decode_inputs())}
+        for n, module in sorted(parts.encode_buckets.items()):
+            programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
+    with progress.stage("  partition and lower to XNNPACK"):
+        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
     report = {name: _delegation(edge.exported_program(name).graph_module) for name in programs}
-    et = edge.to_executorch(ExecutorchBackendConfig(
-        external_constants=lambda _node: _DATA_TAG,
-        passes=[InitializedMutableBufferPass(["cache_"])],
-        # decode's inputs are not memory-planned: the runtime reads the caller's tensors in
-        # place instead of copying them into its arena on every step (the cross K/V are
-        # 2 x layers x [1, H, Dh, S] floats: 1.5 MB per token on a t5-small-sized model).
-        # encode keeps planned inputs (a few KB, and callers may hand it temporaries).
-        memory_planning_pass={name: MemoryPlanningPass(alloc_graph_input=name != "decode") for name in programs},
-        # Fuses torchao's dequantize->embedding into quantized_decomposed::embedding_byte/4bit.
-        do_quant_fusion_and_const_prop=quant["embeddings"]["scheme"] != "none"))
+    with progress.stage("  serialize model.pte + weights.ptd"):
+        et = _to_executorch(edge, programs, quant)
+        (out_dir / PTE).write_bytes(et.buffer)
+        et.write_tensor_data_to_file(str(out_dir))
     for plan in et.executorch_program.execution_plan:
         # Kernels the runtime calls outside the delegate, after ExecuTorch's own fusions
         # (e.g. dequantize+embedding -> quantized_decomposed::embedding_byte).
         report[plan.name]["runtime_ops"] = sorted(o.name for o in plan.operators)
-    (out_dir / PTE).write_bytes(et.buffer)
-    et.write_tensor_data_to_file(str(out_dir))
     written = out_dir / f"{_DATA_TAG}.ptd"
     if written.name != PTD:
         written.rename(out_dir / PTD)
@@ -179,6 +173,24 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | N
         sig[name]["quantization"] = schemes[name]
     return Lowered(files=[PTE, PTD], programs=sig, report={"delegation": report, "quantization": quant},
                    tool_versions=versions())
+
+
+def _to_executorch(edge, programs: dict, quant: dict):
+    """The edge programs as one ExecuTorch program, every constant tagged for weights.ptd."""
+    from executorch.exir import ExecutorchBackendConfig
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+    return edge.to_executorch(ExecutorchBackendConfig(
+        external_constants=lambda _node: _DATA_TAG,
+        passes=[InitializedMutableBufferPass(["cache_"])],
+        # decode's inputs are not memory-planned: the runtime reads the caller's tensors in
+        # place instead of copying them into its arena on every step (the cross K/V are
+        # 2 x layers x [1, H, Dh, S] floats: 1.5 MB per token on a t5-small-sized model).
+        # encode keeps planned inputs (a few KB, and callers may hand it temporaries).
+        memory_planning_pass={name: MemoryPlanningPass(alloc_graph_input=name != "decode") for name in programs},
+        # Fuses torchao's dequantize->embedding into quantized_decomposed::embedding_byte/4bit.
+        do_quant_fusion_and_const_prop=quant["embeddings"]["scheme"] != "none"))
 
 
 def load_program(path, data_path=None, threads: int | None = None):

@@ -194,3 +194,27 @@ def run_probe(transport, artifact_dir: Path, manifest: dict, options: list[str],
     if copied is not None:
         report["copied_artifact"] = copied
     return report
+
+
+def probe_artifact(artifact: str | Path, device: str = "local", runs: int = 10, warmup: int = 2,
+                   input_len: int | None = None, output_len: int | None = None, threads: int | None = None,
+                   python: str | None = None, ssh_key: str | None = None, ssh_config: str | None = None,
+                   progress=None) -> dict:
+    """`edgeseq probe`: check the arguments and the artifact here (a modified artifact is refused
+    before anything is spawned or copied), then measure it in a fresh process on the device."""
+    from ..artifact import open_artifact
+    from ..generate import check_probe_lengths
+
+    if runs < 1 or warmup < 0:
+        raise InputError("--runs must be >= 1 and --warmup >= 0")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
+    art = open_artifact(artifact)
+    r = art.recipe
+    check_probe_lengths(input_len, output_len, r.max_input_len, r.max_output_len)
+    transport = parse_device(device, python, ssh_key, ssh_config)
+    options = ["--runs", str(runs), "--warmup", str(warmup), "--device-label", transport.name, "--progress"]
+    for flag, value in (("--input-len", input_len), ("--output-len", output_len), ("--threads", threads)):
+        if value is not None:
+            options += [flag, str(value)]
+    return run_probe(transport, art.path, art.manifest, options, progress)
