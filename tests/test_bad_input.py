@@ -634,7 +634,7 @@ def _stage(out: Path, force: bool) -> None:
 
 WRITE_FAULTS = {  # where the disk fills up -> what to patch
     "writing the model file": lambda mp, be: mp.setattr(be, "lower", fake_lower(True)),
-    "copying the tokenizer": lambda mp, be: mp.setattr("toolchain.export.shutil.copyfile", enospc),
+    "copying the tokenizer": lambda mp, be: mp.setattr("toolchain.tokenizer.shutil.copyfile", enospc),
     "writing the manifest": lambda mp, be: mp.setattr("toolchain.artifact.Path.write_text", enospc),
     "renaming into place": lambda mp, be: mp.setattr("toolchain.artifact._swap_in", enospc),
 }

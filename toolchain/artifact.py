@@ -2,7 +2,8 @@
 
 Layout of an artifact directory:
     manifest.json     what it is, where it came from, signatures, sha256 of every file
-    tokenizer.json    copied from the checkpoint
+    tokenizer.json    copied from the checkpoint (or converted from T5's spiece.model); for
+                      Marian: source.spm, target.spm, vocab.json (see tokenizer.py)
     <model files>     per runtime (ExecuTorch: model.pte + weights.ptd)
 
 Export writes everything into a hidden temporary sibling directory and renames it
@@ -25,8 +26,9 @@ from typing import Any, Iterator
 from .hashing import sha256_file
 from .errors import InputError
 from .specs import Recipe, Target, recipe_from_dict, target_from_dict
+from .tokenizer import check_spec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "tokens.tokenizer" may be a Marian SentencePiece description (an object)
 MANIFEST = "manifest.json"
 
 
@@ -189,7 +191,8 @@ class Artifact:
 
     @property
     def model_bytes(self) -> int:
-        return sum(e["bytes"] for n, e in self.manifest["files"].items() if n != "tokenizer.json")
+        tokenizer = check_spec(self.manifest["tokens"].get("tokenizer"), self.path / MANIFEST)
+        return sum(e["bytes"] for n, e in self.manifest["files"].items() if n not in tokenizer)
 
     @property
     def total_bytes(self) -> int:
@@ -241,7 +244,8 @@ def _check_manifest(m: dict, mpath: Path) -> None:
         listed(sig.get("data_file"), f"program {prog!r} data_file")
     if not isinstance(tokens, dict):
         raise InputError(f"{mpath}: 'tokens' must be a mapping")
-    listed(tokens.get("tokenizer"), "tokenizer")
+    for ref in check_spec(tokens.get("tokenizer"), mpath):
+        listed(ref, "tokenizer")
     for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id", "vocab_size"):
         if not isinstance(tokens.get(k), int) or isinstance(tokens[k], bool):
             raise InputError(f"{mpath}: 'tokens.{k}' must be an integer")

@@ -6,7 +6,8 @@ Everything that can be wrong with the directory is an `InputError` naming the fi
 config.json (missing, not JSON, sizes that are not positive integers, unsupported
 model_type), the weights (corrupt or truncated safetensors; tensors missing, extra or
 of another shape than config.json implies: transformers would re-initialise or drop
-them with only a warning), and tokenizer.json (unreadable, or ids past the vocabulary).
+them with only a warning), and the tokenizer (tokenizer.json, or Marian's or T5's SentencePiece
+files: see tokenizer.py; unreadable, or ids past the vocabulary).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 from . import arch
 from .errors import InputError
 from .hashing import sha256_file  # noqa: F401  (re-exported)
+from .tokenizer import CheckpointTokenizer, TextTokenizer
+from .tokenizer import find as find_tokenizer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # config.json sizes, across the families in arch/: when present (not null) each must be a
@@ -39,7 +42,7 @@ class SourceModel:
     config: dict[str, Any]
     model_type: str
     weights: tuple[Path, ...]
-    tokenizer_file: Path
+    tokenizer: CheckpointTokenizer
     allow_pickle: bool
     hub_id: str = ""  # set when the checkpoint was found in the Hugging Face cache by its id
 
@@ -85,17 +88,8 @@ class SourceModel:
         _check_loading_info(info, self.weights_label)
         return model.eval()
 
-    def load_tokenizer(self):
-        return open_tokenizer(self.tokenizer_file)
-
-
-def open_tokenizer(path: Path):
-    from tokenizers import Tokenizer
-
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise InputError(f"{path}: invalid tokenizer: {_first_line(e)}") from None
+    def load_tokenizer(self) -> TextTokenizer:
+        return self.tokenizer.open()
 
 
 def _check_loading_info(info: dict, label: Path) -> None:
@@ -144,13 +138,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _check_tokenizer(tok_file: Path, cfg_path: Path, vocab_size: Any) -> None:
+def _check_tokenizer(tok: CheckpointTokenizer, cfg_path: Path, vocab_size: Any) -> None:
     """Every id the tokenizer can produce must index the model's embedding: a tokenizer from
     another checkpoint would otherwise read past it (or, in a runtime, read garbage)."""
-    tok = open_tokenizer(tok_file)
-    top = max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
+    top = tok.open().max_id()
     if isinstance(vocab_size, int) and top >= vocab_size:
-        raise InputError(f"{tok_file}: has token ids up to {top}, but the model's vocabulary "
+        raise InputError(f"{tok.label}: has token ids up to {top}, but the model's vocabulary "
                          f"({cfg_path.name} vocab_size) is {vocab_size}: the tokenizer does not match the model")
 
 
@@ -212,10 +205,7 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> SourceModel
         weights = tuple(pickles)
     else:
         raise InputError(f"{p}: no weights (*.safetensors) found")
-    tok = p / "tokenizer.json"
-    if not tok.is_file():
-        raise InputError(f"{p}: no tokenizer.json (save a fast tokenizer with "
-                         f"AutoTokenizer.from_pretrained(dir).save_pretrained(dir))")
+    tok = find_tokenizer(p, adapter.family)
     _check_tokenizer(tok, p / "config.json", adapter.describe(cfg).get("vocab_size"))
     return SourceModel(path=p.resolve(), config=cfg, model_type=model_type, weights=weights,
-                       tokenizer_file=tok, allow_pickle=allow_pickle, hub_id=hub_id)
+                       tokenizer=tok, allow_pickle=allow_pickle, hub_id=hub_id)

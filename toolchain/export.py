@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-import shutil
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -104,8 +103,8 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
         with progress.stage(f"export: lowering to {target.name} with recipe {recipe.name}"), \
                 native_logs(expected=(InputError,)):
             lowered = backend.lower(parts, recipe, target, tmp, calibration=calibration)
-        shutil.copyfile(source.tokenizer_file, tmp / "tokenizer.json")
-        files = file_entries(tmp, [*lowered.files, "tokenizer.json"])
+        tokenizer, tokenizer_files = source.tokenizer.save(tmp)  # tokenizer.json, or Marian's SentencePiece files
+        files = file_entries(tmp, [*lowered.files, *tokenizer_files])
         model_bytes = sum(files[f]["bytes"] for f in lowered.files)
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
@@ -117,7 +116,7 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
             "input": inputs,
             "tokens": {"decoder_start_token_id": parts.decoder_start_token_id,
                        "eos_token_id": parts.eos_token_id, "pad_token_id": parts.pad_token_id,
-                       "vocab_size": parts.vocab_size, "tokenizer": "tokenizer.json", **parts.generation()},
+                       "vocab_size": parts.vocab_size, "tokenizer": tokenizer, **parts.generation()},
             **lowered.report,
             "sizes": {"model_bytes": model_bytes, "fp32_param_bytes": params * 4,
                       "ratio_to_fp32_params": round(model_bytes / (params * 4), 4)},

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
+from .tokenizer import as_text_tokenizer
 
 
 @dataclass
@@ -21,14 +22,10 @@ class Generation:
     prompt: list[int] = field(default_factory=list)  # the forced decoder prompt as fed (language resolved)
 
 
-def _unknown_id(tokenizer) -> int | None:
-    unk = getattr(tokenizer.model, "unk_token", None) or "<unk>"  # WordLevel/WordPiece/BPE name it
-    return tokenizer.token_to_id(unk)
-
-
 def tokenize(tokenizer, text: str, max_input_len: int, truncate: bool = False,
              allow_unknown: bool = True) -> list[int]:
-    """Text -> token ids (with the tokenizer's own specials, e.g. T5's </s>).
+    """Text -> token ids (with the tokenizer's own specials, e.g. T5's </s>). `tokenizer`: a
+    tokenizer.TextTokenizer (a bare `tokenizers.Tokenizer` is taken as one).
 
     Empty text, text that is not valid Unicode, text longer than `max_input_len` (unless
     `truncate`) and, unless `allow_unknown`, characters the tokenizer can only map to its
@@ -39,12 +36,10 @@ def tokenize(tokenizer, text: str, max_input_len: int, truncate: bool = False,
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise InputError("input is not valid text (not UTF-8)") from None
-    enc = tokenizer.encode(text)
+    enc = as_text_tokenizer(tokenizer).encode(text)
     ids = enc.ids
     if not allow_unknown:
-        unk = _unknown_id(tokenizer)
-        bad = [text[a:b] for i, (a, b) in zip(ids, enc.offsets) if i == unk and unk is not None]
-        bad = [c for c in dict.fromkeys(bad) if c and c != tokenizer.id_to_token(unk)]
+        bad = list(dict.fromkeys(enc.unknown))
         if bad:
             shown = ", ".join(repr(c) for c in bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
             raise InputError(f"input has characters the tokenizer does not know: {shown}; they would all "

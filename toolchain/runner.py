@@ -14,13 +14,13 @@ def generate_text(path: str, text: str, max_new_tokens: int | None = None, min_n
                   device: str | None = None) -> tuple[str, str | None]:
     """Greedy generation. Returns (text, note): the note says why the output may be cut short
     (the static KV cache was full before end of sequence), else None."""
-    from tokenizers import Tokenizer
+    from .tokenizer import from_manifest
 
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
     art = open_artifact(path)
     recipe, target, spec = art.recipe, art.target, art.manifest["tokens"]
-    tok = Tokenizer.from_file(str(art.file(spec["tokenizer"])))
+    tok = from_manifest(spec, art.path)
     kw = decoding(spec)
     if art.manifest.get("input", {}).get("kind") == "log_mel":  # audio family (Whisper): TEXT is a WAV file
         from .audio import wav_features

@@ -48,7 +48,8 @@ def get(model_type: str | None) -> Adapter:
 def text_generation(model) -> dict[str, Any]:
     """A text family's forced and suppressed tokens from its generation config, as Seq2SeqParts
     fields: forced_bos_token_id becomes the decoder prompt (BART, mBART: a language code),
-    forced_eos_token_id, suppress_tokens and begin_suppress_tokens carry over."""
+    forced_eos_token_id, suppress_tokens and begin_suppress_tokens carry over, single-token
+    bad_words_ids are suppressed."""
     gen = getattr(model, "generation_config", None)
 
     def value(name: str):
@@ -57,8 +58,15 @@ def text_generation(model) -> dict[str, Any]:
     bos, eos = value("forced_bos_token_id"), value("forced_eos_token_id")
     if isinstance(eos, (list, tuple)):  # several: transformers forces all, argmax takes the lowest id
         eos = min(eos) if eos else None
+    # bad_words_ids of one token are never generated, like suppress_tokens (opus-mt bans <pad>);
+    # a longer one is banned only after its prefix: not supported.
+    bad_words = value("bad_words_ids") or []
+    longer = [w for w in bad_words if len(w) != 1]
+    if longer:
+        raise InputError(f"generation config: bad_words_ids {list(longer[0])} is longer than one token; "
+                         f"only single-token bad_words_ids are supported")
     return {"decoder_prompt": [] if bos is None else [int(bos)],
-            "suppress_tokens": [int(t) for t in value("suppress_tokens") or []],
+            "suppress_tokens": [int(t) for t in value("suppress_tokens") or []] + [int(w[0]) for w in bad_words],
             "begin_suppress_tokens": [int(t) for t in value("begin_suppress_tokens") or []],
             "forced_eos_token_id": None if eos is None else int(eos)}
 
