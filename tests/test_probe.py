@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import venv
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

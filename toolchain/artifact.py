@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .hashing import sha256_file
-from .errors import InputError
+from .errors import InputError, read_json_object
 from .specs import Recipe, Target, recipe_from_dict, target_from_dict
 from .tokenizer import check_spec
 
@@ -278,14 +278,7 @@ def open_artifact(path: str | Path, check_hashes: bool = True) -> Artifact:
         remove_stale(p.parent, p.name)  # an export killed mid --force left it aside: put it back
     if not mpath.is_file():
         raise InputError(f"{p}: not an artifact (no {MANIFEST})")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{mpath}: invalid JSON: {e}") from None
-    except OSError as e:
-        raise InputError(f"{mpath}: cannot read: {_why(e)}") from None
-    if not isinstance(manifest, dict):
-        raise InputError(f"{mpath}: expected a JSON object")
+    manifest = read_json_object(mpath)
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise InputError(f"{mpath}: missing format_version")

@@ -12,14 +12,13 @@ files: see tokenizer.py; unreadable, or ids past the vocabulary).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import arch
-from .errors import InputError
+from .errors import InputError, read_json_object
 from .hashing import sha256_file  # noqa: F401  (re-exported)
 from .tokenizer import CheckpointTokenizer, TextTokenizer
 from .tokenizer import find as find_tokenizer
@@ -123,14 +122,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise InputError(f"{path}: no config.json (not a save_pretrained checkpoint directory)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{cfg_path}: invalid JSON (truncated or corrupt): {e}") from None
-    except OSError as e:
-        raise InputError(f"{cfg_path}: cannot read: {e.strerror}") from None
-    if not isinstance(cfg, dict):
-        raise InputError(f"{cfg_path}: expected a JSON object")
+    cfg = read_json_object(cfg_path)
     for key in SIZE_KEYS:
         v = cfg.get(key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):

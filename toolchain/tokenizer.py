@@ -20,7 +20,6 @@ tokenizer_config.json (special and added tokens, vocabularies); see MARIAN_SPEC.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import warnings
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, read_json_object
 
 SPIECE_UNDERLINE = "▁"  # SentencePiece's word-boundary marker (U+2581)
 MARIAN = "marian-sentencepiece"
@@ -106,21 +105,9 @@ def as_text_tokenizer(tok) -> TextTokenizer:
     return tok if isinstance(tok, TextTokenizer) else HFTokenizer(tok)
 
 
-def _read_json(path: Path, what: str = "a JSON object") -> Any:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: invalid JSON (truncated or corrupt): {e}") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected {what}")
-    return data
-
-
 def read_vocab(path: Path) -> dict[str, int]:
     """A Marian vocab.json: piece -> id (ids are non-negative integers)."""
-    vocab = _read_json(path, "a JSON object of piece -> id")
+    vocab = read_json_object(path, "a JSON object of piece -> id")
     bad = next((k for k, v in vocab.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0), None)
     if bad is not None:
         raise InputError(f"{path}: the id of {bad!r:.40} is {vocab[bad]!r:.40}, not a non-negative integer")
@@ -317,7 +304,7 @@ class T5SentencePiece(CheckpointTokenizer):
         self.label = path / "spiece.model"
         load_spm(self.label)
         if (path / "tokenizer_config.json").is_file():
-            _read_json(path / "tokenizer_config.json")
+            read_json_object(path / "tokenizer_config.json")
         from transformers import T5Tokenizer
 
         try:
@@ -352,7 +339,7 @@ class MarianFiles(CheckpointTokenizer):
         read_vocab(path / "vocab.json")
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (path / name).is_file():
-                _read_json(path / name)
+                read_json_object(path / name)
         self.spec = self._resolve()
         self.tokenizer = MarianSentencePiece(self.spec, path)
 
