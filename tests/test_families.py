@@ -273,7 +273,7 @@ def test_whisper_split_matches_generate(tmp_path, language):
                 fed = [parts.decoder_start_token_id, *gen.prompt, *gen.tokens][: len(gen.logits)]
                 eager = model(input_features=x, decoder_input_ids=torch.tensor([fed])).logits[0].numpy()
             assert_allclose(np.stack(gen.logits), eager, atol=parts.tolerance["eager"], rtol=1e-4)
-            assert gen.tokens == ref[: ref.index(0)] if 0 in ref else ref, (language, cache_mode, kind)
+            assert gen.tokens == (ref[: ref.index(0)] if 0 in ref else ref), (language, cache_mode, kind)
             assert len(set(gen.tokens)) >= 2
             if language is None:
                 detected = model.detect_language(input_features=x).item()
