@@ -437,7 +437,7 @@ BAD_PROBE_OPTIONS = [
     (["--input-len", "0"], "--input-len must be between 1 and 24"),
     (["--runs", "0"], "--runs must be >= 1"),
     (["--threads", "-2"], "--threads must be >= 1"),
-    (["--device", "ftp://x"], "--device 'ftp://x': use 'local' or ssh://"),
+    (["--device", "ftp://x"], "--device 'ftp://x': use 'local', qemu-aarch64 or ssh://"),
 ]
 
 

@@ -99,8 +99,11 @@ def test_demo_accuracy_budget(recipe, max_drop, tmp_path, demo_artifact):
 
 
 def _invoke(*args):
+    """(exit code, lines of output) without progress lines (`[  1.2s] export: ...` on stderr)."""
+    from toolchain.progress import PREFIX_RE
+
     res = CliRunner().invoke(main, [str(a) for a in args])
-    return res.exit_code, res.output.strip().splitlines()
+    return res.exit_code, [line for line in res.output.strip().splitlines() if not PREFIX_RE.match(line)]
 
 
 def test_bad_quantization_recipes(checkpoints, tmp_path):

@@ -7,10 +7,9 @@ For every eval input:
     artifact step has an eager logit row to compare with, even after a divergence
     -> max_abs_logit_diff and top1_agreement over all steps, and logit_scale (the largest
     |eager logit|), against which the recipe's tolerance is relative (specs.Tolerance).
-The eager side never uses transformers' KV cache (use_cache=False): the reference must
-not depend on the code path we are checking against, and that cache breaks for some
-valid configs (a T5 whose num_decoder_layers differs from num_layers). A reference that
-fails anyway is a one-line error, never a traceback.
+Where transformers' own KV cache breaks for a valid config (a T5 whose num_decoder_layers
+differs from num_layers), the eager side runs the same greedy search without it
+(use_cache=False); a reference that fails anyway is a one-line error, never a traceback.
 Inputs are text, or for audio artifacts (manifest "input" kind log_mel) WAV files whose
 log-mel features both sides get; forced prompt tokens are compared too.
 """
@@ -95,7 +94,7 @@ def eval_examples(eval_file: str | None, checkpoint_dir: Path, limit: int | None
 
 
 def reference(model, eager_in: dict, spec: dict, max_output_len: int, prompt_len: int,
-              audio: bool) -> tuple[list[int] | None, list[int]]:
+              audio: bool, use_cache: bool = True) -> tuple[list[int] | None, list[int]]:
     """Eager transformers greedy `generate`, as a user runs it: (the prompt it forced, or None
     where generate does not return it, and the tokens it generated after it, up to EOS).
 
@@ -105,14 +104,14 @@ def reference(model, eager_in: dict, spec: dict, max_output_len: int, prompt_len
     eos = spec["eos_token_id"]
     if audio:
         seq = model.generate(**eager_in, max_new_tokens=max_output_len - prompt_len, do_sample=False,
-                             num_beams=1, use_cache=False)[0].tolist()
+                             num_beams=1, use_cache=use_cache)[0].tolist()
         prompt = None
         if seq[:1] == [spec["decoder_start_token_id"]]:  # a version that returns the prompt too
             prompt, seq = seq[1: 1 + prompt_len], seq[1 + prompt_len:]
     else:
         seq = model.generate(**eager_in, max_new_tokens=max_output_len, do_sample=False, num_beams=1,
                              decoder_start_token_id=spec["decoder_start_token_id"], eos_token_id=eos,
-                             pad_token_id=spec["pad_token_id"], use_cache=False)[0, 1:].tolist()
+                             pad_token_id=spec["pad_token_id"], use_cache=use_cache)[0, 1:].tolist()
         prompt, seq = seq[:prompt_len], seq[prompt_len:]
     return prompt, seq[: seq.index(eos)] if eos in seq else seq
 
@@ -125,13 +124,33 @@ def _eager(model, eager_in: dict, spec: dict, max_output_len: int, prompt_len: i
 
     try:
         with torch.no_grad():
-            prompt, tokens = reference(model, eager_in, spec, max_output_len, prompt_len, audio)
-            eager = model(**eager_in, decoder_input_ids=torch.tensor([fed]), use_cache=False).logits[0].numpy()
+            try:
+                prompt, tokens = reference(model, eager_in, spec, max_output_len, prompt_len, audio)
+            except (IndexError, ValueError, RuntimeError, AttributeError):
+                # transformers' own KV cache breaks for some valid configs (a T5 whose
+                # num_decoder_layers differs from num_layers): the same greedy search without it.
+                prompt, tokens = reference(model, eager_in, spec, max_output_len, prompt_len, audio, use_cache=False)
+            eager = _teacher_forced(model, eager_in, fed)
     except Exception as e:  # noqa: BLE001 (any failure of the reference model is reported, not raised)
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise InputError(f"the eager reference (transformers) failed on input {what[:40]!r}: "
                          f"{type(e).__name__}: {first}; nothing to compare against (--debug for the traceback)") from e
     return prompt, tokens, eager
+
+
+def _teacher_forced(model, eager_in: dict, fed: list[int]) -> np.ndarray:
+    """Eager logits [len(fed), V] for the decoder fed `fed` in one pass. One pass reads no cache,
+    but transformers still builds one, and for some configs that fails (a T5 whose
+    num_decoder_layers differs from num_layers): then without it. Not always without it: for
+    T5Gemma's sliding-window layers the no-cache path builds other masks (logits 2.0 off the
+    cached path, which step-by-step generation and the artifact both follow)."""
+    import torch
+
+    ids = torch.tensor([fed])
+    try:
+        return model(**eager_in, decoder_input_ids=ids).logits[0].numpy()
+    except (IndexError, ValueError, RuntimeError, AttributeError):
+        return model(**eager_in, decoder_input_ids=ids, use_cache=False).logits[0].numpy()
 
 
 def _executed(target) -> str:
