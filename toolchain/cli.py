@@ -141,6 +141,26 @@ def inspect(path: str, allow_pickle: bool, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("source", type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="save_pretrained directory to write.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Weight dtype of the written model.safetensors.")
+@click.option("--force", is_flag=True, help="Overwrite the files of an existing non-empty OUTPUT directory.")
+def convert(source: str, out: str, dtype: str, force: bool) -> None:
+    """Convert a CTranslate2 (faster-whisper) Whisper model directory to a save_pretrained one.
+
+    SOURCE holds model.bin, config.json and tokenizer.json, as faster-whisper models do.
+
+    Example: edgeseq convert whisper-tiny.en-ct2 -o build/whisper-tiny.en
+    """
+    from .convert import convert_ct2_whisper
+
+    with progress.stage(f"convert: reading {source}"):
+        convert_ct2_whisper(Path(source), Path(out), dtype=dtype, force=force)
+    click.echo(str(out))
+
+
+@main.command()
 @click.argument("checkpoint", type=click.Path())
 @click.option("-t", "--target", "target_name", required=True, help="Target name (see `edgeseq targets`) or YAML file.")
 @click.option("-r", "--recipe", "recipe_name", default="fp32", show_default=True, help="Recipe name (see `edgeseq recipes`) or YAML file.")
