@@ -101,7 +101,8 @@ def _str(s: str) -> bytes:
     (struct.pack("<I", 6) + _str("WhisperSpec") + struct.pack("<II", 3, 1) + _str("encoder/conv1/weight")
      + struct.pack("<BIIBI", 2, 4, 4, 0, 64) + b"\0" * 10, "truncated or corrupt"),
     (struct.pack("<I", 6) + _str("TransformerSpec") + struct.pack("<III", 1, 0, 0), "only WhisperSpec converts"),
-    (struct.pack("<I", 6) + _str("WhisperSpec") + struct.pack("<III", 1, 0, 0), "variable 'encoder/conv1/weight' is missing"),
+    (struct.pack("<I", 6) + _str("WhisperSpec") + struct.pack("<III", 1, 0, 0),
+     "variable 'encoder/conv1/weight' is missing"),
 ])
 def test_convert_bad_input(tmp_path, model_bin, message):
     result = CliRunner().invoke(main, ["convert", str(_ct2_dir(tmp_path, model_bin)), "-o", str(tmp_path / "o")])

@@ -90,7 +90,8 @@ def _state_dict(v: dict[str, np.ndarray], where: str) -> tuple[dict[str, np.ndar
             _ln(v, f"{s}/ffn/layer_norm", f"{d}.final_layer_norm", out)
         head = v.get("decoder/projection/weight", v["decoder/embeddings/weight"])
         dims = dict(
-            vocab_size=int(v["decoder/embeddings/weight"].shape[0]), d_model=int(out["model.encoder.conv1.weight"].shape[0]),
+            vocab_size=int(v["decoder/embeddings/weight"].shape[0]),
+            d_model=int(out["model.encoder.conv1.weight"].shape[0]),
             num_mel_bins=int(out["model.encoder.conv1.weight"].shape[1]),
             encoder_layers=layers("encoder"), decoder_layers=layers("decoder"),
             encoder_attention_heads=int(v["encoder/num_heads"]), decoder_attention_heads=int(v["decoder/num_heads"]),
