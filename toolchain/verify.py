@@ -17,13 +17,13 @@ log-mel features both sides get; forced prompt tokens are compared too.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import backends
+from . import backends, metrics
 from .artifact import Artifact
 from .checkpoint import load_checkpoint
 from .errors import InputError
@@ -48,6 +48,16 @@ class VerifyReport:
     runtime: str
     passed: bool
     failures: list[str]
+    # Task metric (toolchain.metrics), where the eval set has targets: its name, the artifact's
+    # and eager's headline value, and all numbers of its family ({"wer", "cer"}, {"chrf", "bleu"}...).
+    metric: str = "exact"
+    task_metric: float | None = None
+    reference_metric: float | None = None
+    scores: dict[str, float] | None = None
+    reference_scores: dict[str, float] | None = None
+    normalizer: str | None = None  # what wer/cer normalized the texts with
+    decided_by: str = "parity"  # "parity" (logits, sequence match, task metric no worse) or "task_metric"
+    advisory: list[str] = field(default_factory=list)  # parity misses that did not decide (task_metric)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,7 +178,7 @@ def _native_note(runner: str | None, device: str | None) -> str:
 
 def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | None = None,
            limit: int | None = None, allow_pickle: bool = False, progress=None, runner: str | None = None,
-           device: str | None = None) -> VerifyReport:
+           device: str | None = None, metric: str | None = None) -> VerifyReport:
     import torch
 
     m = artifact.manifest
@@ -187,6 +197,8 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
     rows, src = eval_examples(eval_file, source.path, limit, audio=audio)
     base = Path(eval_file).parent if eval_file else source.path
     kw = decoding(spec)
+    metric = metrics.choose(metric, recipe.metric, m.get("input", {}).get("kind"))
+    hyps, ref_texts, targets = [], [], []
 
     diffs, agree, steps, seq_hits, task_hits, ref_hits, n_targets = [], 0, 0, 0, 0, 0, 0
     scale = 0.0
@@ -213,8 +225,11 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
         seq_hits += gen.tokens == ref_tokens and ref_prompt in (None, gen.prompt)
         if isinstance(row.get("target"), str):
             n_targets += 1
-            task_hits += tok.decode(gen.tokens, skip_special_tokens=True) == row["target"]
-            ref_hits += tok.decode(ref_tokens, skip_special_tokens=True) == row["target"]
+            hyps.append(tok.decode(gen.tokens, skip_special_tokens=True))
+            ref_texts.append(tok.decode(ref_tokens, skip_special_tokens=True))
+            targets.append(row["target"])
+            task_hits += hyps[-1] == row["target"]
+            ref_hits += ref_texts[-1] == row["target"]
         if progress:
             progress(i + 1, len(rows))
 
@@ -232,16 +247,43 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
                                f"({tol.max_abs_logit_diff:g} + {tol.max_rel_logit_diff:g} x logit scale {scale:.3g})")
     if report.sequence_match < tol.min_sequence_match:
         report.failures.append(f"sequence_match {report.sequence_match:.4f} < {tol.min_sequence_match:g}")
-    if n_targets and report.reference_accuracy - report.task_accuracy > tol.max_accuracy_drop + 1e-12:
-        report.failures.append(f"accuracy drop {report.reference_accuracy - report.task_accuracy:.4f} "
-                               f"> {tol.max_accuracy_drop:g}")
+    report.metric = metric
+    if n_targets:
+        _task_check(report, metric, hyps, ref_texts, targets, source.path, tol)
     report.passed = not report.failures
     return report
 
 
+def _task_check(report: VerifyReport, metric: str, hyps: list[str], ref_texts: list[str], targets: list[str],
+                tokenizer_dir: Path, tol) -> None:
+    """Score artifact and eager texts against the targets; bound the artifact's degradation.
+
+    Exact match keeps its own bound (max_accuracy_drop). For the other metrics, a bound the
+    recipe sets (max_wer_increase...) decides alone: parity failures so far become advisory.
+    Unset, the metric may not get worse at all, on top of the parity checks."""
+    if metric in ("wer", "cer"):
+        norm, report.normalizer = metrics.normalizer(tokenizer_dir)
+    else:
+        norm = None
+    report.scores = metrics.scores(metric, hyps, targets, norm)
+    report.reference_scores = metrics.scores(metric, ref_texts, targets, norm)
+    report.task_metric, report.reference_metric = report.scores[metric], report.reference_scores[metric]
+    key = metrics.TOLERANCE_KEY[metric]
+    bound = getattr(tol, key)
+    worse = metrics.worse_by(metric, report.task_metric, report.reference_metric)
+    if metric != "exact" and bound is not None:
+        report.decided_by, report.advisory, report.failures = "task_metric", report.failures, []
+    bound = 0.0 if bound is None else bound
+    if worse > bound + 1e-12:
+        what = ("accuracy drop" if metric == "exact" else
+                f"{metric} increase" if metric in metrics.LOWER_IS_BETTER else f"{metric} drop")
+        report.failures.append(f"{what} {worse:.4f} > {bound:g} (tolerance.{key}; artifact {report.task_metric:.4f}, "
+                               f"eager {report.reference_metric:.4f})")
+
+
 def verify_artifact(artifact: Artifact, checkpoint: str | None = None, eval_file: str | None = None,
                     limit: int | None = None, allow_pickle: bool = False, progress=None,
-                    runner: str | None = None, device: str | None = None) -> dict[str, Any]:
+                    runner: str | None = None, device: str | None = None, metric: str | None = None) -> dict[str, Any]:
     """Verify what can be verified here and record it in the manifest: the numerics (`verify`)
     where this machine can execute the runtime, else the artifact's structure, with
     `why_not_executed` saying why (Core ML off macOS). Returns the report as a dict, whose
@@ -250,7 +292,8 @@ def verify_artifact(artifact: Artifact, checkpoint: str | None = None, eval_file
     ok, why = backends.can_execute(backend)
     if ok:
         rep = verify(artifact, checkpoint=checkpoint, eval_file=eval_file, limit=limit,
-                     allow_pickle=allow_pickle, progress=progress, runner=runner, device=device).to_dict()
+                     allow_pickle=allow_pickle, progress=progress, runner=runner, device=device,
+                     metric=metric).to_dict()
     else:
         if not hasattr(backend, "verify_structure"):
             raise InputError(f"{artifact.path}: cannot execute here: {why}")
