@@ -53,6 +53,17 @@ def _split(v: dict, src: str, dsts: list[str], out: dict, where: str) -> None:
             out[f"{dst}.bias"] = b[i * n: (i + 1) * n]
 
 
+def _self_attention_and_ffn(v: dict[str, np.ndarray], s: str, d: str, out: dict[str, np.ndarray], where: str) -> None:
+    """What encoder and decoder layers share: fused q/k/v self-attention (split into HF's three
+    projections), its output projection and pre-norm, and the pre-norm feed-forward."""
+    _split(v, f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], out, where)
+    _linear(v, f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj", out)
+    _ln(v, f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm", out)
+    _linear(v, f"{s}/ffn/linear_0", f"{d}.fc1", out)
+    _linear(v, f"{s}/ffn/linear_1", f"{d}.fc2", out)
+    _ln(v, f"{s}/ffn/layer_norm", f"{d}.final_layer_norm", out)
+
+
 def _state_dict(v: dict[str, np.ndarray], where: str) -> tuple[dict[str, np.ndarray], dict]:
     """CTranslate2 WhisperSpec variables -> transformers' WhisperForConditionalGeneration names,
     and the dimensions read off the arrays."""
@@ -67,27 +78,17 @@ def _state_dict(v: dict[str, np.ndarray], where: str) -> tuple[dict[str, np.ndar
         _ln(v, "encoder/layer_norm", "model.encoder.layer_norm", out)
         for i in range(layers("encoder")):
             s, d = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-            _split(v, f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], out, where)
-            _linear(v, f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj", out)
-            _ln(v, f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm", out)
-            _linear(v, f"{s}/ffn/linear_0", f"{d}.fc1", out)
-            _linear(v, f"{s}/ffn/linear_1", f"{d}.fc2", out)
-            _ln(v, f"{s}/ffn/layer_norm", f"{d}.final_layer_norm", out)
+            _self_attention_and_ffn(v, s, d, out, where)
         out["model.decoder.embed_tokens.weight"] = v["decoder/embeddings/weight"]
         out["model.decoder.embed_positions.weight"] = v["decoder/position_encodings/encodings"]
         _ln(v, "decoder/layer_norm", "model.decoder.layer_norm", out)
         for i in range(layers("decoder")):
             s, d = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-            _split(v, f"{s}/self_attention/linear_0", [f"{d}.self_attn.{p}_proj" for p in "qkv"], out, where)
-            _linear(v, f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj", out)
-            _ln(v, f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm", out)
+            _self_attention_and_ffn(v, s, d, out, where)
             _linear(v, f"{s}/attention/linear_0", f"{d}.encoder_attn.q_proj", out)
             _split(v, f"{s}/attention/linear_1", [f"{d}.encoder_attn.k_proj", f"{d}.encoder_attn.v_proj"], out, where)
             _linear(v, f"{s}/attention/linear_2", f"{d}.encoder_attn.out_proj", out)
             _ln(v, f"{s}/attention/layer_norm", f"{d}.encoder_attn_layer_norm", out)
-            _linear(v, f"{s}/ffn/linear_0", f"{d}.fc1", out)
-            _linear(v, f"{s}/ffn/linear_1", f"{d}.fc2", out)
-            _ln(v, f"{s}/ffn/layer_norm", f"{d}.final_layer_norm", out)
         head = v.get("decoder/projection/weight", v["decoder/embeddings/weight"])
         dims = dict(
             vocab_size=int(v["decoder/embeddings/weight"].shape[0]),
