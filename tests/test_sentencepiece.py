@@ -122,10 +122,9 @@ def t5_dir(tmp_path_factory) -> Path:
 
 
 def _export(ck: Path, recipe: Path, target: str, out: Path) -> Path:
-    from toolchain.export import export
-    from toolchain.specs import load_recipe, load_target
+    from toolchain.api import export
 
-    return export(load_checkpoint(ck), load_recipe(str(recipe)), load_target(target), out).path
+    return export(ck, target, str(recipe), out).path
 
 
 @pytest.fixture(scope="module")

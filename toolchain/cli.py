@@ -184,13 +184,10 @@ def export(checkpoint: str, target_name: str, recipe_name: str, out: str, force:
       edgeseq export demo/date-t5 -t executorch-xnnpack -r fp32 -o build/a
       edgeseq export demo/date-t5 -t onnx-cpu -r int8 --max-input-len 128 -o build/b
     """
-    from .checkpoint import load_checkpoint
-    from .export import export as do_export
-    from .specs import load_recipe, load_target, with_lengths
+    from .api import export as do_export
 
-    source = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
-    recipe, target = with_lengths(load_recipe(recipe_name), max_input_len, max_output_len), load_target(target_name)
-    art = do_export(source, recipe, target, Path(out), force=force)
+    art = do_export(checkpoint, target_name, recipe_name, out, force=force, max_input_len=max_input_len,
+                    max_output_len=max_output_len, allow_pickle=allow_pickle)
     progress.clear()
     m = art.manifest
     summary = {"artifact": str(art.path), "files": m["files"], "sizes": m["sizes"],
