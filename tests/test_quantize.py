@@ -113,7 +113,7 @@ def test_bad_quantization_recipes(checkpoints, tmp_path):
         (_recipe(tmp_path, "g", {"decoder": "8da4w"}, group=64), "group_size 64 does not divide"),
         (_recipe(tmp_path, "x", {"decoder": "8da4w"}, group=16), "group_size a multiple of 32"),
         (_recipe(tmp_path, "s", {"encoder": "static-int8"}), "not supported by executorch-xnnpack"),
-        (_recipe(tmp_path, "w", {"decoder": "int8-weight"}), "decoder supports: none, 8da8w, 8da4w"),
+        (_recipe(tmp_path, "w", {"decoder": "int8-weight"}), "it supports for decoder: none, 8da8w, 8da4w"),
     ]
     for i, (recipe, needle) in enumerate(cases):
         code, lines = _invoke("export", ck, "-t", "executorch-xnnpack", "-r", recipe, "-o", tmp_path / f"o{i}")

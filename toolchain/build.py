@@ -33,8 +33,6 @@ MATRIX_KEYS = {"format_version", "checkpoints", "recipes", "targets", "exclude",
                "verify_limit", "probe_runs"}
 THRESHOLD_KEYS = {"max_accuracy_drop", "max_slowdown_pct"}
 MATRIX_FORMAT_VERSION = 1
-RUNTIME_PACKAGES = {"executorch": ["executorch", "torchao"], "onnx": ["onnx", "onnxruntime"],
-                    "litert": ["ai-edge-litert", "litert-torch", "ai-edge-quantizer"], "coreml": ["coremltools"]}
 
 
 @dataclass
@@ -123,21 +121,24 @@ def load_matrix(path: str | Path) -> Matrix:
     return Matrix(cks, recipes, targets, exclude, {k: float(v) for k, v in th.items()}, limit, runs)
 
 
-def _versions(runtime: str) -> dict[str, str]:
-    from . import source_digest
+def _versions(target) -> dict[str, str]:
+    """What a cell's artifact depends on besides its inputs: edgeseq's source, the common
+    packages and the target backend's own tools (its `versions()`: a new Vela or coremltools
+    is a new cell)."""
+    from . import backends, source_digest
 
     out = {"edgeseq_source": source_digest()}  # a changed exporter is a new cell
-    for dist in ["edgeseq", "torch", "transformers", *RUNTIME_PACKAGES.get(runtime, [])]:
+    for dist in ["edgeseq", "torch", "transformers"]:
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
             out[dist] = "missing"
-    return out
+    return {**out, **backends.for_target(target).versions()}
 
 
 def cell_key(ck_hashes: dict[str, str], recipe, target) -> str:
     blob = json.dumps({"checkpoint": ck_hashes, "recipe": recipe.to_dict(), "target": target.to_dict(),
-                       "versions": _versions(target.runtime)}, sort_keys=True)
+                       "versions": _versions(target)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -85,14 +85,14 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
             raise InputError(f"{out} already exists; pass --force to replace it")
         check_replaceable(Path(out))
     backend = backends.for_target(target)
-    backends.check(backend, recipe, target)  # a recipe the target cannot honour fails here, before any work
+    backend.check(recipe, target)  # a recipe the target cannot honour fails here, before any work
     t0 = time.time()
     with progress.stage(f"export: loading {source.name} ({source.model_type})"):
         model = source.load_model()
         params = sum(p.numel() for p in model.parameters())
     with progress.stage(f"export: splitting into encode/decode (in {recipe.max_input_len}, "
                         f"out {recipe.max_output_len})"):
-        parts = build_parts(source, recipe, model, backend.CACHE_MODE)
+        parts = build_parts(source, recipe, model, backend.capabilities.cache_mode)
         inputs = input_spec(source, parts)
     with staging_dir(out, force) as tmp:
         calibration = None

@@ -112,7 +112,7 @@ def greedy(session, ids: list[int] | None, *, max_input_len: int, max_output_len
         raise InputError(f"--max-new-tokens {limit} exceeds the artifact's cache of {max_output_len} "
                          f"positions (recipe max_output_len)" + (f" minus the {len(prompt)} forced prompt tokens"
                                                                  if prompt else ""))
-    if hasattr(session, "generate"):  # the native runner: this same loop, run in C++ (toolchain/native.py)
+    if session.runs_loop:  # the native runner: this same loop, run in C++ (toolchain/native.py)
         return session.generate(ids, inputs=inputs, max_new_tokens=limit, min_new_tokens=min_new_tokens,
                                 keep_logits=keep_logits, force_length=force_length, start_id=start_id,
                                 eos_id=eos_id, pad_id=pad_id, prompt=prompt, language_ids=language_ids,

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .backends.base import Session
 from .errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent  # the source checkout (runtime/ lives beside toolchain/)
@@ -190,9 +191,11 @@ class RunnerError(RuntimeError):
     """The runner failed while executing (exit 3) or crashed."""
 
 
-class NativeSession:
+class NativeSession(Session):
     """A Session whose generations run in edgeseq-runner (one `--serve` process, the program
     loaded once). encode/decode per step are not offered: the loop is the runner's."""
+
+    runs_loop = True
 
     def __init__(self, artifact, threads: int | None = None, dev: Device = HOST):
         if artifact.target.runtime != "executorch" or artifact.target.backend != "xnnpack":
@@ -203,7 +206,6 @@ class NativeSession:
         self.threads = threads or artifact.target.threads
         self.base = base_request(artifact)
         self.base["threads"] = self.threads
-        self.encode_length: int | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="edgeseq-native-")
         self._proc: subprocess.Popen | None = None
         self._err = None
@@ -320,7 +322,7 @@ def session_for(artifact, threads: int | None = None, runner: str | None = None,
         return open_session(artifact, threads, device_name)
     from . import backends
 
-    return backends.for_target(artifact.target).open(artifact, threads=threads)
+    return backends.for_target(artifact.target).open_session(artifact, threads=threads)
 
 
 def probe(session: NativeSession, ids, inputs, runs: int, warmup: int, output_len: int) -> dict[str, Any]:

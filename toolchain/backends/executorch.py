@@ -57,7 +57,7 @@ def check(recipe, target) -> None:
         allowed = ["none", *(EMBEDDING_SCHEMES if comp == "embeddings" else LINEAR_SCHEMES)]
         if scheme not in allowed:
             raise InputError(f"recipe {recipe.name}: {comp}={scheme} is not supported by {target.name}; "
-                             f"{comp} supports: {', '.join(allowed)}")
+                             f"it supports for {comp}: {', '.join(allowed)}")
 
 
 def preload() -> None:

@@ -91,7 +91,7 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
     head = {"artifact": os.path.abspath(path), "device": device, "runtime": f"{target.runtime}/{target.backend}",
             "checkpoint": artifact.manifest["checkpoint"]["name"], "recipe": recipe.name, "target": target.name,
             "input_len": s, "encoder_len": recipe.max_input_len, "output_len": t}
-    if hasattr(backend, "estimate"):
+    if backend.capabilities.estimates:
         # An NPU program that cannot run here: the compiler's estimate, labelled as such.
         return {**head, "kind": "estimate", "runs": 0, "warmup": 0, **backend.estimate(artifact, t),
                 "environment": {"platform": "estimate (not run)", "threads": None,
@@ -99,7 +99,7 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
                                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     ok, why = backend.available()
     if ok:
-        ok, why = backends.can_execute(backend)
+        ok, why = backend.can_execute()
     if not ok:
         raise InputError(f"cannot run a {target.runtime} artifact with {sys.executable}: {why}")
     specials = {spec["pad_token_id"], spec["eos_token_id"], spec["decoder_start_token_id"]}
@@ -116,7 +116,7 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
         return _native(head, artifact, ids, inputs, runs, warmup, t, threads, native_device)
     backend.preload()
     t0 = time.perf_counter()
-    session = backend.open(artifact, threads=threads)
+    session = backend.open_session(artifact, threads=threads)
     load_s = time.perf_counter() - t0
     ttft, per_token, total = [], [], []
     for i in range(warmup + runs):
@@ -132,7 +132,7 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
     return {
         **head, "kind": "measured", "runner": "python", "runs": runs, "warmup": warmup,
         # The length encode ran at: the shortest of the recipe's encode_lengths that holds the input.
-        "encoder_len": getattr(session, "encode_length", None) or head["encoder_len"],
+        "encoder_len": session.encode_length or head["encoder_len"],
         "load_ms": round(load_s * 1000, 3),
         "ttft_ms": {"p50": _pct(ttft, 50), "p90": _pct(ttft, 90)},
         "decode_ms_per_token": {"p50": _pct(per_token, 50), "p90": _pct(per_token, 90)} if per_token else None,

@@ -1,0 +1,156 @@
+"""The contract every runtime implements: a `Backend` (export side: check, lower, structure
+checks) and the `Session` it opens (run side: encode once, decode per token).
+
+A runtime is one package under `backends/` whose `__init__` defines a Backend subclass and
+imports nothing heavy: the exporter lives in its `export`/`quantize` modules and the runtime
+in `session`, both imported inside the methods that need them, so `edgeseq --help` stays
+fast and a device needs only the session module.
+
+Session tensors (numpy, what `run`, `verify` and `probe` share):
+
+    encode(*inputs) -> state    the encode program's inputs in the order the manifest's
+                                programs.encode.inputs lists them (or one dict name -> array);
+                                text families: input_ids int64[1, S], attention_mask int64[1, S],
+                                S = the recipe's max_input_len, right-padded by the caller;
+                                Whisper: input_features float32[1, n_mels, frames]
+    decode(token, position, state) -> logits float32[V]
+                                one step; position p holds the token fed at p (cache slot p)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..errors import InputError
+from ..schemes import SchemeTable, check_schemes
+
+if TYPE_CHECKING:
+    from ..artifact import Artifact
+    from ..specs import Recipe, Target
+    from ..split import Seq2SeqParts
+
+
+class CacheMode(StrEnum):
+    """Where decode's self-attention KV cache lives."""
+
+    BUFFER = "buffer"  # inside the program, as mutable state (ExecuTorch buffers, Core ML states)
+    IO = "io"  # explicit decode inputs and outputs, carried by the Session
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared once and read by export, verify, probe and inspect."""
+
+    cache_mode: CacheMode
+    # Per component: the schemes it honours -> what it turns each into (check_schemes).
+    schemes: SchemeTable
+    # Said after the supported schemes when a recipe asks for another one.
+    scheme_note: str = ""
+    # Several encode programs (the recipe's encode_lengths) in one artifact.
+    encode_lengths: bool = False
+    # probe reports the compiler's estimate instead of running (NPU programs).
+    estimates: bool = False
+    # What "executed" means when it is not the deployed program itself (NPU: host reference).
+    executes: str = ""
+
+
+@dataclass
+class Lowered:
+    """What a backend wrote: its files, program signatures and per-program facts."""
+
+    files: list[str]
+    programs: dict[str, Any]
+    report: dict[str, Any] = field(default_factory=dict)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+
+
+class Session(ABC):
+    """A loaded artifact: encode once per input, then decode per token."""
+
+    # The input length the last encode ran at (shorter encode programs); None: the recipe's.
+    encode_length: int | None = None
+    # True when the session runs the whole greedy loop itself (the native runner): then
+    # generate.greedy hands the loop to `generate` instead of calling decode per token.
+    runs_loop: ClassVar[bool] = False
+
+    @abstractmethod
+    def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> Any: ...
+
+    @abstractmethod
+    def decode(self, token: int, position: int, state: Any) -> np.ndarray: ...
+
+    def generate(self, ids: list[int] | None, **kw: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} runs decode per step (runs_loop is False)")
+
+
+class Backend(ABC):
+    """One runtime (and delegate). Subclasses set `capabilities` and implement lower and
+    open_session; the rest has defaults that say "nothing special"."""
+
+    capabilities: ClassVar[Capabilities]
+    # Distributions whose versions go into the manifest and into build's cache key.
+    distributions: ClassVar[tuple[str, ...]] = ()
+
+    def available(self) -> tuple[bool, str]:
+        """Can this machine export (and run) it: (ok, why not)."""
+        return True, ""
+
+    def can_execute(self) -> tuple[bool, str]:
+        """Can this machine *run* its artifacts (Core ML needs macOS, NPU programs the device)."""
+        return self.available()
+
+    def check(self, recipe: Recipe, target: Target) -> None:
+        """Raise InputError for anything this backend cannot honour, before any work: what the
+        capabilities say (encode lengths, schemes), then `check_target`."""
+        caps = self.capabilities
+        if recipe.encode_lengths and not caps.encode_lengths:
+            from . import runtimes_with
+
+            raise InputError(f"recipe {recipe.name}: encode_lengths (several encode programs) is not supported by "
+                             f"{target.name}; supported by runtime {', '.join(runtimes_with('encode_lengths'))}; "
+                             f"remove the key for this target")
+        self.check_target(recipe, target)
+        check_schemes(recipe, target, caps.schemes, caps.scheme_note)
+
+    def check_target(self, recipe: Recipe, target: Target) -> None:
+        """Backend-specific refusals (delegates, options, group sizes)."""
+
+    @abstractmethod
+    def lower(self, parts: Seq2SeqParts, recipe: Recipe, target: Target, out: Path,
+              calibration: list[Any] | None = None) -> Lowered:
+        """Write the model files into `out`. `calibration`: the recipe's calibration inputs
+        (token id lists, or encode arrays for audio) when a scheme needs them, else None."""
+
+    @abstractmethod
+    def open_session(self, artifact: Artifact, threads: int | None = None) -> Session: ...
+
+    def preload(self) -> None:
+        """Import the runtime, so a probe's load time measures the model, not Python imports."""
+
+    def verify_structure(self, artifact: Artifact) -> dict[str, Any]:
+        """Check an artifact that cannot execute here (files, signatures, delegation)."""
+        raise InputError(f"{artifact.path}: cannot execute here: {self.can_execute()[1]}")
+
+    def estimate(self, artifact: Artifact, output_len: int) -> dict[str, Any]:
+        """The compiler's latency estimate (capabilities.estimates)."""
+        raise NotImplementedError(type(self).__name__)
+
+    def versions(self) -> dict[str, str]:
+        """The installed versions of `distributions` ("missing" when not installed)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for dist in self.distributions:
+            try:
+                out[dist] = version(dist)
+            except PackageNotFoundError:
+                out[dist] = "missing"
+        return out
+
