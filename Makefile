@@ -6,15 +6,20 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: install demo whisper-tiny demo-whisper test test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64 bench-native
+.PHONY: lint install demo whisper-tiny demo-whisper test test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64 bench-native
 
 install: $(VENV)/.installed
+
+# Style and types: ruff (rules in pyproject.toml) on the code and tests, mypy on toolchain/.
+lint: install
+	$(VENV)/bin/ruff check toolchain edgeseq tests benchmarks scripts
+	$(VENV)/bin/mypy
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,onnx,litert]'
+	$(PIP) install -q -e '.[test,lint,onnx,litert]'
 	# Arm Ethos-U NPU compiler (Vela) and TOSA serializer for the executorch-ethos-u* targets.
 	# tosa-tools pins numpy<2.2 and ml-dtypes==0.5.3, which would downgrade what onnx and
 	# JAX need; the Arm backend runs with the versions above (tested), so no-deps here.

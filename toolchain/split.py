@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .schemes import Component
+
 NEG = -1e9
 
 
@@ -340,6 +342,29 @@ class Seq2SeqParts:
                 "suppress_tokens": list(self.suppress_tokens),
                 "begin_suppress_tokens": list(self.begin_suppress_tokens),
                 "forced_eos_token_id": self.forced_eos_token_id}
+
+    def weight_components(self, buckets: bool = False) -> dict[str, dict[str, Component]]:
+        """Per program ("encode", "decode"; with `buckets` also "encode_<L>", the shorter encode
+        programs): qualified name of each quantizable weight -> its recipe Component. Computed
+        here once for every backend. Linears: encoder in encode programs (the decoder layers'
+        cross K/V projections included: they run once per input, there), decoder in decode,
+        lm_head for decode's own head; token embeddings: embeddings (a tied head reads that same
+        table). Buffers (position-bias tables) are never listed, so never quantized."""
+        head = getattr(self.decode, "lm_head", None)
+        programs = {"encode": self.encode, "decode": self.decode}
+        if buckets:
+            programs.update({f"encode_{n}": b for n, b in self.encode_buckets.items()})
+        out: dict[str, dict[str, Component]] = {}
+        for prog, module in programs.items():
+            linear = Component.DECODER if prog == "decode" else Component.ENCODER
+            names: dict[str, Component] = {}
+            for name, mod in module.named_modules():
+                if isinstance(mod, nn.Linear):
+                    names[f"{name}.weight"] = Component.LM_HEAD if head is not None and mod is head else linear
+                elif isinstance(mod, nn.Embedding):
+                    names[f"{name}.weight"] = Component.EMBEDDINGS
+            out[prog] = names
+        return out
 
     def reset_cache(self) -> None:
         for name, buf in self.decode.named_buffers():
