@@ -64,7 +64,7 @@ def rejects(recipe: str, target: str) -> str | None:
 
     r, t = load_recipe(recipe_ref(recipe)), load_target(target)
     try:
-        backends.check(backends.for_target(t), r, t)
+        backends.for_target(t).check(r, t)
     except InputError as e:
         return str(e)
     return None
@@ -116,7 +116,7 @@ class ArtifactRunner:
 
         self.art = open_artifact(path)
         self.spec, self.recipe = self.art.manifest["tokens"], self.art.recipe
-        self.session = backends.for_target(self.art.target).open(self.art, threads=threads)
+        self.session = backends.for_target(self.art.target).open_session(self.art, threads=threads)
         self.T = output_len or self.recipe.max_output_len
         self.ids = input_ids(self.spec["vocab_size"], input_len or self.recipe.max_input_len,
                              self.spec["eos_token_id"])

@@ -201,7 +201,7 @@ def rejected_cells() -> list[str]:
     for name in available(TARGET_DIR):
         if name in TARGET_RECIPES:
             continue
-        ok, why = backends.can_execute(backends.for_target(load_target(name)))
+        ok, why = backends.for_target(load_target(name)).can_execute()
         t = load_target(name)
         out.append(f"`{name}` ({t.runtime}/{t.backend}): " + (f"cannot execute here: {why}" if not ok else
                    "not measured: an accelerator target, this benchmark measures this machine's CPU"))

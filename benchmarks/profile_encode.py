@@ -93,7 +93,7 @@ class Encoder:
         from toolchain.generate import pad
 
         art = open_artifact(path)
-        self.session = backends.for_target(art.target).open(art, threads=threads)
+        self.session = backends.for_target(art.target).open_session(art, threads=threads)
         tok = art.manifest["tokens"]
         s = art.recipe.max_input_len
         self.args = pad(input_ids(tok["vocab_size"], s, tok["eos_token_id"]), s, tok["pad_token_id"])

@@ -78,7 +78,7 @@ def test_weights_stored_once(pair):
 def test_other_targets_refuse(target, tmp_path):
     recipe, t = load_recipe(_recipe(tmp_path, "lens", [8])), load_target(target)
     with pytest.raises(InputError, match="encode_lengths .* is not supported by"):
-        backends.check(backends.for_target(t), recipe, t)
+        backends.for_target(t).check(recipe, t)
 
 
 def test_probe_and_inspect_show_the_lengths(pair):

@@ -448,7 +448,7 @@ def test_family_on_target(family_checkpoints, family_artifacts, small_recipe_pat
         support_results[(family, target)] = {**cell, "status": "fail", "detail": f"export: {str(e).splitlines()[0]}"}
         raise
     backend = backends.for_target(art.target)
-    ok, why = backends.can_execute(backend)
+    ok, why = backend.can_execute()
     facts = {"export_s": export_s, "model_bytes": art.manifest["sizes"]["model_bytes"]}
     if "delegation" in art.manifest:
         facts["delegated_fraction"] = {p: d["delegated_fraction"] for p, d in art.manifest["delegation"].items()}
@@ -456,7 +456,7 @@ def test_family_on_target(family_checkpoints, family_artifacts, small_recipe_pat
         # Structure only, and the runtime's refusal to execute is one clear line, never a skip.
         report = backend.verify_structure(art)
         with pytest.raises(InputError) as e:
-            backend.open(art)
+            backend.open_session(art)
         support_results[(family, target)] = {
             **cell, **facts, "status": "structure" if report["passed"] else "fail",
             "detail": f"structure checked ({', '.join(report['checked'][1:])}); not executed: {e.value}",
@@ -513,7 +513,7 @@ def test_whisper_artifact_transcribes_wav_like_eager(family_checkpoints, family_
         ref = model.generate(input_features=torch.from_numpy(feats),
                              max_new_tokens=T - len(m["tokens"]["decoder_prompt"]))[0].tolist()
     ref = ref[: ref.index(0)] if 0 in ref else ref
-    session = backends.for_target(art.target).open(art, threads=2)
+    session = backends.for_target(art.target).open_session(art, threads=2)
     gen = greedy(session, None, inputs=(feats,), max_input_len=S, max_output_len=T, **decoding(m["tokens"]))
     assert gen.tokens == ref and len(set(ref)) >= 2
     assert gen.prompt == m["tokens"]["decoder_prompt"]

@@ -36,7 +36,7 @@ def runner_bin():
 
 def _sessions(path):
     art = open_artifact(path)
-    return art, backends.for_target(art.target).open(art, threads=2), native.open_session(art, threads=2)
+    return art, backends.for_target(art.target).open_session(art, threads=2), native.open_session(art, threads=2)
 
 
 def _inputs(n: int, seed: int) -> list[list[int]]:

@@ -57,7 +57,7 @@ SchemeTable = Mapping[Component, Mapping[QuantScheme, str]]
 
 def same_for_all(table: Mapping[QuantScheme, str]) -> dict[Component, Mapping[QuantScheme, str]]:
     """A backend that treats every component alike."""
-    return {c: table for c in Component}
+    return dict.fromkeys(Component, table)
 
 
 def requested(recipe: Any) -> dict[Component, QuantScheme]:

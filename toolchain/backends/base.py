@@ -20,7 +20,6 @@ Session tensors (numpy, what `run`, `verify` and `probe` share):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -119,7 +118,7 @@ class Backend(ABC):
         self.check_target(recipe, target)
         check_schemes(recipe, target, caps.schemes, caps.scheme_note)
 
-    def check_target(self, recipe: Recipe, target: Target) -> None:
+    def check_target(self, recipe: Recipe, target: Target) -> None:  # noqa: B027 (optional hook)
         """Backend-specific refusals (delegates, options, group sizes)."""
 
     @abstractmethod
@@ -131,7 +130,7 @@ class Backend(ABC):
     @abstractmethod
     def open_session(self, artifact: Artifact, threads: int | None = None) -> Session: ...
 
-    def preload(self) -> None:
+    def preload(self) -> None:  # noqa: B027 (optional hook)
         """Import the runtime, so a probe's load time measures the model, not Python imports."""
 
     def verify_structure(self, artifact: Artifact) -> dict[str, Any]:

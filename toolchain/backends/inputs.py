@@ -26,7 +26,7 @@ def encode_arrays(entries: list[dict[str, Any]], inputs: tuple) -> list[np.ndarr
         raise InputError(f"encode takes {len(entries)} inputs ({', '.join(e['name'] for e in entries)}), "
                          f"got {len(inputs)}")
     out = []
-    for e, x in zip(entries, inputs):
+    for e, x in zip(entries, inputs, strict=True):
         a = np.ascontiguousarray(x, dtype=np.dtype(e["dtype"]))
         if list(a.shape) != list(e["shape"]):
             raise InputError(f"encode input {e['name']} must have shape {list(e['shape'])}, got {list(a.shape)}")
