@@ -217,7 +217,7 @@ class MarianSentencePiece(TextTokenizer):
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         tokens = [self._piece(int(i)) for i in ids if not (skip_special_tokens and int(i) in self.special_ids)]
-        out, run = "", []
+        out, run = "", list[str]()
         for t in tokens:
             if t in self.special_tokens:  # never through SentencePiece
                 out += self.decode_spm.decode_pieces(run) + t + " "

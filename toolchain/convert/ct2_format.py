@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
 
 # CTranslate2's DataType enum (include/ctranslate2/types.h), in order.
-DATA_TYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
+DATA_TYPES: dict[int, Any] = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
 SUPPORTED_BINARY_VERSIONS = range(2, 7)
 
 

@@ -167,7 +167,7 @@ def convert_ct2_whisper(src: Path, out: Path, dtype: str = "float32", force: boo
     torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
     tensors = {k: torch.from_numpy(np.ascontiguousarray(a)).to(torch_dtype) for k, a in state.items()}
     out.mkdir(parents=True, exist_ok=True)
-    cfg.torch_dtype = dtype
+    cfg.torch_dtype = dtype  # type: ignore[misc]  # typed read-only, has a setter
     cfg.save_pretrained(out)
     gen.save_pretrained(out)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import random
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 MONTHS = ["january", "february", "march", "april", "may", "june", "july",
           "august", "september", "october", "november", "december"]
@@ -120,7 +120,7 @@ def render(d: _dt.date, style: str, rng: random.Random) -> str:
     return _case(STYLES[style](d, rng), rng)
 
 
-def stream(seed: int, held_out: bool) -> "iter[tuple[str, str]]":
+def stream(seed: int, held_out: bool) -> Iterator[tuple[str, str]]:
     """Endless (input, target) pairs from training dates (or held-out dates)."""
     rng = random.Random(seed)
     dates = [d for d in _all_dates() if is_held_out(d) == held_out]

@@ -43,10 +43,10 @@ def _batch(pairs, tok, torch):
     ids = torch.zeros(len(pairs), s, dtype=torch.long)
     mask = torch.zeros(len(pairs), s, dtype=torch.long)
     labels = torch.full((len(pairs), t), -100, dtype=torch.long)
-    for i, (e, l) in enumerate(zip(enc, lab)):
+    for i, (e, lb) in enumerate(zip(enc, lab, strict=True)):
         ids[i, : len(e)] = torch.tensor(e)
         mask[i, : len(e)] = 1
-        labels[i, : len(l)] = torch.tensor(l)
+        labels[i, : len(lb)] = torch.tensor(lb)
     return ids, mask, labels
 
 
@@ -58,17 +58,19 @@ def exact_match(model, tok, examples, torch, batch_size=128) -> float:
             chunk = examples[i : i + batch_size]
             ids, mask, _ = _batch([(e["input"], e["target"]) for e in chunk], tok, torch)
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False)
-            for row, e in zip(out.tolist(), chunk):
+            for row, e in zip(out.tolist(), chunk, strict=True):
                 hits += tok.decode(row, skip_special_tokens=True) == e["target"]
     model.train()
     return hits / len(examples)
 
 
 @click.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Checkpoint directory to write.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Checkpoint directory to write.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the weights and the data stream.")
 @click.option("--max-steps", default=3000, show_default=True, help="Upper bound on optimizer steps.")
-@click.option("--target-acc", default=0.995, show_default=True, help="Stop early once validation exact match reaches this.")
+@click.option("--target-acc", default=0.995, show_default=True,
+              help="Stop early once validation exact match reaches this.")
 @click.option("--threads", default=2, show_default=True, help="torch intra-op threads.")
 @click.option("--eval-size", default=400, show_default=True, help="Held-out examples written to eval.jsonl.")
 def main(out_dir: str, seed: int, max_steps: int, target_acc: float, threads: int, eval_size: int) -> None:
@@ -81,7 +83,7 @@ def main(out_dir: str, seed: int, max_steps: int, target_acc: float, threads: in
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     tok = build_tokenizer()
-    config = T5Config(
+    config = T5Config(  # type: ignore[call-arg]  # PreTrainedConfig kwargs
         vocab_size=tok.get_vocab_size(), d_model=128, d_ff=512, d_kv=32, num_heads=4,
         num_layers=2, num_decoder_layers=2, feed_forward_proj="relu", dropout_rate=0.0,
         relative_attention_num_buckets=32, relative_attention_max_distance=64,
@@ -95,7 +97,7 @@ def main(out_dir: str, seed: int, max_steps: int, target_acc: float, threads: in
     train = stream(seed, held_out=False)
     # Early stopping looks at *training* dates (another seed), never at held-out ones.
     val_stream = stream(seed + 1, held_out=False)
-    val = [dict(zip(("input", "target"), next(val_stream))) for _ in range(512)]
+    val: list[dict[str, str]] = [dict(zip(("input", "target"), next(val_stream), strict=True)) for _ in range(512)]
     log, t0 = [], time.time()
     model.train()
     for step in range(1, max_steps + 1):
