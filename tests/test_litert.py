@@ -72,7 +72,7 @@ def lite_demo(tmp_path_factory) -> dict[str, Path]:
 
 def _session(path):
     art = open_artifact(path)
-    return art, backends.get("litert").open(art, threads=2)
+    return art, backends.get("litert").open_session(art, threads=2)
 
 
 def _ids(length: int, seed: int) -> list[int]:

@@ -32,6 +32,8 @@ pytest.importorskip("litert_torch", reason="litert-torch not installed")
 
 from toolchain import backends  # noqa: E402
 from toolchain.backends import litert_aot  # noqa: E402
+from toolchain.backends.litert_aot import compile as aot_compile  # noqa: E402
+from toolchain.backends.litert_aot import vendors  # noqa: E402
 from toolchain.cli import main  # noqa: E402
 from toolchain.errors import InputError  # noqa: E402
 
@@ -74,14 +76,14 @@ def test_missing_sdk_fails_before_model_work(vendor, ckpt, tmp_path, monkeypatch
     problem = _sdk_problem(vendor)
     if problem is None:
         pytest.skip(f"the {vendor} SDK is installed here: the compile test covers this target")
-    from toolchain.backends import litert
+    from toolchain.backends.litert import export as litert_export
     from toolchain.checkpoint import SourceModel
 
     def no_model_work(*a, **k):
         raise AssertionError("model work started before the SDK check")
 
     monkeypatch.setattr(SourceModel, "load_model", no_model_work)
-    monkeypatch.setattr(litert, "lower", no_model_work)
+    monkeypatch.setattr(litert_export, "lower_cpu", no_model_work)
     out = tmp_path / "art"
     code, lines = _invoke("export", str(ckpt), "-t", TARGETS[vendor], "-r", str(_recipe(tmp_path)),
                           "-o", str(out))
@@ -114,10 +116,10 @@ def test_bad_soc_and_backend_are_named(tmp_path):
     p.write_text("format_version: 1\nname: t\ndescription: x\nruntime: litert\nbackend: qualcomm\n"
                  "device_class: npu\noptions: {soc_model: SM0000}\n")
     with pytest.raises(InputError, match=r"soc_model' must be one of .*SM8650.*got 'SM0000'"):
-        litert_aot.check(recipe, load_target(str(p)))
+        litert_aot.QUALCOMM.check(recipe, load_target(str(p)))
     p.write_text(p.read_text().replace("SM0000", "SM8650").replace("options: {", "options: {clock: 1, "))
     with pytest.raises(InputError, match="unknown option 'clock'"):
-        litert_aot.check(recipe, load_target(str(p)))
+        litert_aot.QUALCOMM.check(recipe, load_target(str(p)))
 
 
 class _FakeSdk:
@@ -133,9 +135,9 @@ class _FakeSdk:
 
 @pytest.fixture
 def fresh_probe():
-    litert_aot._sdk_problem.cache_clear()
+    vendors._sdk_problem.cache_clear()
     yield
-    litert_aot._sdk_problem.cache_clear()
+    vendors._sdk_problem.cache_clear()
 
 
 def test_sdk_package_without_files_is_named(fresh_probe, monkeypatch):
@@ -160,7 +162,7 @@ def test_sdk_libs_are_looked_up_as_the_vendor_backend_does(fresh_probe, monkeypa
     lib_dir = tmp_path / "onpath"
     lib_dir.mkdir()
     # Any library that loads will do: the MediaTek plugin itself (it needs nothing else to load).
-    (lib_dir / "libneuron_adapter.so").symlink_to(litert_aot._resource(v.plugin))
+    (lib_dir / "libneuron_adapter.so").symlink_to(vendors.resource(v.plugin))
     monkeypatch.setenv("LD_LIBRARY_PATH", str(lib_dir))
     assert v.sdk_problem("litert-mediatek", "MT6989") is None
 
@@ -187,11 +189,13 @@ class Fallback(litert_aot.Vendor):
 
 @pytest.fixture(scope="module")
 def fallback_backend():
-    """Backend "fallback" of runtime litert -> our module, for this module's tests only."""
+    """Backend "fallback" of runtime litert -> our Backend class with that vendor, for this module's tests only."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(litert_aot.VENDORS, "fallback", Fallback())
-        mp.setitem(backends._RUNTIMES, "litert-fallback", "toolchain.backends.litert_aot")
+        mp.setattr(litert_aot, "FALLBACK", litert_aot.LiteRTAotBackend(Fallback()), raising=False)
+        mp.setitem(backends._RUNTIMES, "litert-fallback", "toolchain.backends.litert_aot:FALLBACK")
         yield
+        backends._LOADED.pop("litert-fallback", None)
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +259,7 @@ def test_real_plugin_is_reached_and_fails_on_the_sdk(vendor, fallback_artifact, 
         pytest.skip(f"the {vendor} SDK is installed here: compilation would succeed")
     v = litert_aot.VENDORS[vendor]
     with pytest.raises(InputError) as e:
-        litert_aot._compile(fallback_artifact / "model.tflite", v, SOC[vendor], tmp_path, TARGETS[vendor])
+        aot_compile.compile_model(fallback_artifact / "model.tflite", v, SOC[vendor], tmp_path, TARGETS[vendor])
     msg = str(e.value)
     assert "\n" not in msg and f"AOT compilation for {SOC[vendor]} failed" in msg, msg
     assert PLUGIN_REASON[vendor] in msg, msg
