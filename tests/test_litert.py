@@ -166,6 +166,22 @@ def test_manifest_versions_and_hashes(lite):
     assert m["litert"]["weights"]["lm_head"] == {"float32": 1}
 
 
+def test_quantizer_selects_every_weight_of_the_map(checkpoints, small_recipe):
+    """Each weight of parts.weight_components() selects an op of the converted flatbuffer (the
+    head: the op that produces the logits), so a recipe's scheme reaches every one of them."""
+    from toolchain.backends.litert import export, quantize
+    from toolchain.export import build_parts
+    from toolchain.specs import load_recipe
+
+    parts = build_parts(load_checkpoint(checkpoints["v1.1-untied"]), load_recipe(str(small_recipe)), cache_mode="io")
+    assert "lm_head.weight" in parts.weight_components()["decode"]
+    data = export.convert(parts)
+    sel = quantize.selectors(parts, export.signature_tensors(data)["decode"]["outputs"]["output_0"]["name"])
+    assert quantize.unselected(data, parts, sel) == {}
+    assert quantize.op_summary(data, sel)["weights"] == {"encoder": {"float32": 18}, "decoder": {"float32": 18},
+                                                         "lm_head": {"float32": 1}, "embeddings": {"float32": 2}}
+
+
 def _teacher_forced(model, ids, tokens):
     fed = [0, *tokens]
     with torch.no_grad():
