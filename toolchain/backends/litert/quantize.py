@@ -20,8 +20,10 @@ entry (`owner_pattern`), and each component is the alternation of its weights' p
 (`selectors`). Not the owner's full path: the stack lists only modules whose forward ran
 (T5Gemma's layers call ``self.attn.q`` themselves, so ``layers.0.attn`` never appears), and
 the converter fuses locations, so a fully-connected op's scope may start with another
-module's (``RMSNorm_post_ff;;...Linear_down;1``: the norm folded into the op). On every
-family this selects exactly the ops the earlier per-program ``root/.*Linear`` regexes did.
+module's (T5Gemma: ``..._EncoderLayer_0/toolchain.split.RMSNorm_post_ff;;..._EncoderLayer_0/
+..._GatedMLP_mlp/torch.nn.modules.linear.Linear_down;1``). On T5 (tied and untied), BART,
+mBART, Marian, Whisper and T5Gemma this selects exactly the ops the earlier per-program
+``root/.*Linear`` regexes and the any-EMBEDDING_LOOKUP rule did.
 A weight no op is named after stays fp32; `unselected` lists them (T5Gemma's encoder
 attention output projection, whose op carries only the following norm's name).
 
