@@ -173,7 +173,7 @@ def test_unsupported_scheme_is_rejected(checkpoints, tmp_path, target, scheme):
 def test_verify_structure_checks_without_executing(cml, tmp_path):
     import shutil
 
-    from toolchain.backends.coreml import verify_structure
+    from toolchain.backends.coreml.structure import verify_structure
 
     rep = verify_structure(open_artifact(cml["int4"]))
     assert rep["passed"], rep["failures"]
@@ -195,7 +195,7 @@ def test_open_refuses_off_macos(cml):
     from toolchain.errors import InputError
 
     with pytest.raises(InputError, match="execute only on macOS"):
-        backends.get("coreml").open(open_artifact(cml["ane"]), threads=1)
+        backends.get("coreml").open_session(open_artifact(cml["ane"]), threads=1)
 
 
 @pytest.mark.skipif(not ON_MAC, reason="Core ML predict needs macOS")
@@ -207,7 +207,7 @@ def test_runtime_matches_eager_on_macos(cml, checkpoints, kind, variant, atol):
     from test_split import reference
 
     art = open_artifact(cml[kind])
-    session = backends.get("coreml").open(art, threads=1)
+    session = backends.get("coreml").open_session(art, threads=1)
     r = art.recipe
     model = load_checkpoint(checkpoints[variant]).load_model()
     for length in (4, 24):

@@ -47,7 +47,7 @@ def test_every_length_matches_eager(pair, checkpoint):
     target, bucketed, _ = pair
     art = open_artifact(bucketed)
     assert [e["length"] for e in art.manifest["programs"]["encode"]["lengths"]] == [8, 16]
-    session = backends.get(TARGETS[target][0]).open(art, threads=2)
+    session = backends.get(TARGETS[target][0]).open_session(art, threads=2)
     model = load_checkpoint(checkpoint).load_model()
     rng = np.random.default_rng(7)
     # 3 and 8 -> the 8-token encode (8: exactly full), 9 and 16 -> 16, 17 and 24 -> the full one.

@@ -67,10 +67,10 @@ def onnx_quantized(checkpoints, tmp_path_factory) -> dict[str, Path]:
 def _session(path, **kw):
     art = open_artifact(path)
     if kw:
-        from toolchain.backends.onnx import OnnxSession
+        from toolchain.backends.onnx.session import OnnxSession
 
         return art, OnnxSession(art, threads=2, **kw)
-    return art, backends.get("onnx").open(art, threads=2)
+    return art, backends.get("onnx").open_session(art, threads=2)
 
 
 def _ids(length: int, seed: int) -> list[int]:

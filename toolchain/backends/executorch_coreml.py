@@ -129,9 +129,9 @@ def lower(parts, recipe, target, out_dir: Path, calibration: list[list[int]] | N
     if parts.cache_mode != CACHE_MODE:
         raise ValueError(f"executorch-coreml needs cache_mode={CACHE_MODE!r}, got {parts.cache_mode!r}")
     check(recipe, target)
-    from .coreml import _fp16_safe_masks
+    from .coreml.convert import fp16_safe_masks
 
-    clamped = _fp16_safe_masks(parts)  # fp16 compute: -1e9 masks would keep ops in fp32 (off the ANE)
+    clamped = fp16_safe_masks(parts)  # fp16 compute: -1e9 masks would keep ops in fp32 (off the ANE)
     t0 = time.time()
     with torch.no_grad():
         programs = {"encode": torch.export.export(parts.encode, parts.encode_inputs(), strict=False),

@@ -1,0 +1,95 @@
+"""ONNX Runtime, CPU execution provider.
+
+Two ONNX files, ``encode.onnx`` and ``decode.onnx`` (plus ``encode_<L>.onnx`` per recipe
+encode length), exported with ``torch.onnx.export(dynamo=True)``, and one shared external
+weights file, ``weights.data``: each distinct tensor is stored once, however many graphs
+read it (see ``export.write_shared``).
+
+ONNX Runtime has no mutable state between runs, so the self-attention cache is explicit
+(CacheMode.IO): decode takes ``cache_k_l [H, Dh, T]`` and ``cache_v_l [H, T, Dh]`` after
+the cross K/V and returns ``new_cache_*`` after the logits (``session.OnnxSession``).
+
+Quantization works on the fp32 graphs node by node, so each recipe component is honoured
+separately (``quantize``): linears take ``8da8w`` (ORT dynamic int8) or ``static-int8``
+(QDQ, activation ranges calibrated), one of the two per artifact; the embedding takes
+``int8-weight`` (int8 rows, per-row scale).
+
+Modules: ``export`` (torch -> ONNX, shared weights file, the artifact's signatures),
+``quantize`` (onnxruntime.quantization and the embedding rewrite), ``session`` (the
+runtime). This module imports none of them, nor onnx/onnxruntime/torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import InputError
+from ...schemes import Component, QuantScheme
+from ..base import Backend, CacheMode, Capabilities, Lowered, Session
+
+if TYPE_CHECKING:
+    from ...artifact import Artifact
+    from ...specs import Recipe, Target
+    from ...split import Seq2SeqParts
+
+# target.backend -> ONNX Runtime execution provider
+PROVIDERS = {"cpu": "CPUExecutionProvider"}
+LINEAR_SCHEMES = {QuantScheme.NONE: "fp32", QuantScheme.W8A8_DYNAMIC: "ORT dynamic int8 MatMul",
+                  QuantScheme.STATIC_INT8: "ORT QDQ int8, calibrated activation ranges"}
+EMBEDDING_SCHEMES = {QuantScheme.NONE: "fp32", QuantScheme.INT8_WEIGHT: "int8 rows, per-row scale"}
+
+
+class OnnxBackend(Backend):
+    capabilities = Capabilities(
+        cache_mode=CacheMode.IO,
+        schemes={Component.ENCODER: LINEAR_SCHEMES, Component.DECODER: LINEAR_SCHEMES,
+                 Component.LM_HEAD: LINEAR_SCHEMES, Component.EMBEDDINGS: EMBEDDING_SCHEMES},
+        # The recipe's encode_lengths become more graphs (encode_64.onnx, ...) pointing into the
+        # same deduplicated weights.data: their linears are the full encode's tensors.
+        encode_lengths=True)
+    # onnxscript's optimizer shapes the exported graphs, so its version is part of the artifact.
+    distributions = ("onnx", "onnxruntime", "onnxscript")
+
+    def available(self) -> tuple[bool, str]:
+        import importlib.util
+
+        missing = [p for p in self.distributions if importlib.util.find_spec(p) is None]
+        return not missing, "" if not missing else f"python package(s) not installed: {', '.join(missing)}"
+
+    def check_target(self, recipe: Recipe, target: Target) -> None:
+        if target.backend not in PROVIDERS:
+            raise InputError(f"target {target.name}: onnx backend {target.backend!r} is not available; "
+                             f"available: {', '.join(sorted(PROVIDERS))}")
+
+    def check(self, recipe: Recipe, target: Target) -> None:
+        super().check(recipe, target)
+        # After the per-component check, so an unknown scheme is named as such first.
+        used = sorted({s for c, s in recipe.quantization.items()
+                       if c != Component.EMBEDDINGS and s != QuantScheme.NONE})
+        if len(used) > 1:
+            raise InputError(f"recipe {recipe.name}: mixes {' and '.join(used)} on linears; {target.name} applies "
+                             f"one linear scheme per artifact (other components may be 'none')")
+
+    def lower(self, parts: Seq2SeqParts, recipe: Recipe, target: Target, out: Path,
+              calibration: list[Any] | None = None) -> Lowered:
+        from .export import lower
+
+        self.check(recipe, target)
+        if parts.cache_mode != self.capabilities.cache_mode:
+            raise ValueError(f"onnx needs parts built with cache_mode={self.capabilities.cache_mode.value!r}, "
+                             f"got {parts.cache_mode!r}")
+        return lower(parts, recipe, PROVIDERS[target.backend], out, calibration, self.versions())
+
+    def open_session(self, artifact: Artifact, threads: int | None = None) -> Session:
+        from .session import OnnxSession
+
+        return OnnxSession(artifact, threads)
+
+    def preload(self) -> None:
+        import onnxruntime
+
+        onnxruntime.get_available_providers()
+
+
+BACKEND = OnnxBackend()
