@@ -35,9 +35,11 @@ if TYPE_CHECKING:
 
 # target.backend -> ONNX Runtime execution provider
 PROVIDERS = {"cpu": "CPUExecutionProvider"}
-LINEAR_SCHEMES = {QuantScheme.NONE: "fp32", QuantScheme.W8A8_DYNAMIC: "ORT dynamic int8 MatMul",
-                  QuantScheme.STATIC_INT8: "ORT QDQ int8, calibrated activation ranges"}
-EMBEDDING_SCHEMES = {QuantScheme.NONE: "fp32", QuantScheme.INT8_WEIGHT: "int8 rows, per-row scale"}
+# Per component: scheme -> what it becomes here (said when a recipe asks for another one).
+LINEAR_SCHEMES = {QuantScheme.NONE: "fp32",
+                  QuantScheme.W8A8_DYNAMIC: "int8 per-channel weights, activations quantized per call",
+                  QuantScheme.STATIC_INT8: "int8 weights and activations (QDQ), ranges calibrated"}
+EMBEDDING_SCHEMES = {QuantScheme.NONE: "fp32", QuantScheme.INT8_WEIGHT: "int8 rows, one scale per row"}
 
 
 class OnnxBackend(Backend):
