@@ -58,7 +58,8 @@ def onnx_quantized(checkpoints, tmp_path_factory) -> dict[str, Path]:
         "8da8w-v1.0": ("v1.0", ALL_8DA8W),
         "8da8w-v1.1-untied": ("v1.1-untied", ALL_8DA8W),
         "decoder-only": ("v1.0", "{decoder: 8da8w}"),
-        "static-v1.0": ("v1.0", "{encoder: static-int8, decoder: static-int8, embeddings: int8-weight, lm_head: static-int8}"),
+        "static-v1.0": ("v1.0", "{encoder: static-int8, decoder: static-int8, embeddings: int8-weight, "
+                                "lm_head: static-int8}"),
     }
     return {name: _export(checkpoints[v], _recipe(base / f"{name}.yaml", name, q), base / name)
             for name, (v, q) in cases.items()}
@@ -187,6 +188,36 @@ def test_quantization_follows_components(onnx_quantized):
     assert set(m["decode"]["quantized_nodes"]) == {"decoder"}
     assert m["decode"]["op_counts"]["MatMulInteger"] == m["decode"]["quantized_nodes"]["decoder"]
     assert m["decode"]["op_counts"]["Gather"] == 1  # the embedding gather stays fp32
+
+
+@pytest.mark.parametrize("case, variant", [("8da8w-v1.0", "v1.0"), ("8da8w-v1.1-untied", "v1.1-untied")])
+def test_quantized_nodes_follow_the_weight_map(onnx_quantized, checkpoints, case, variant):
+    """Every weight of Seq2SeqParts.weight_components() is one quantized node of its component
+    (linears: one MatMul each; the embedding: its gather; a tied head: a linear on the table)."""
+    from collections import Counter
+
+    from toolchain.export import build_parts
+
+    art = open_artifact(onnx_quantized[case])
+    parts = build_parts(load_checkpoint(checkpoints[variant]), art.recipe, cache_mode="io")
+    for prog, weights in parts.weight_components().items():
+        want = Counter(str(c) for c in weights.values())
+        if prog == "decode" and parts.decode.lm_head is None:
+            want["lm_head"] += 1  # the tied head reads the embedding table
+        assert art.manifest["onnx"][prog]["quantized_nodes"] == dict(want), prog
+
+
+def test_weight_missing_from_the_graph_fails():
+    """A weight the recipe quantizes that no node reads (an exporter naming parameters
+    differently) fails the export instead of quantizing nothing; unquantized ones are not checked."""
+    from toolchain.backends.onnx.quantize import check_found
+    from toolchain.schemes import Component
+
+    graph = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    weights = {"layers.0.q.weight": Component.DECODER}
+    check_found(graph, "decode", weights, {Component.ENCODER})
+    with pytest.raises(RuntimeError, match=r"decode: weights not found .*layers\.0\.q\.weight"):
+        check_found(graph, "decode", weights, {Component.DECODER})
 
 
 def test_int8_embedding_rows_stored_once(onnx_quantized):
