@@ -6,7 +6,7 @@ The model is a Llama-architecture config (RMSNorm, RoPE, SwiGLU, tied embeddings
 random weights whose parameter count matches the t5-small-sized T5 (60.3M vs 60.5M):
 12 layers (= T5's 6 + 6), d_model 512, 8 heads of 64, d_ff 1696 (a multiple of 32 so
 int4 groups fit), vocab 32128. It is written with save_pretrained, read back, and split
-into two programs built from toolchain/split.py's blocks (3D bmm attention, XNNPACK-form
+into two programs built from toolchain/arch/layers.py's blocks (3D bmm attention, XNNPACK-form
 RMSNorm, one-hot cache update, -1e9 masks):
 
   prefill(input_ids int64[1, S]) -> logits float[1, V] of the last position (the first
@@ -77,7 +77,7 @@ def _rotate_half_matrix(head_dim: int) -> torch.Tensor:
 class _Layer(nn.Module):
     def __init__(self, block, heads: int, head_dim: int, eps: float):
         super().__init__()
-        from toolchain.split import RMSNorm, frozen_linear
+        from toolchain.arch.layers import RMSNorm, frozen_linear
 
         a, m = block.self_attn, block.mlp
         self.heads, self.head_dim = heads, head_dim
@@ -102,7 +102,7 @@ class Prefill(nn.Module):
         self.register_buffer("cos", cos)  # [S, Dh], broadcast over heads
         self.register_buffer("sin", sin)
         self.register_buffer("rot", _rotate_half_matrix(head_dim))
-        from toolchain.split import NEG
+        from toolchain.arch.layers import NEG
 
         self.register_buffer("causal", torch.triu(torch.full((seq, seq), NEG), diagonal=1).reshape(1, seq, seq))
         last = torch.zeros(1, 1, seq)
@@ -110,7 +110,7 @@ class Prefill(nn.Module):
         self.register_buffer("last", last)  # picks the last position with a bmm, not a gather
 
     def forward(self, ids: torch.Tensor):
-        from toolchain.split import attend, heads_first, heads_last
+        from toolchain.arch.layers import attend, heads_first, heads_last
 
         x = self.embed(ids)  # [1, S, D]
         outs = []
@@ -133,7 +133,7 @@ class Decode(nn.Module):
     def __init__(self, layers: nn.ModuleList, embed: nn.Embedding, norm: nn.Module, lm_head: nn.Linear,
                  seq: int, out_len: int, heads: int, head_dim: int, theta: float):
         super().__init__()
-        from toolchain.split import NEG, register_cache
+        from toolchain.arch.layers import NEG, register_cache
 
         self.layers, self.embed, self.final_norm, self.lm_head = layers, embed, norm, lm_head
         self.seq, self.T, self.cache_mode = seq, out_len, "buffer"
@@ -145,7 +145,7 @@ class Decode(nn.Module):
         register_cache(self, len(layers), heads, head_dim, out_len, "buffer")
 
     def forward(self, token, position, *prompt_kv):
-        from toolchain.split import position_onehot, update_cache
+        from toolchain.arch.layers import position_onehot, update_cache
 
         t, s = self.T, self.seq
         onehot = position_onehot(position, t, self.positions)  # [1, T]
@@ -178,7 +178,8 @@ def build_parts(model, seq: int, out_len: int):
     """The two programs as a Seq2SeqParts, so edgeseq's quantizer and ExecuTorch lowering take them
     unchanged (prefill in the `encode` slot). The layers, embedding and lm_head are shared modules:
     one set of weights, quantized once."""
-    from toolchain.split import RMSNorm, Seq2SeqParts, frozen_linear
+    from toolchain.arch.layers import RMSNorm, frozen_linear
+    from toolchain.split import Seq2SeqParts
 
     cfg = model.config
     h, dh = cfg.num_attention_heads, cfg.head_dim

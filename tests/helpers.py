@@ -25,12 +25,12 @@ def tiny_checkpoint(out: Path, model_type: str, variant: str, seed: int = 0, tra
     """
     from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
-    from toolchain import arch
+    from tiny_configs import tiny_config
     from toolchain.demo.dates import stream
     from toolchain.demo.train import _batch, build_tokenizer
 
     tok = build_tokenizer()
-    cfg = arch.get(model_type).tiny_config(variant, vocab_size=tok.get_vocab_size(), **overrides)
+    cfg = tiny_config(model_type, variant, vocab_size=tok.get_vocab_size(), **overrides)
     torch.manual_seed(seed)
     model = AutoModelForSeq2SeqLM.from_config(cfg)
     data = stream(seed, held_out=False)

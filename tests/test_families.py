@@ -108,11 +108,11 @@ def tiny_whisper(out: Path, seed: int = 0, train_steps: int = 12, language: str 
     labelled with text, with a multilingual generation config (language, task, suppression)."""
     from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from toolchain import arch
+    from tiny_configs import tiny_config
 
     tok = _whisper_tokenizer()
     v = tok.get_vocab()
-    cfg = arch.get("whisper").tiny_config("whisper", vocab_size=tok.get_vocab_size(), **overrides)
+    cfg = tiny_config("whisper", "whisper", vocab_size=tok.get_vocab_size(), **overrides)
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(cfg)
     settings, rng = _settings(), np.random.default_rng(seed)

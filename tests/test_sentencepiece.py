@@ -78,7 +78,7 @@ def build_marian(d: Path, spms: Path) -> Path:
     import sentencepiece as spm
     from transformers import GenerationConfig, MarianMTModel, MarianTokenizer
 
-    from toolchain import arch
+    from tiny_configs import tiny_config
 
     _train(EN, spms / "source.spm", 120)
     _train(DE, spms / "target.spm", 120)
@@ -94,8 +94,8 @@ def build_marian(d: Path, spms: Path) -> Path:
     vocab["<pad>"] = pad = len(vocab)
     (spms / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     MarianTokenizer(str(spms / "source.spm"), str(spms / "target.spm"), str(spms / "vocab.json")).save_pretrained(d)
-    cfg = arch.get("marian").tiny_config("marian", vocab_size=len(vocab), pad_token_id=pad, eos_token_id=0,
-                                         decoder_start_token_id=pad, forced_eos_token_id=0, init_std=0.3)
+    cfg = tiny_config("marian", "marian", vocab_size=len(vocab), pad_token_id=pad, eos_token_id=0,
+                      decoder_start_token_id=pad, forced_eos_token_id=0, init_std=0.3)
     torch.manual_seed(1)  # with this wide init, the output depends on the input (checked below)
     model = MarianMTModel(cfg).eval()
     model.generation_config = GenerationConfig(bad_words_ids=[[pad]], decoder_start_token_id=pad, eos_token_id=0,
@@ -110,13 +110,13 @@ def t5_dir(tmp_path_factory) -> Path:
     """A tiny random T5 with only spiece.model (T5's ids: <pad> 0, </s> 1, <unk> 2)."""
     from transformers import T5ForConditionalGeneration
 
-    from toolchain import arch
+    from tiny_configs import tiny_config
 
     d = tmp_path_factory.mktemp("t5") / "t5-spiece"
     d.mkdir()
     _train(EN + DE, d / "spiece.model", 150, pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
     torch.manual_seed(0)  # with this wide init, the output depends on the input (checked below)
-    cfg = arch.get("t5").tiny_config("v1.0", vocab_size=256, initializer_factor=2.0)
+    cfg = tiny_config("t5", "v1.0", vocab_size=256, initializer_factor=2.0)
     T5ForConditionalGeneration(cfg).save_pretrained(d)
     return d
 

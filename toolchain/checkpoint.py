@@ -51,7 +51,7 @@ class SourceModel:
         return self.hub_id.split("/")[-1] if self.hub_id else self.path.name
 
     @property
-    def adapter(self):
+    def adapter(self) -> arch.Adapter:
         return arch.get(self.model_type)
 
     def file_hashes(self) -> dict[str, str]:
@@ -78,7 +78,7 @@ class SourceModel:
         hf_logging.disable_progress_bar()
         try:
             # The family's auto class (AutoModelForSeq2SeqLM; Whisper: AutoModelForSpeechSeq2Seq).
-            auto = getattr(transformers, arch.auto_model(self.adapter))
+            auto = getattr(transformers, self.adapter.auto_model)
             model, info = auto.from_pretrained(
                 self.path, local_files_only=True, use_safetensors=not self.allow_pickle,
                 dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True)

@@ -28,7 +28,7 @@ def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str
     """The split for this recipe, plus one shorter encode per recipe.encode_lengths entry
     (built by the adapter at that length, sharing the full encode's embedding module so the
     two quantize and store it once)."""
-    from .split import PaddedEncode
+    from .padded_encode import PaddedEncode
 
     model = model if model is not None else source.load_model()
     parts = source.adapter.build(model, recipe.max_input_len, recipe.max_output_len, cache_mode)

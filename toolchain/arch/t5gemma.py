@@ -8,7 +8,7 @@ What differs from T5 (toolchain/arch/t5.py), all implemented exactly (none switc
   with ``F.linear(onehot(position), table)`` -> [1, Dh] (a matmul, no gather).
   rotate_half(x) = (-x2, x1) is the constant matrix ``rot`` [Dh, Dh] applied with
   ``F.linear`` (slices + cat would leave portable kernels).
-* Gemma RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + w), i.e. split.RMSNorm with weight 1 + w;
+* Gemma RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + w), i.e. layers.RMSNorm with weight 1 + w;
   "sandwich" norms: each sub-layer is norm -> block -> norm, then the residual add.
 * Embeddings scaled by sqrt(hidden_size); attention scores by query_pre_attn_scalar**-0.5.
 * Attention logit soft-capping (cap * tanh(scores / cap), before the mask) and final logit
@@ -28,17 +28,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import register, text_generation
 from ..errors import InputError
-from ..split import (NEG, RMSNorm, Seq2SeqParts, activation, attend, cross_kv_outputs, decode_step,
-                     frozen_embedding, frozen_linear, heads_first, heads_last, register_cache,
-                     update_cache)
+from .base import Adapter, Model, SpecialTokens, first_id, register, tied_head
+from .layers import (NEG, AttentionT, CachedSelfAttention, CrossAttention, DecoderLayer, EncoderLayer, FeedForward,
+                     RMSNorm, SelfAttention, frozen_embedding, frozen_linear, step_table)
+from .programs import Decoder, TextEncoder
 
 
-def _norm(norm: nn.Module) -> RMSNorm:
+def _norm(norm: Any) -> RMSNorm:
     return RMSNorm(1.0 + norm.weight.detach().float(), norm.eps)
 
 
@@ -59,7 +58,7 @@ def _expanded(lin: nn.Linear, kv_heads: int, rep: int) -> nn.Linear:
     return expanded
 
 
-def _rope(cfg, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _rope(cfg: Any, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [length, Dh] for positions 0..length-1 (default rope; others are refused)."""
     params = cfg.rope_parameters or {}
     kind = params.get("rope_type", "default")
@@ -72,186 +71,59 @@ def _rope(cfg, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     return emb.cos(), emb.sin()
 
 
-def _rotation(dim: int) -> torch.Tensor:
-    """R [Dh, Dh] with F.linear(x, R) == rotate_half(x) == cat(-x[half:], x[:half])."""
-    half = dim // 2
-    r = torch.zeros(dim, dim)
-    r[:half, half:] = -torch.eye(half)
-    r[half:, :half] = torch.eye(half)
-    return r
+def _masks(cfg: Any, kinds: list[str], length: int, causal: bool) -> dict[str, torch.Tensor]:
+    """One mask [L(q), L(k)] per layer type: 0 where a query may attend a key, NEG elsewhere.
+    Encoder: bidirectional, a sliding layer sees |q - k| <= window. Decoder: causal, a sliding
+    layer sees k > q - window."""
+    q, k = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    out = {}
+    for kind in sorted(set(kinds)):
+        ok = k <= q if causal else torch.ones_like(q, dtype=torch.bool)  # [L, 1]: broadcasts over keys
+        if kind == "sliding_attention" and cfg.sliding_window is not None:
+            ok = ok & ((k > q - cfg.sliding_window) if causal else ((q - k).abs() <= cfg.sliding_window))
+        out[kind] = torch.where(ok, 0.0, NEG)
+    return out
 
 
-def _window_ok(q: torch.Tensor, k: torch.Tensor, kind: str, window: int | None, causal: bool) -> torch.Tensor:
-    ok = k <= q if causal else torch.ones_like(q, dtype=torch.bool)
-    if kind == "sliding_attention" and window is not None:
-        ok = ok & ((k > q - window) if causal else ((q - k).abs() <= window))
-    return ok
+def _attention(cls: type[AttentionT], attn: Any, cfg: Any) -> AttentionT:
+    """Self-attention with K/V expanded to H heads, RoPE, query_pre_attn_scalar scale, soft-capping."""
+    rep = cfg.num_attention_heads // cfg.num_key_value_heads
+    return cls(frozen_linear(attn.q_proj), _expanded(attn.k_proj, cfg.num_key_value_heads, rep),
+               _expanded(attn.v_proj, cfg.num_key_value_heads, rep), frozen_linear(attn.o_proj),
+               cfg.num_attention_heads, cfg.head_dim, scale=cfg.query_pre_attn_scalar ** -0.5,
+               softcap=cfg.attn_logit_softcapping, rope=True)
 
 
-class _Attention(nn.Module):
-    """Self-attention projections (K/V expanded to H heads) with RoPE applied on [H, S, Dh]."""
-
-    def __init__(self, attn: nn.Module, cfg):
-        super().__init__()
-        self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
-        rep = cfg.num_attention_heads // cfg.num_key_value_heads
-        self.q, self.o = frozen_linear(attn.q_proj), frozen_linear(attn.o_proj)
-        self.k = _expanded(attn.k_proj, cfg.num_key_value_heads, rep)
-        self.v = _expanded(attn.v_proj, cfg.num_key_value_heads, rep)
-        self.scale = cfg.query_pre_attn_scalar ** -0.5
-        self.softcap = cfg.attn_logit_softcapping
-        self.register_buffer("rot", _rotation(cfg.head_dim))  # F.linear(x, rot) == rotate_half(x)
-
-    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x [H, S, Dh]; cos/sin [S, Dh]: x * cos + rotate_half(x) * sin
-        return x * cos + F.linear(x, self.rot) * sin
-
-
-class _GatedMLP(nn.Module):
+def _ff(layer: Any, cfg: Any) -> FeedForward:
     """Gemma's feed-forward: down(act(gate(x)) * up(x))."""
-
-    def __init__(self, mlp: nn.Module, act: str):
-        super().__init__()
-        self.gate, self.up, self.down = (frozen_linear(mlp.gate_proj), frozen_linear(mlp.up_proj),
-                                         frozen_linear(mlp.down_proj))
-        self.act = activation(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.act(self.gate(x)) * self.up(x))
+    mlp = layer.mlp
+    return FeedForward(frozen_linear(mlp.up_proj), frozen_linear(mlp.down_proj), cfg.hidden_activation,
+                       gate=frozen_linear(mlp.gate_proj))
 
 
-class _EncoderLayer(nn.Module):
-    def __init__(self, layer: nn.Module, cfg):
-        super().__init__()
-        self.attn = _Attention(layer.self_attn, cfg)
-        self.pre_attn, self.post_attn = _norm(layer.pre_self_attn_layernorm), _norm(layer.post_self_attn_layernorm)
-        self.pre_ff, self.post_ff = _norm(layer.pre_feedforward_layernorm), _norm(layer.post_feedforward_layernorm)
-        self.mlp = _GatedMLP(layer.mlp, cfg.hidden_activation)
-
-    def forward(self, x, bias, cos, sin):
-        a = self.attn
-        h = self.pre_attn(x)  # [1, S, D]
-        q = a.rope(heads_first(a.q(h), a.heads), cos, sin)
-        k = a.rope(heads_first(a.k(h), a.heads), cos, sin)
-        v = heads_first(a.v(h), a.heads)
-        x = x + self.post_attn(a.o(heads_last(attend(q, k.transpose(1, 2), v, bias, a.scale, a.softcap))))
-        h = self.pre_ff(x)
-        return x + self.post_ff(self.mlp(h))
+def _encoder_layer(layer: Any, cfg: Any) -> EncoderLayer:
+    # "sandwich" norms: each sub-layer is norm -> block -> norm, then the residual add.
+    return EncoderLayer(_attention(SelfAttention, layer.self_attn, cfg), _ff(layer, cfg), "sandwich",
+                        [_norm(layer.pre_self_attn_layernorm), _norm(layer.pre_feedforward_layernorm)],
+                        [_norm(layer.post_self_attn_layernorm), _norm(layer.post_feedforward_layernorm)])
 
 
-class T5GemmaEncode(nn.Module):
-    """input_ids/attention_mask [1, S] -> cross_bias [1, 1, S], per-layer cross K/V (H heads)."""
-
-    def __init__(self, model: nn.Module, max_input_len: int):
-        super().__init__()
-        enc, dec = model.model.encoder, model.model.decoder
-        ecfg, dcfg = enc.config, dec.config
-        s = max_input_len
-        self.heads, self.head_dim = dcfg.num_attention_heads, dcfg.head_dim
-        self.embed = frozen_embedding(enc.embed_tokens.weight)
-        self.embed_scale = ecfg.hidden_size ** 0.5
-        self.layers = nn.ModuleList(_EncoderLayer(l, ecfg) for l in enc.layers)
-        self.kinds = list(ecfg.layer_types[: len(self.layers)])
-        self.final_norm = _norm(enc.norm)
-        cos, sin = _rope(ecfg, s)
-        self.register_buffer("rope_cos", cos)  # [S, Dh]
-        self.register_buffer("rope_sin", sin)
-        pos = torch.arange(s)
-        for kind in sorted(set(self.kinds)):  # bidirectional window masks, one per layer type
-            ok = _window_ok(pos[:, None], pos[None, :], kind, ecfg.sliding_window, causal=False)
-            self.register_buffer(f"mask_{kind}", torch.where(ok, 0.0, NEG))  # [S(q), S(k)]
-        rep = dcfg.num_attention_heads // dcfg.num_key_value_heads
-        self.cross_k = nn.ModuleList(_expanded(l.cross_attn.k_proj, dcfg.num_key_value_heads, rep) for l in dec.layers)
-        self.cross_v = nn.ModuleList(_expanded(l.cross_attn.v_proj, dcfg.num_key_value_heads, rep) for l in dec.layers)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        s = input_ids.shape[1]
-        cross_bias = ((1.0 - attention_mask.to(torch.float32)) * NEG).reshape(1, 1, s)
-        x = self.embed(input_ids) * self.embed_scale
-        masks = {kind: (getattr(self, f"mask_{kind}") + cross_bias) for kind in set(self.kinds)}  # [1, S, S]
-        for layer, kind in zip(self.layers, self.kinds):
-            x = layer(x, masks[kind], self.rope_cos, self.rope_sin)
-        x = self.final_norm(x)
-        return cross_kv_outputs(x, cross_bias, self.cross_k, self.cross_v, self.heads, self.head_dim)
+def _decoder_layer(layer: Any, cfg: Any) -> DecoderLayer:
+    attn = _attention(CachedSelfAttention, layer.self_attn, cfg)
+    ca = layer.cross_attn  # its scores are scaled and capped like the self-attention's
+    cross = CrossAttention(frozen_linear(ca.q_proj), frozen_linear(ca.o_proj), attn.heads, attn.head_dim,
+                           scale=attn.scale, softcap=attn.softcap)
+    return DecoderLayer(attn, cross, _ff(layer, cfg), "sandwich",
+                        [_norm(layer.pre_self_attn_layernorm), _norm(layer.pre_cross_attn_layernorm),
+                         _norm(layer.pre_feedforward_layernorm)],
+                        [_norm(layer.post_self_attn_layernorm), _norm(layer.post_cross_attn_layernorm),
+                         _norm(layer.post_feedforward_layernorm)])
 
 
-class _DecoderLayer(nn.Module):
-    def __init__(self, layer: nn.Module, cfg):
-        super().__init__()
-        self.attn = _Attention(layer.self_attn, cfg)
-        self.pre_attn, self.post_attn = _norm(layer.pre_self_attn_layernorm), _norm(layer.post_self_attn_layernorm)
-        ca = layer.cross_attn
-        self.cq, self.co = frozen_linear(ca.q_proj), frozen_linear(ca.o_proj)
-        self.pre_cross, self.post_cross = _norm(layer.pre_cross_attn_layernorm), _norm(layer.post_cross_attn_layernorm)
-        self.pre_ff, self.post_ff = _norm(layer.pre_feedforward_layernorm), _norm(layer.post_feedforward_layernorm)
-        self.mlp = _GatedMLP(layer.mlp, cfg.hidden_activation)
-
-    def forward(self, x, onehot, self_bias, cos, sin, cross_bias, ck, cv, cache_k, cache_v, in_place: bool):
-        a = self.attn
-        h, dh = a.heads, a.head_dim
-        t = cache_k.shape[-1]
-        y = self.pre_attn(x)  # [1, 1, D]
-        q = a.rope(a.q(y).reshape(h, 1, dh), cos, sin)
-        k_new = a.rope(a.k(y).reshape(h, 1, dh), cos, sin).reshape(h, dh, 1)
-        k_all = update_cache(cache_k, k_new, onehot.reshape(1, 1, t), in_place)  # [H, Dh, T]
-        v_all = update_cache(cache_v, a.v(y).reshape(h, 1, dh), onehot.reshape(1, t, 1), in_place)  # [H, T, Dh]
-        x = x + self.post_attn(a.o(attend(q, k_all, v_all, self_bias, a.scale, a.softcap).reshape(1, 1, h * dh)))
-        q = self.cq(self.pre_cross(x)).reshape(h, 1, dh)
-        ctx = attend(q, ck.reshape(ck.shape[1:]), cv.reshape(cv.shape[1:]), cross_bias, a.scale, a.softcap)
-        x = x + self.post_cross(self.co(ctx.reshape(1, 1, h * dh)))
-        y = self.pre_ff(x)
-        return x + self.post_ff(self.mlp(y)), k_all, v_all
-
-
-class T5GemmaDecode(nn.Module):
-    """One decoder step: token [1,1], position [1], cross_bias, cross K/V -> logits [1, V] (cache modes as T5Decode)."""
-
-    def __init__(self, model: nn.Module, max_output_len: int, cache_mode: str = "buffer"):
-        super().__init__()
-        dec = model.model.decoder
-        cfg = dec.config
-        h, dh, t = cfg.num_attention_heads, cfg.head_dim, max_output_len
-        self.heads, self.max_output_len, self.cache_mode = h, t, cache_mode
-        self.embed = frozen_embedding(dec.embed_tokens.weight)
-        self.embed_scale = cfg.hidden_size ** 0.5
-        self.layers = nn.ModuleList(_DecoderLayer(l, cfg) for l in dec.layers)
-        self.kinds = list(cfg.layer_types[: len(self.layers)])
-        self.final_norm = _norm(dec.norm)
-        head = model.get_output_embeddings()
-        tied = head.weight.data_ptr() == dec.embed_tokens.weight.data_ptr()
-        self.lm_head = None if tied else frozen_linear(head)
-        self.final_softcap = cfg.final_logit_softcapping
-        cos, sin = _rope(cfg, t)
-        self.register_buffer("rope_cos_table", cos.T.contiguous())  # [Dh, T]: column p = position p
-        self.register_buffer("rope_sin_table", sin.T.contiguous())
-        pos = torch.arange(t)
-        for kind in sorted(set(self.kinds)):  # causal (+ window) masks: [T(k), T(q)], a step takes column p
-            ok = _window_ok(pos[:, None], pos[None, :], kind, cfg.sliding_window, causal=True)  # [T(q), T(k)]
-            self.register_buffer(f"mask_{kind}", torch.where(ok, 0.0, NEG).T.contiguous())
-        register_cache(self, len(self.layers), h, dh, t, cache_mode)
-
-    def forward(self, token, position, cross_bias, *rest):
-        t = self.max_output_len
-        cross_kv, caches, onehot = decode_step(self, position, rest)  # onehot [1, T]
-        cos, sin = F.linear(onehot, self.rope_cos_table), F.linear(onehot, self.rope_sin_table)  # [1, Dh]
-        biases = {kind: F.linear(onehot, getattr(self, f"mask_{kind}")).reshape(1, 1, t) for kind in set(self.kinds)}
-        x = self.embed(token) * self.embed_scale  # [1, 1, D]
-        new_caches = []
-        for i, (layer, kind) in enumerate(zip(self.layers, self.kinds)):
-            x, k_all, v_all = layer(x, onehot, biases[kind], cos, sin, cross_bias, cross_kv[2 * i],
-                                    cross_kv[2 * i + 1], caches[2 * i], caches[2 * i + 1], self.cache_mode == "buffer")
-            new_caches += [k_all, v_all]
-        x = self.final_norm(x).reshape(1, -1)
-        logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
-        if self.final_softcap is not None:
-            logits = torch.tanh(logits * (1.0 / self.final_softcap)) * self.final_softcap
-        return logits if self.cache_mode == "buffer" else (logits, *new_caches)
-
-
-class T5GemmaAdapter:
+@register
+class T5Gemma(Adapter):
     family = "t5gemma"
     model_types = ("t5gemma",)
-    tolerance = {"eager": 1e-4, "executorch": 1e-3}
 
     def describe(self, cfg: dict[str, Any]) -> dict[str, Any]:
         enc, dec = cfg.get("encoder") or {}, cfg.get("decoder") or {}
@@ -264,43 +136,39 @@ class T5GemmaAdapter:
             "positions": "rope", "sliding_window": dec.get("sliding_window"),
         }
 
-    def build(self, model: nn.Module, max_input_len: int, max_output_len: int,
-              cache_mode: str = "buffer") -> Seq2SeqParts:
-        cfg, dcfg = model.config, model.config.decoder
-        for side, c in (("encoder", cfg.encoder), ("decoder", dcfg)):
+    def check(self, model: Model) -> None:
+        cfg = model.config
+        for side, c in (("encoder", cfg.encoder), ("decoder", cfg.decoder)):
             if c.num_attention_heads % c.num_key_value_heads:
                 raise InputError(f"t5gemma {side}: num_attention_heads must be a multiple of num_key_value_heads")
-        enc = T5GemmaEncode(model, max_input_len).eval()
-        dec = T5GemmaDecode(model, max_output_len, cache_mode).eval()
-        gen = model.generation_config
-        start = next((v for v in (gen.decoder_start_token_id, getattr(cfg, "decoder_start_token_id", None),
-                                  gen.bos_token_id, dcfg.bos_token_id) if v is not None), 0)
-        eos = gen.eos_token_id if gen.eos_token_id is not None else dcfg.eos_token_id
-        pad = gen.pad_token_id if gen.pad_token_id is not None else dcfg.pad_token_id
-        return Seq2SeqParts(
-            encode=enc, decode=dec, num_layers=len(dec.layers), num_heads=dcfg.num_attention_heads,
-            head_dim=dcfg.head_dim, vocab_size=dcfg.vocab_size, max_input_len=max_input_len,
-            max_output_len=max_output_len, decoder_start_token_id=int(start),
-            eos_token_id=int(eos[0] if isinstance(eos, (list, tuple)) else eos),
-            pad_token_id=int(pad if pad is not None else 0), cache_mode=cache_mode, tolerance=dict(self.tolerance),
-            **text_generation(model))
 
-    def tiny_config(self, variant: str = "t5gemma", **overrides: Any):
-        """A tiny random T5Gemma: 2+2 layers (one sliding-window, one full), GQA 4 query / 2 KV heads,
-        a 4-token window and soft-capping on, so every feature is exercised."""
-        from transformers import T5GemmaConfig
+    def programs(self, model: Model, max_input_len: int, max_output_len: int,
+                 cache_mode: str) -> tuple[TextEncoder, Decoder]:
+        enc, dec = model.model.encoder, model.model.decoder
+        ecfg, dcfg = enc.config, dec.config
+        s, t, h, dh = max_input_len, max_output_len, dcfg.num_attention_heads, dcfg.head_dim
+        rep = h // dcfg.num_key_value_heads
+        enc_kinds = list(ecfg.layer_types[: len(enc.layers)])
+        encode = TextEncoder(
+            frozen_embedding(enc.embed_tokens.weight), [_encoder_layer(layer, ecfg) for layer in enc.layers],
+            _norm(enc.norm), [_expanded(layer.cross_attn.k_proj, dcfg.num_key_value_heads, rep) for layer in dec.layers],
+            [_expanded(layer.cross_attn.v_proj, dcfg.num_key_value_heads, rep) for layer in dec.layers], h, dh,
+            kinds=enc_kinds, self_bias=_masks(ecfg, enc_kinds, s, causal=False), rope=_rope(ecfg, s),
+            embed_scale=ecfg.hidden_size ** 0.5)
+        dec_kinds = list(dcfg.layer_types[: len(dec.layers)])
+        cos, sin = _rope(dcfg, t)
+        decode = Decoder(
+            frozen_embedding(dec.embed_tokens.weight), [_decoder_layer(layer, dcfg) for layer in dec.layers],
+            _norm(dec.norm), tied_head(model, dec.embed_tokens.weight), h, dh, t, cache_mode, kinds=dec_kinds,
+            self_bias={kind: step_table(m[None]) for kind, m in _masks(dcfg, dec_kinds, t, causal=True).items()},
+            rope_tables=(cos.T.contiguous(), sin.T.contiguous()), embed_scale=dcfg.hidden_size ** 0.5,
+            final_softcap=dcfg.final_logit_softcapping)
+        return encode, decode
 
-        if variant != "t5gemma":
-            raise ValueError(f"unknown T5Gemma variant {variant!r}; choose from t5gemma")
-        vocab = overrides.pop("vocab_size", 64)
-        module = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
-                      sliding_window=4, max_position_embeddings=128, pad_token_id=0, eos_token_id=1,
-                      bos_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-                      attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
-        module.update(overrides.pop("module", {}))
-        return T5GemmaConfig(encoder=dict(module), decoder=dict(module), vocab_size=vocab, tie_word_embeddings=True,
-                             dropout_rate=0.0, attention_dropout=0.0, **overrides)
-
-
-register(T5GemmaAdapter())
+    def tokens(self, model: Model) -> SpecialTokens:
+        gen, cfg, dcfg = model.generation_config, model.config, model.config.decoder
+        return SpecialTokens(
+            first_id("decoder_start_token_id", gen.decoder_start_token_id, getattr(cfg, "decoder_start_token_id", None),
+                     gen.bos_token_id, dcfg.bos_token_id, 0),
+            first_id("eos_token_id", gen.eos_token_id, dcfg.eos_token_id),
+            first_id("pad_token_id", gen.pad_token_id, dcfg.pad_token_id, 0))

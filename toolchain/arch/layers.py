@@ -1,0 +1,348 @@
+"""The building blocks every family's encode/decode programs are made of (the contract they
+fill is toolchain/split.py's ``Seq2SeqParts``).
+
+Ops, in the forms that lower into ExecuTorch's XNNPACK delegate (seen there, see NOTES.md):
+batch is fixed at 1 and attention runs as 3D ``torch.bmm`` over heads (a 4D matmul lowers to
+an ``expand_copy`` that stays on portable kernels); the cache is updated with a one-hot mask
+(``cache * (1 - onehot) + new * onehot``) instead of ``index_copy_``; RMSNorm and LayerNorm
+reduce a 4D view over dims [2, 3], the only ``mean`` XNNPACK takes; a step reads its row of a
+constant table (position bias, causal mask, learned positions, RoPE cos/sin) with
+``F.linear(onehot(position), table)`` (a matmul) instead of a gather; masks use -1e9, not
+-inf, so an all-masked row can never produce NaN.
+
+Layers: ``SelfAttention`` (a whole sequence, encoders), ``CachedSelfAttention`` (one decoder
+step; owns the one-slot cache update), ``CrossAttention`` (one step over the encoder's
+precomputed K/V), ``FeedForward`` (plain or gated), and ``EncoderLayer`` / ``DecoderLayer``,
+which place the norms the way the family does (pre-norm, post-norm, or Gemma's "sandwich"). The programs built from them are in toolchain/arch/programs.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NEG = -1e9
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), broadcastable to [H, S, Dh]
+
+
+class RMSNorm(nn.Module):
+    """T5-style RMSNorm (no mean subtraction, no bias) in an XNNPACK-friendly form."""
+
+    def __init__(self, weight: torch.Tensor, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone().float(), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [1, S, D] -> view [1, S, 1, D] so the mean is over dims [2, 3] with keepdim.
+        b, s, d = x.shape
+        x4 = x.reshape(b, s, 1, d)
+        var = (x4 * x4).mean(dim=[2, 3], keepdim=True)
+        return (x4 * torch.rsqrt(var + self.eps)).reshape(b, s, d) * self.weight
+
+
+class LayerNorm(nn.Module):
+    """A detached fp32 LayerNorm over the last dim (weight and bias)."""
+
+    def __init__(self, ln: nn.LayerNorm):
+        super().__init__()
+        self.weight = nn.Parameter(ln.weight.detach().clone().float(), requires_grad=False)
+        self.bias = nn.Parameter(ln.bias.detach().clone().float(), requires_grad=False)
+        self.eps = ln.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Written out over a 4D view [1, S, 1, D] reduced on dims [2, 3]: the only `mean`
+        # XNNPACK takes (aten.native_layer_norm would stay on portable kernels).
+        b, s, d = x.shape
+        x4 = x.reshape(b, s, 1, d)
+        xc = x4 - x4.mean(dim=[2, 3], keepdim=True)
+        var = (xc * xc).mean(dim=[2, 3], keepdim=True)
+        return (xc * torch.rsqrt(var + self.eps)).reshape(b, s, d) * self.weight + self.bias
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    # transformers' "gelu_new": the tanh approximation, written with ops XNNPACK has.
+    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+Activation = Callable[[torch.Tensor], torch.Tensor]
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": F.relu,
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu": F.gelu,
+    "silu": F.silu,
+}
+
+
+def activation(name: str) -> Activation:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unsupported activation {name!r}; supported: {', '.join(sorted(ACTIVATIONS))}") from None
+
+
+def frozen_linear(lin: nn.Linear) -> nn.Linear:
+    """A detached fp32 copy of a Linear (the split never shares modules with the source)."""
+    out = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+    out.weight = nn.Parameter(lin.weight.detach().clone().float(), requires_grad=False)
+    if lin.bias is not None:
+        out.bias = nn.Parameter(lin.bias.detach().clone().float(), requires_grad=False)
+    return out
+
+
+def frozen_embedding(weight: torch.Tensor) -> nn.Embedding:
+    emb = nn.Embedding(weight.shape[0], weight.shape[1])
+    emb.weight = nn.Parameter(weight.detach().clone().float(), requires_grad=False)
+    return emb
+
+
+def heads_first(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[1, S, H*Dh] -> [H, S, Dh]."""
+    _, s, hd = x.shape
+    return x.reshape(s, heads, hd // heads).transpose(0, 1)
+
+
+def heads_last(x: torch.Tensor) -> torch.Tensor:
+    """[H, S, Dh] -> [1, S, H*Dh]."""
+    h, s, dh = x.shape
+    return x.transpose(0, 1).reshape(1, s, h * dh)
+
+
+def attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
+           softcap: float | None = None) -> torch.Tensor:
+    """Scaled dot-product attention over heads as 3D bmm.
+
+    q [H, Sq, Dh], k_t [H, Dh, Sk] (keys transposed), v [H, Sk, Dh], bias broadcastable
+    to [H, Sq, Sk] (None: no mask) -> [H, Sq, Dh]. Softmax in fp32. `softcap` (Gemma):
+    scores become cap * tanh(scores / cap) before the bias is added.
+    """
+    scores = torch.bmm(q, k_t)
+    if scale != 1.0:
+        scores = scores * scale
+    if softcap is not None:
+        scores = torch.tanh(scores * (1.0 / softcap)) * softcap
+    probs = torch.softmax(scores if bias is None else scores + bias, dim=-1)
+    return torch.bmm(probs, v)
+
+
+def position_onehot(position: torch.Tensor, length: int, arange: torch.Tensor) -> torch.Tensor:
+    """position int64[1] -> float[1, T] with a single 1 at `position`."""
+    return (arange == position).to(torch.float32).reshape(1, length)
+
+
+def update_cache(cache: torch.Tensor, new: torch.Tensor, onehot: torch.Tensor, in_place: bool = True) -> torch.Tensor:
+    """Write `new` into one slot of `cache` (in place if asked) and return the updated cache.
+
+    cache [H, T, Dh] with new [H, 1, Dh] and onehot [1, T, 1], or (keys, transposed)
+    cache [H, Dh, T] with new [H, Dh, 1] and onehot [1, 1, T]. A masked blend rather
+    than index_copy_ keeps the whole update inside the XNNPACK delegate.
+    """
+    updated = cache * (1.0 - onehot) + new * onehot
+    if in_place:
+        cache.copy_(updated)
+    return updated
+
+
+def optional_buffer(module: nn.Module, name: str, value: torch.Tensor | None) -> None:
+    """Register `value` as a buffer, or set the attribute to None: a registered None buffer
+    shifts torch.export's buffer inputs (seen with torch 2.13: an IndexError in export)."""
+    if value is None:
+        setattr(module, name, None)
+    else:
+        module.register_buffer(name, value)
+
+
+def register_cache(module: nn.Module, layers: int, heads: int, head_dim: int, length: int, cache_mode: str) -> None:
+    """Give a decode module its cache slots: `positions` (int64 [T], what a step's position
+    is compared with to pick its slot) and, in "buffer" mode, the per-layer self-attention
+    cache buffers (cache_k_l [H, Dh, T], cache_v_l [H, T, Dh], zero-initialised)."""
+    if cache_mode not in ("buffer", "io"):
+        raise ValueError(f"cache_mode must be 'buffer' or 'io', got {cache_mode!r}")
+    module.register_buffer("positions", torch.arange(length, dtype=torch.long))
+    if cache_mode == "buffer":
+        for i in range(layers):
+            module.register_buffer(f"cache_k_{i}", torch.zeros(heads, head_dim, length))
+            module.register_buffer(f"cache_v_{i}", torch.zeros(heads, length, head_dim))
+
+
+def causal_mask(length: int) -> torch.Tensor:
+    """[T(q), T(k)]: 0 where the key is at or before the query, NEG after it."""
+    return torch.triu(torch.full((length, length), NEG), diagonal=1)
+
+
+def step_table(bias: torch.Tensor) -> torch.Tensor:
+    """A self-attention bias [R, T(q), T(k)] (R = heads, or 1 when shared) -> the table
+    [R*T(k), T(q)] whose column p is the flattened [R, T] bias row of query position p, so a
+    step takes its row with F.linear(onehot(position), table) -> [1, R*T] (no gather)."""
+    r, t, _ = bias.shape
+    return bias.permute(0, 2, 1).reshape(r * t, t).contiguous()
+
+
+def rotate_half_matrix(dim: int) -> torch.Tensor:
+    """R [Dh, Dh] with F.linear(x, R) == rotate_half(x) == cat(-x[half:], x[:half]): RoPE's
+    rotation as a tiny matmul (slices + cat would leave the XNNPACK delegate)."""
+    half = dim // 2
+    r = torch.zeros(dim, dim)
+    r[:half, half:] = -torch.eye(half)
+    r[half:, :half] = torch.eye(half)
+    return r
+
+
+class FeedForward(nn.Module):
+    """down(act(up(x))), or gated (T5 v1.1, Gemma): down(act(gate(x)) * up(x))."""
+
+    def __init__(self, up: nn.Linear, down: nn.Linear, act: str, gate: nn.Linear | None = None):
+        super().__init__()
+        self.gate, self.up, self.down = gate, up, down
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.up(x)) if self.gate is None else self.act(self.gate(x)) * self.up(x)
+        return self.down(h)
+
+
+class Attention(nn.Module):
+    """The projections of a self-attention: q/k/v/o, K/V already laid out for all H query heads
+    (grouped-query families expand them when building). Scores are scaled by `scale` (T5: 1.0,
+    no scaling) and soft-capped when `softcap` is set; with `rope`, queries and keys are rotated
+    by the (cos, sin) the caller passes."""
+
+    rot: torch.Tensor | None
+
+    def __init__(self, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear, heads: int, head_dim: int,
+                 scale: float = 1.0, softcap: float | None = None, rope: bool = False):
+        super().__init__()
+        self.q, self.k, self.v, self.o = q, k, v, o
+        self.heads, self.head_dim, self.scale, self.softcap = heads, head_dim, scale, softcap
+        optional_buffer(self, "rot", rotate_half_matrix(head_dim) if rope else None)
+
+    def rotate(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
+        """RoPE on x [H, S, Dh] with cos/sin [S, Dh]: x * cos + rotate_half(x) * sin."""
+        assert self.rot is not None, "built without rope"
+        cos, sin = rope
+        return x * cos + F.linear(x, self.rot) * sin
+
+
+AttentionT = TypeVar("AttentionT", bound=Attention)
+
+
+class SelfAttention(Attention):
+    """Self-attention over a whole sequence (encoders): x [1, S, D] -> [1, S, D]."""
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, rope: Rope | None = None) -> torch.Tensor:
+        q, k, v = (heads_first(p(x), self.heads) for p in (self.q, self.k, self.v))  # [H, S, Dh]
+        if rope is not None:
+            q, k = self.rotate(q, rope), self.rotate(k, rope)
+        return self.o(heads_last(attend(q, k.transpose(1, 2), v, bias, self.scale, self.softcap)))
+
+
+class CachedSelfAttention(Attention):
+    """One decoder step of self-attention over the cache; owns the one-slot cache update.
+
+    y [1, 1, D]; the step's key goes in as a column of the transposed key cache [H, Dh, T] and
+    its value as a row of the value cache [H, T, Dh], at the slot `onehot` [1, T] marks. "buffer"
+    mode updates the cache tensors in place (they are the module's buffers), "io" only returns
+    the updated copies. Returns (output [1, 1, D], keys [H, Dh, T], values [H, T, Dh]).
+    """
+
+    def forward(self, y: torch.Tensor, onehot: torch.Tensor, bias: torch.Tensor, rope: Rope | None,
+                cache_k: torch.Tensor, cache_v: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, ...]:
+        h, dh = self.heads, self.head_dim
+        t = cache_k.shape[-1]
+        q = self.q(y).reshape(h, 1, dh)
+        if rope is None:
+            k_new = self.k(y).reshape(h, dh, 1)
+        else:
+            q = self.rotate(q, rope)
+            k_new = self.rotate(self.k(y).reshape(h, 1, dh), rope).reshape(h, dh, 1)
+        v_new = self.v(y).reshape(h, 1, dh)
+        k_all = update_cache(cache_k, k_new, onehot.reshape(1, 1, t), in_place)  # [H, Dh, T]
+        v_all = update_cache(cache_v, v_new, onehot.reshape(1, t, 1), in_place)  # [H, T, Dh]
+        out = self.o(attend(q, k_all, v_all, bias, self.scale, self.softcap).reshape(1, 1, h * dh))
+        return out, k_all, v_all
+
+
+class CrossAttention(nn.Module):
+    """One decoder step's attention over the encoder's precomputed K/V (the encode program's
+    cross_k [1, H, Dh, S], cross_v [1, H, S, Dh]); only the query and output projections run
+    per step. `bias` is the encoder's key mask cross_bias [1, 1, S] (None: no mask)."""
+
+    def __init__(self, q: nn.Linear, o: nn.Linear, heads: int, head_dim: int, scale: float = 1.0,
+                 softcap: float | None = None):
+        super().__init__()
+        self.q, self.o = q, o
+        self.heads, self.head_dim, self.scale, self.softcap = heads, head_dim, scale, softcap
+
+    def forward(self, y: torch.Tensor, ck: torch.Tensor, cv: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        h, dh = self.heads, self.head_dim
+        q = self.q(y).reshape(h, 1, dh)
+        ctx = attend(q, ck.reshape(ck.shape[1:]), cv.reshape(cv.shape[1:]), bias, self.scale, self.softcap)
+        return self.o(ctx.reshape(1, 1, h * dh))
+
+
+class _Sublayers(nn.Module):
+    """A layer's residual sub-blocks (attention, [cross-attention,] FFN) and where its norms go,
+    one norm per sub-block:
+
+    * "pre" (T5, mBART, Whisper): x + block(norm(x))
+    * "post" (BART, Marian): norm(x + block(x))
+    * "sandwich" (Gemma): x + post_norm(block(norm(x))), a second norm per sub-block
+    """
+
+    post_norms: nn.ModuleList | None
+
+    def __init__(self, placement: str, norms: Sequence[nn.Module], post_norms: Sequence[nn.Module] = ()):
+        super().__init__()
+        if placement not in ("pre", "post", "sandwich") or (placement == "sandwich") != bool(post_norms):
+            raise ValueError(f"norm placement {placement!r} with {len(post_norms)} post norms")
+        self.post_norm = placement == "post"
+        self.norms = nn.ModuleList(norms)
+        self.post_norms = nn.ModuleList(post_norms) if post_norms else None
+
+    def enter(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """What sub-block i reads."""
+        return x if self.post_norm else self.norms[i](x)
+
+    def leave(self, i: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The residual stream after sub-block i returned y."""
+        if self.post_norm:
+            return self.norms[i](x + y)
+        if self.post_norms is not None:
+            y = self.post_norms[i](y)
+        return x + y
+
+
+class EncoderLayer(_Sublayers):
+    """Self-attention then FFN over the whole sequence x [1, S, D]."""
+
+    def __init__(self, attn: SelfAttention, ff: nn.Module, placement: str, norms: Sequence[nn.Module],
+                 post_norms: Sequence[nn.Module] = ()):
+        super().__init__(placement, norms, post_norms)
+        self.attn, self.ff = attn, ff
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, rope: Rope | None) -> torch.Tensor:
+        x = self.leave(0, x, self.attn(self.enter(0, x), bias, rope))
+        return self.leave(1, x, self.ff(self.enter(1, x)))
+
+
+class DecoderLayer(_Sublayers):
+    """One step of one decoder layer: cached self-attention, cross-attention, FFN, on x [1, 1, D].
+    Returns (x, this layer's updated key cache, value cache)."""
+
+    def __init__(self, attn: CachedSelfAttention, cross: CrossAttention, ff: nn.Module, placement: str,
+                 norms: Sequence[nn.Module], post_norms: Sequence[nn.Module] = ()):
+        super().__init__(placement, norms, post_norms)
+        self.attn, self.cross, self.ff = attn, cross, ff
+
+    def forward(self, x: torch.Tensor, onehot: torch.Tensor, self_bias: torch.Tensor, rope: Rope | None,
+                cross_bias: torch.Tensor | None, ck: torch.Tensor, cv: torch.Tensor, cache_k: torch.Tensor,
+                cache_v: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, ...]:
+        y, k_all, v_all = self.attn(self.enter(0, x), onehot, self_bias, rope, cache_k, cache_v, in_place)
+        x = self.leave(0, x, y)
+        x = self.leave(1, x, self.cross(self.enter(1, x), ck, cv, cross_bias))
+        return self.leave(2, x, self.ff(self.enter(2, x))), k_all, v_all

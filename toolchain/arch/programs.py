@@ -1,0 +1,227 @@
+"""The two programs of the split (toolchain/split.py's contract), built from arch/layers.py.
+
+A family file fills these with its weights and constants; what differs between families is
+data, passed in when building:
+
+* token input: embedding, ``embed_scale`` (BART with scale_embedding, Gemma), learned or
+  sinusoidal positions (``pos_table``: encoder [S, D] added as is; decoder [D, T], a step
+  takes its column with ``F.linear(onehot, table)``), a norm on the embeddings (BART);
+* self-attention bias per layer kind (``self_bias``): encoder [R, S, S] added to the key mask
+  (T5's relative-position bias, Gemma's window masks; none: the key mask alone); decoder
+  step tables [R*T, T] (``layers.step_table``: T5's bias with the causal mask, the causal
+  mask, Gemma's causal window masks). ``kinds`` gives each layer's kind (Gemma alternates
+  sliding-window and full layers; others have one kind);
+* RoPE cos/sin (Gemma): encoder [S, Dh], decoder tables [Dh, T];
+* output: final norm, ``out_scale`` (tied T5), tied or own head (``lm_head`` None = the
+  embedding matrix, stored once), ``logits_bias`` (BART), ``final_softcap`` (Gemma).
+
+Attribute names are part of the contract: both programs expose the token embedding as
+``.embed`` and decode its head as ``.lm_head`` (toolchain/quantize.py and the backends read them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import (NEG, DecoderLayer, EncoderLayer, Rope, heads_first, optional_buffer, position_onehot,
+                     register_cache)
+
+DEFAULT_KIND = "full"
+
+
+def cross_kv_outputs(x: torch.Tensor, cross_bias: torch.Tensor | None, cross_k: nn.ModuleList,
+                     cross_v: nn.ModuleList, heads: int, head_dim: int) -> tuple[torch.Tensor, ...]:
+    """The encode program's outputs from the final encoder states x [1, S, D]:
+    (cross_bias [1, 1, S] unless None, then per decoder layer cross_k [1, H, Dh, S]
+    (pre-transposed) and cross_v [1, H, S, Dh]), all contiguous (runtimes take them back
+    as inputs)."""
+    s = x.shape[1]
+    outs = [] if cross_bias is None else [cross_bias.contiguous()]
+    for pk, pv in zip(cross_k, cross_v, strict=True):
+        k = heads_first(pk(x), heads)  # [H, S, Dh]
+        v = heads_first(pv(x), heads)
+        outs += [k.transpose(1, 2).reshape(1, heads, head_dim, s).contiguous(),
+                 v.reshape(1, heads, s, head_dim).contiguous()]
+    return tuple(outs)
+
+
+class _Program(nn.Module):
+    """What encode and decode share: the layer stack with a bias kind per layer, and the token input."""
+
+    embed: nn.Embedding
+    pos_table: torch.Tensor | None
+    norm_embed: nn.Module | None
+
+    def __init__(self, layers: Sequence[nn.Module], kinds: Sequence[str] | None,
+                 self_bias: dict[str, torch.Tensor], final_norm: nn.Module | None):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.kinds = list(kinds) if kinds is not None else [DEFAULT_KIND] * len(self.layers)
+        self.bias_kinds = sorted(set(self.kinds))
+        for kind, table in self_bias.items():
+            self.register_buffer(f"self_bias_{kind}", table)
+        self.final_norm = final_norm
+
+    def table(self, kind: str) -> torch.Tensor | None:
+        """The self-attention bias table of a layer kind (None: no bias beyond the key mask)."""
+        t = getattr(self, f"self_bias_{kind}", None)
+        return t if isinstance(t, torch.Tensor) else None
+
+    def _token_input(self, embed: nn.Embedding, embed_scale: float, pos_table: torch.Tensor | None,
+                     norm_embed: nn.Module | None) -> None:
+        self.embed, self.embed_scale, self.norm_embed = embed, embed_scale, norm_embed
+        optional_buffer(self, "pos_table", pos_table)
+
+    def tokens(self, ids: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
+        """ids [1, S] -> [1, S, D]; `onehot` [1, T] (decode): the position row is the step's column."""
+        x = self.embed(ids)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale
+        if self.pos_table is not None:
+            x = x + (self.pos_table if onehot is None else F.linear(onehot, self.pos_table).reshape(1, 1, -1))
+        if self.norm_embed is not None:
+            x = self.norm_embed(x)
+        return x
+
+
+class EncoderStack(_Program):
+    """Encoder layers, final norm, and the decoder layers' cross K/V projections (they run here,
+    once per input): states x [1, S, D] -> the encode program's outputs (see cross_kv_outputs)."""
+
+    rope_cos: torch.Tensor | None
+    rope_sin: torch.Tensor | None
+
+    def __init__(self, layers: Sequence[EncoderLayer], final_norm: nn.Module | None, cross_k: Sequence[nn.Linear],
+                 cross_v: Sequence[nn.Linear], heads: int, head_dim: int, *, kinds: Sequence[str] | None = None,
+                 self_bias: dict[str, torch.Tensor] | None = None, rope: Rope | None = None):
+        super().__init__(layers, kinds, self_bias or {}, final_norm)
+        self.heads, self.head_dim = heads, head_dim  # the decoder's: cross K/V are laid out for it
+        self.cross_k, self.cross_v = nn.ModuleList(cross_k), nn.ModuleList(cross_v)
+        optional_buffer(self, "rope_cos", None if rope is None else rope[0])  # [S, Dh]
+        optional_buffer(self, "rope_sin", None if rope is None else rope[1])
+
+    def encode(self, x: torch.Tensor, cross_bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        biases: dict[str, torch.Tensor | None] = {}
+        for kind in self.bias_kinds:  # per layer kind: [R, S, S] + the key mask [1, 1, S]
+            table = self.table(kind)
+            biases[kind] = cross_bias if table is None else table + cross_bias
+        rope = None if self.rope_cos is None or self.rope_sin is None else (self.rope_cos, self.rope_sin)
+        for layer, kind in zip(self.layers, self.kinds, strict=True):
+            x = layer(x, biases[kind], rope)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return cross_kv_outputs(x, cross_bias, self.cross_k, self.cross_v, self.heads, self.head_dim)
+
+
+class TextEncoder(EncoderStack):
+    """input_ids/attention_mask int64[1, S] -> cross_bias [1, 1, S] (0 for real tokens, NEG for
+    padding), then per decoder layer cross_k [1, H, Dh, S] and cross_v [1, H, S, Dh]."""
+
+    def __init__(self, embed: nn.Embedding, layers: Sequence[EncoderLayer], final_norm: nn.Module | None,
+                 cross_k: Sequence[nn.Linear], cross_v: Sequence[nn.Linear], heads: int, head_dim: int, *,
+                 kinds: Sequence[str] | None = None, self_bias: dict[str, torch.Tensor] | None = None,
+                 rope: Rope | None = None, embed_scale: float = 1.0, pos_table: torch.Tensor | None = None,
+                 norm_embed: nn.Module | None = None):
+        super().__init__(layers, final_norm, cross_k, cross_v, heads, head_dim, kinds=kinds, self_bias=self_bias,
+                         rope=rope)
+        self._token_input(embed, embed_scale, pos_table, norm_embed)  # pos_table [S, D]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = input_ids.shape[1]
+        cross_bias = ((1.0 - attention_mask.to(torch.float32)) * NEG).reshape(1, 1, s)
+        return self.encode(self.tokens(input_ids), cross_bias)
+
+
+class _DecoderBase(_Program):
+    """One decoder step: token int64[1, 1], position int64[1], cross_bias [1, 1, S], per layer
+    cross_k/cross_v, ["io": the caches] -> logits [1, V] [, the updated caches].
+
+    cache_mode "buffer": the self-attention cache is registered buffers updated in place
+    (runtimes with mutable state). "io": the caches are extra inputs after the cross K/V
+    (cache_k_0, cache_v_0, ...) and the updated caches extra outputs after the logits
+    (runtimes without state: TFLite, ONNX). ``Decoder`` takes the encoder's key mask
+    cross_bias; ``UnmaskedDecoder`` is for families without one (Whisper).
+    """
+
+    positions: torch.Tensor
+    rope_cos_table: torch.Tensor | None
+    rope_sin_table: torch.Tensor | None
+    logits_bias: torch.Tensor | None
+
+    def __init__(self, embed: nn.Embedding, layers: Sequence[DecoderLayer], final_norm: nn.Module | None,
+                 lm_head: nn.Linear | None, heads: int, head_dim: int, max_output_len: int, cache_mode: str, *,
+                 kinds: Sequence[str] | None = None, self_bias: dict[str, torch.Tensor] | None = None,
+                 rope_tables: Rope | None = None, embed_scale: float = 1.0, pos_table: torch.Tensor | None = None,
+                 norm_embed: nn.Module | None = None, out_scale: float = 1.0,
+                 logits_bias: torch.Tensor | None = None, final_softcap: float | None = None):
+        super().__init__(layers, kinds, self_bias or {}, final_norm)
+        self._token_input(embed, embed_scale, pos_table, norm_embed)  # pos_table [D, T]
+        self.heads, self.head_dim, self.max_output_len, self.cache_mode = heads, head_dim, max_output_len, cache_mode
+        self.lm_head = lm_head  # None: tied, the logits read the embedding matrix (one tensor, stored once)
+        optional_buffer(self, "rope_cos_table", None if rope_tables is None else rope_tables[0])  # [Dh, T]
+        optional_buffer(self, "rope_sin_table", None if rope_tables is None else rope_tables[1])
+        self.out_scale, self.final_softcap = out_scale, final_softcap
+        optional_buffer(self, "logits_bias", logits_bias)  # [1, V]
+        register_cache(self, len(self.layers), heads, head_dim, max_output_len, cache_mode)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embed.num_embeddings if self.lm_head is None else self.lm_head.out_features
+
+    def step(self, token: torch.Tensor, position: torch.Tensor, cross_bias: torch.Tensor | None,
+             rest: tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """`rest`: decode's inputs after the cross_bias (cross K/V per layer, then "io" caches)."""
+        t, n = self.max_output_len, len(self.layers)
+        onehot = position_onehot(position, t, self.positions)  # [1, T]
+        cross_kv = rest[: 2 * n]
+        in_place = self.cache_mode == "buffer"
+        caches = [getattr(self, f"cache_{kv}_{i}") for i in range(n) for kv in "kv"] if in_place else rest[2 * n:]
+        rope = None
+        if self.rope_cos_table is not None and self.rope_sin_table is not None:
+            rope = F.linear(onehot, self.rope_cos_table), F.linear(onehot, self.rope_sin_table)  # [1, Dh]
+        biases = {}
+        for kind in self.bias_kinds:  # the step's row of each kind's table: [R, 1, T]
+            table = self.table(kind)
+            if table is None:
+                raise ValueError(f"decode has no self-attention bias table for layer kind {kind!r}")
+            biases[kind] = F.linear(onehot, table).reshape(table.shape[0] // t, 1, t)
+        x = self.tokens(token, onehot)  # [1, 1, D]
+        new_caches: list[torch.Tensor] = []
+        for i, (layer, kind) in enumerate(zip(self.layers, self.kinds, strict=True)):
+            x, k_all, v_all = layer(x, onehot, biases[kind], rope, cross_bias, cross_kv[2 * i], cross_kv[2 * i + 1],
+                                    caches[2 * i], caches[2 * i + 1], in_place)
+            new_caches += [k_all, v_all]
+        logits = self.logits(x)
+        return logits if in_place else (logits, *new_caches)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x [1, 1, D] -> [1, V]: final norm, output scale, head, logits bias, soft-cap."""
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        x = x.reshape(1, -1)
+        if self.out_scale != 1.0:
+            x = x * self.out_scale
+        logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)
+        if self.logits_bias is not None:
+            logits = logits + self.logits_bias
+        if self.final_softcap is not None:
+            logits = torch.tanh(logits * (1.0 / self.final_softcap)) * self.final_softcap
+        return logits
+
+
+class Decoder(_DecoderBase):
+    def forward(self, token: torch.Tensor, position: torch.Tensor, cross_bias: torch.Tensor,
+                *rest: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.step(token, position, cross_bias, rest)
+
+
+class UnmaskedDecoder(_DecoderBase):
+    """A decoder whose encoder has no key mask: token, position, cross K/V (no cross_bias)."""
+
+    def forward(self, token: torch.Tensor, position: torch.Tensor,
+                *rest: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.step(token, position, None, rest)
