@@ -23,9 +23,9 @@ def tiny_checkpoint(out: Path, model_type: str, variant: str, seed: int = 0, tra
     `untie` stores an lm_head different from the embedding (as T5 v1.1/Flan
     checkpoints do); transformers then loads the two untied.
     """
+    from tiny_configs import tiny_config
     from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
-    from tiny_configs import tiny_config
     from toolchain.demo.dates import stream
     from toolchain.demo.train import _batch, build_tokenizer
 

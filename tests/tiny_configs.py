@@ -17,13 +17,13 @@ def tiny_config(model_type: str, variant: str, **overrides: Any) -> Any:
 def _t5(variant: str = "v1.0", **overrides: Any) -> Any:
     from transformers import MT5Config, T5Config
 
-    base = dict(vocab_size=96, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
-                num_decoder_layers=2, relative_attention_num_buckets=8, relative_attention_max_distance=20,
-                dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    base = {"vocab_size": 96, "d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 2,
+            "num_decoder_layers": 2, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 20,
+            "dropout_rate": 0.0, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}
     kinds = {
-        "v1.0": (T5Config, dict(feed_forward_proj="relu", tie_word_embeddings=True)),
-        "v1.1": (T5Config, dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)),
-        "mt5": (MT5Config, dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)),
+        "v1.0": (T5Config, {"feed_forward_proj": "relu", "tie_word_embeddings": True}),
+        "v1.1": (T5Config, {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}),
+        "mt5": (MT5Config, {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}),
     }
     if variant not in kinds:
         raise ValueError(f"unknown T5 variant {variant!r}; choose from {', '.join(kinds)}")
@@ -36,14 +36,15 @@ def _bart(variant: str = "bart", **overrides: Any) -> Any:
     scaled embeddings) and "marian" (sinusoidal positions, swish, scaled embeddings)."""
     from transformers import BartConfig, MarianConfig, MBartConfig
 
-    base = dict(vocab_size=45, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-                dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=0, eos_token_id=1,
-                bos_token_id=None, decoder_start_token_id=0, forced_eos_token_id=None, tie_word_embeddings=True)
+    base = {"vocab_size": 45, "d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+            "max_position_embeddings": 64, "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
+            "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None, "decoder_start_token_id": 0,
+            "forced_eos_token_id": None, "tie_word_embeddings": True}
     kinds = {
-        "bart": (BartConfig, dict(activation_function="gelu", scale_embedding=False, forced_bos_token_id=None)),
-        "marian": (MarianConfig, dict(activation_function="swish", scale_embedding=True)),
-        "mbart": (MBartConfig, dict(activation_function="gelu", scale_embedding=True)),
+        "bart": (BartConfig, {"activation_function": "gelu", "scale_embedding": False, "forced_bos_token_id": None}),
+        "marian": (MarianConfig, {"activation_function": "swish", "scale_embedding": True}),
+        "mbart": (MBartConfig, {"activation_function": "gelu", "scale_embedding": True}),
     }
     if variant not in kinds:
         raise ValueError(f"unknown BART variant {variant!r}; choose from {', '.join(kinds)}")
@@ -60,11 +61,11 @@ def _whisper(variant: str = "whisper", **overrides: Any) -> Any:
 
     if variant != "whisper":
         raise ValueError(f"unknown Whisper variant {variant!r}; choose from whisper")
-    base = dict(vocab_size=64, num_mel_bins=8, d_model=32, encoder_layers=1, decoder_layers=2,
-                encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                max_source_positions=50, max_target_positions=32, dropout=0.0, attention_dropout=0.0,
-                activation_dropout=0.0, pad_token_id=0, bos_token_id=0, eos_token_id=0,
-                decoder_start_token_id=1, suppress_tokens=[], begin_suppress_tokens=[0])
+    base = {"vocab_size": 64, "num_mel_bins": 8, "d_model": 32, "encoder_layers": 1, "decoder_layers": 2,
+            "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+            "max_source_positions": 50, "max_target_positions": 32, "dropout": 0.0, "attention_dropout": 0.0,
+            "activation_dropout": 0.0, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0,
+            "decoder_start_token_id": 1, "suppress_tokens": [], "begin_suppress_tokens": [0]}
     return WhisperConfig(**{**base, **overrides})
 
 
@@ -76,11 +77,11 @@ def _t5gemma(variant: str = "t5gemma", **overrides: Any) -> Any:
     if variant != "t5gemma":
         raise ValueError(f"unknown T5Gemma variant {variant!r}; choose from t5gemma")
     vocab = overrides.pop("vocab_size", 64)
-    module = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
-                  sliding_window=4, max_position_embeddings=128, pad_token_id=0, eos_token_id=1,
-                  bos_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-                  attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+    module = {"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "query_pre_attn_scalar": 8,
+              "sliding_window": 4, "max_position_embeddings": 128, "pad_token_id": 0, "eos_token_id": 1,
+              "bos_token_id": 0, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+              "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
     module.update(overrides.pop("module", {}))
     return T5GemmaConfig(encoder=dict(module), decoder=dict(module), vocab_size=vocab, tie_word_embeddings=True,
                          dropout_rate=0.0, attention_dropout=0.0, **overrides)

@@ -199,5 +199,5 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> SourceModel
         raise InputError(f"{p}: no weights (*.safetensors) found")
     tok = find_tokenizer(p, adapter.family)
     _check_tokenizer(tok, p / "config.json", adapter.describe(cfg).get("vocab_size"))
-    return SourceModel(path=p.resolve(), config=cfg, model_type=model_type, weights=weights,
+    return SourceModel(path=p.resolve(), config=cfg, model_type=str(model_type), weights=weights,
                        tokenizer=tok, allow_pickle=allow_pickle, hub_id=hub_id)

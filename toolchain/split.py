@@ -189,7 +189,7 @@ class Seq2SeqParts:
         """Shapes and dtypes of both programs, for the manifest."""
         def spec(names, tensors):
             return [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                    for n, t in zip(names, tensors)]
+                    for n, t in zip(names, tensors, strict=True)]
 
         with torch.no_grad():
             enc_out = self.encode(*self.encode_inputs())
@@ -198,7 +198,7 @@ class Seq2SeqParts:
         if self.cache_mode == "buffer":
             dec_out = [dec_out]
         cache = [{"name": n, "shape": list(s), "dtype": "float32"}
-                 for n, s in zip(self.cache_names(), self.cache_shapes())]
+                 for n, s in zip(self.cache_names(), self.cache_shapes(), strict=True)]
         return {
             "encode": {"inputs": spec(self.encode_input_names(), self.encode_inputs()),
                        "outputs": spec(self.encode_output_names(), enc_out)},

@@ -34,8 +34,20 @@ import torch
 
 from ..errors import InputError
 from .base import Adapter, Model, register, tied_head
-from .layers import (AttentionT, CachedSelfAttention, CrossAttention, DecoderLayer, EncoderLayer, FeedForward,
-                     LayerNorm, SelfAttention, causal_mask, frozen_embedding, frozen_linear, step_table)
+from .layers import (
+    AttentionT,
+    CachedSelfAttention,
+    CrossAttention,
+    DecoderLayer,
+    EncoderLayer,
+    FeedForward,
+    LayerNorm,
+    SelfAttention,
+    causal_mask,
+    frozen_embedding,
+    frozen_linear,
+    step_table,
+)
 from .programs import DEFAULT_KIND, Decoder, TextEncoder
 
 # transformers' ACT2FN names -> the shared activation table's names.
@@ -57,8 +69,8 @@ def _position_rows(stack: Any, length: int) -> torch.Tensor:
 # v_proj, out_proj; scores scaled by 1/sqrt(Dh)), fc1/fc2, a LayerNorm per sub-block.
 
 def attention(cls: type[AttentionT], sa: Any, heads: int) -> AttentionT:
-    return cls(*(frozen_linear(p) for p in (sa.q_proj, sa.k_proj, sa.v_proj, sa.out_proj)), heads=heads,
-               head_dim=sa.head_dim, scale=sa.head_dim ** -0.5)
+    return cls(frozen_linear(sa.q_proj), frozen_linear(sa.k_proj), frozen_linear(sa.v_proj),
+               frozen_linear(sa.out_proj), heads, sa.head_dim, scale=sa.head_dim ** -0.5)
 
 
 def cross_attention(ca: Any, heads: int) -> CrossAttention:
@@ -108,10 +120,11 @@ class Bart(Adapter):
             "max_positions": cfg.get("max_position_embeddings"),
         }
 
-    def check(self, model: Model) -> None:
+    def unsupported(self, model: Model) -> str | None:
         cfg = model.config
         if getattr(cfg, "normalize_before", False) or getattr(cfg, "add_final_layer_norm", False):
-            raise InputError(f"{cfg.model_type}: pre-norm variants (normalize_before) are not supported")
+            return f"{cfg.model_type}: pre-norm variants (normalize_before) are not supported"
+        return None
 
     def programs(self, model: Model, max_input_len: int, max_output_len: int,
                  cache_mode: str) -> tuple[TextEncoder, Decoder]:

@@ -108,8 +108,9 @@ class Adapter(ABC):
                                       self.default_eos),
                              first_id("pad_token_id", cfg.pad_token_id, 0))
 
-    def check(self, model: Model) -> None:
-        """Refuse (InputError) a variant of the family the split does not implement."""
+    def unsupported(self, model: Model) -> str | None:
+        """Why the split cannot take this variant of the family (an InputError), or None."""
+        return None
 
     def generation(self, model: Model, max_output_len: int) -> dict[str, Any]:
         """Generation facts as Seq2SeqParts fields (decoder_prompt, suppress_tokens, ...)."""
@@ -123,7 +124,9 @@ class Adapter(ABC):
     def build(self, model: Model, max_input_len: int, max_output_len: int,
               cache_mode: str = "buffer") -> Seq2SeqParts:
         """transformers model -> the split (toolchain/split.py)."""
-        self.check(model)
+        why = self.unsupported(model)
+        if why:
+            raise InputError(why)
         encode, decode = self.programs(model, max_input_len, max_output_len, cache_mode)
         tokens = self.tokens(model)
         return Seq2SeqParts(

@@ -13,7 +13,8 @@ constant table (position bias, causal mask, learned positions, RoPE cos/sin) wit
 Layers: ``SelfAttention`` (a whole sequence, encoders), ``CachedSelfAttention`` (one decoder
 step; owns the one-slot cache update), ``CrossAttention`` (one step over the encoder's
 precomputed K/V), ``FeedForward`` (plain or gated), and ``EncoderLayer`` / ``DecoderLayer``,
-which place the norms the way the family does (pre-norm, post-norm, or Gemma's "sandwich"). The programs built from them are in toolchain/arch/programs.py.
+which place the norms the way the family does (pre-norm, post-norm, or Gemma's "sandwich").
+The programs built from them are in toolchain/arch/programs.py.
 """
 
 from __future__ import annotations

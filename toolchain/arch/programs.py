@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (NEG, DecoderLayer, EncoderLayer, Rope, heads_first, optional_buffer, position_onehot,
-                     register_cache)
+from .layers import NEG, DecoderLayer, EncoderLayer, Rope, heads_first, optional_buffer, position_onehot, register_cache
 
 DEFAULT_KIND = "full"
 
@@ -108,7 +107,7 @@ class EncoderStack(_Program):
         biases: dict[str, torch.Tensor | None] = {}
         for kind in self.bias_kinds:  # per layer kind: [R, S, S] + the key mask [1, 1, S]
             table = self.table(kind)
-            biases[kind] = cross_bias if table is None else table + cross_bias
+            biases[kind] = table if cross_bias is None else cross_bias if table is None else table + cross_bias
         rope = None if self.rope_cos is None or self.rope_sin is None else (self.rope_cos, self.rope_sin)
         for layer, kind in zip(self.layers, self.kinds, strict=True):
             x = layer(x, biases[kind], rope)

@@ -18,11 +18,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from .base import Adapter, Model, register, tied_head
-from .layers import (AttentionT, CachedSelfAttention, CrossAttention, DecoderLayer, EncoderLayer, FeedForward, RMSNorm,
-                     SelfAttention, causal_mask, frozen_embedding, frozen_linear, step_table)
+from .layers import (
+    AttentionT,
+    CachedSelfAttention,
+    CrossAttention,
+    DecoderLayer,
+    EncoderLayer,
+    FeedForward,
+    RMSNorm,
+    SelfAttention,
+    causal_mask,
+    frozen_embedding,
+    frozen_linear,
+    step_table,
+)
 from .programs import DEFAULT_KIND, Decoder, TextEncoder
 
 
@@ -65,7 +76,7 @@ class T5(Adapter):
             return RMSNorm(sub.layer_norm.weight, cfg.layer_norm_epsilon)
 
         def attn(cls: type[AttentionT], a: Any) -> AttentionT:
-            return cls(*(frozen_linear(p) for p in (a.q, a.k, a.v, a.o)), heads=h, head_dim=dh)
+            return cls(frozen_linear(a.q), frozen_linear(a.k), frozen_linear(a.v), frozen_linear(a.o), h, dh)
 
         def rel_bias(stack: Any, length: int) -> torch.Tensor:  # [H, L(q), L(k)]
             with torch.no_grad():

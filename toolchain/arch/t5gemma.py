@@ -32,8 +32,20 @@ from torch import nn
 
 from ..errors import InputError
 from .base import Adapter, Model, SpecialTokens, first_id, register, tied_head
-from .layers import (NEG, AttentionT, CachedSelfAttention, CrossAttention, DecoderLayer, EncoderLayer, FeedForward,
-                     RMSNorm, SelfAttention, frozen_embedding, frozen_linear, step_table)
+from .layers import (
+    NEG,
+    AttentionT,
+    CachedSelfAttention,
+    CrossAttention,
+    DecoderLayer,
+    EncoderLayer,
+    FeedForward,
+    RMSNorm,
+    SelfAttention,
+    frozen_embedding,
+    frozen_linear,
+    step_table,
+)
 from .programs import Decoder, TextEncoder
 
 
@@ -136,23 +148,25 @@ class T5Gemma(Adapter):
             "positions": "rope", "sliding_window": dec.get("sliding_window"),
         }
 
-    def check(self, model: Model) -> None:
+    def unsupported(self, model: Model) -> str | None:
         cfg = model.config
         for side, c in (("encoder", cfg.encoder), ("decoder", cfg.decoder)):
             if c.num_attention_heads % c.num_key_value_heads:
-                raise InputError(f"t5gemma {side}: num_attention_heads must be a multiple of num_key_value_heads")
+                return f"t5gemma {side}: num_attention_heads must be a multiple of num_key_value_heads"
+        return None
 
     def programs(self, model: Model, max_input_len: int, max_output_len: int,
                  cache_mode: str) -> tuple[TextEncoder, Decoder]:
         enc, dec = model.model.encoder, model.model.decoder
         ecfg, dcfg = enc.config, dec.config
         s, t, h, dh = max_input_len, max_output_len, dcfg.num_attention_heads, dcfg.head_dim
-        rep = h // dcfg.num_key_value_heads
+        h_kv = dcfg.num_key_value_heads
+        rep = h // h_kv
         enc_kinds = list(ecfg.layer_types[: len(enc.layers)])
         encode = TextEncoder(
             frozen_embedding(enc.embed_tokens.weight), [_encoder_layer(layer, ecfg) for layer in enc.layers],
-            _norm(enc.norm), [_expanded(layer.cross_attn.k_proj, dcfg.num_key_value_heads, rep) for layer in dec.layers],
-            [_expanded(layer.cross_attn.v_proj, dcfg.num_key_value_heads, rep) for layer in dec.layers], h, dh,
+            _norm(enc.norm), [_expanded(layer.cross_attn.k_proj, h_kv, rep) for layer in dec.layers],
+            [_expanded(layer.cross_attn.v_proj, h_kv, rep) for layer in dec.layers], h, dh,
             kinds=enc_kinds, self_bias=_masks(ecfg, enc_kinds, s, causal=False), rope=_rope(ecfg, s),
             embed_scale=ecfg.hidden_size ** 0.5)
         dec_kinds = list(dcfg.layer_types[: len(dec.layers)])

@@ -36,9 +36,10 @@ from .layers import EncoderLayer, LayerNorm, frozen_embedding, frozen_linear
 from .programs import EncoderStack, UnmaskedDecoder
 
 
-def _conv(conv: nn.Conv1d) -> nn.Conv1d:
+def _conv(conv: Any) -> nn.Conv1d:
+    """A frozen fp32 copy of one of Whisper's Conv1d (kernel 3, padding 1, with bias)."""
     out = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size[0], stride=conv.stride[0],
-                    padding=conv.padding[0])  # type: ignore[arg-type]  # an int padding, as Whisper's
+                    padding=conv.padding[0])
     out.weight = nn.Parameter(conv.weight.detach().clone().float(), requires_grad=False)
     out.bias = nn.Parameter(conv.bias.detach().clone().float(), requires_grad=False)
     return out
@@ -52,8 +53,10 @@ class WhisperEncoder(EncoderStack):
     def __init__(self, model: Model, layers: list[EncoderLayer]):
         enc, dec = model.model.encoder, model.model.decoder
         h = model.config.decoder_attention_heads  # cross K/V are laid out for the decoder's heads
-        super().__init__(layers, LayerNorm(enc.layer_norm), [frozen_linear(layer.encoder_attn.k_proj) for layer in dec.layers],
-                         [frozen_linear(layer.encoder_attn.v_proj) for layer in dec.layers], h, model.config.d_model // h)
+        super().__init__(layers, LayerNorm(enc.layer_norm),
+                         [frozen_linear(layer.encoder_attn.k_proj) for layer in dec.layers],
+                         [frozen_linear(layer.encoder_attn.v_proj) for layer in dec.layers],
+                         h, model.config.d_model // h)
         self.conv1, self.conv2 = _conv(enc.conv1), _conv(enc.conv2)
         self.register_buffer("enc_pos", enc.embed_positions.weight.detach().clone().float())  # [S, D]
 
