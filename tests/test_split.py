@@ -18,6 +18,8 @@ S, T = 24, 12
 class EagerSession:
     """The split modules behind the runtime Session interface (either cache mode)."""
 
+    runs_loop = False  # generate.greedy runs the loop here (Session.runs_loop)
+
     def __init__(self, parts):
         self.parts = parts
 
