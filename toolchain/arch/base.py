@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..split import Seq2SeqParts
-from .programs import EncoderStack, _DecoderBase
+from .programs import DecoderStep, EncoderStack
 
 # A transformers model of the family (PreTrainedModel): its attributes are family-specific, so untyped.
 Model = Any
@@ -96,7 +96,7 @@ class Adapter(ABC):
 
     @abstractmethod
     def programs(self, model: Model, max_input_len: int, max_output_len: int,
-                 cache_mode: str) -> tuple[EncoderStack, _DecoderBase]:
+                 cache_mode: str) -> tuple[EncoderStack, DecoderStep]:
         """The encode and decode modules (arch/programs.py) built from the model's weights."""
 
     def tokens(self, model: Model) -> SpecialTokens:

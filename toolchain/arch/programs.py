@@ -135,9 +135,10 @@ class TextEncoder(EncoderStack):
         return self.encode(self.tokens(input_ids), cross_bias)
 
 
-class _DecoderBase(_Program):
-    """One decoder step: token int64[1, 1], position int64[1], cross_bias [1, 1, S], per layer
-    cross_k/cross_v, ["io": the caches] -> logits [1, V] [, the updated caches].
+class DecoderStep(_Program):
+    """The decode program's base, one decoder step: token int64[1, 1], position int64[1],
+    cross_bias [1, 1, S], per layer cross_k/cross_v, ["io": the caches] -> logits [1, V]
+    [, the updated caches].
 
     cache_mode "buffer": the self-attention cache is registered buffers updated in place
     (runtimes with mutable state). "io": the caches are extra inputs after the cross K/V
@@ -212,13 +213,16 @@ class _DecoderBase(_Program):
         return logits
 
 
-class Decoder(_DecoderBase):
+class Decoder(DecoderStep):
+    """The decoder step of families with an encoder key mask: token, position, cross_bias,
+    cross K/V per layer ["io": caches]."""
+
     def forward(self, token: torch.Tensor, position: torch.Tensor, cross_bias: torch.Tensor,
                 *rest: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return self.step(token, position, cross_bias, rest)
 
 
-class UnmaskedDecoder(_DecoderBase):
+class UnmaskedDecoder(DecoderStep):
     """A decoder whose encoder has no key mask: token, position, cross K/V (no cross_bias)."""
 
     def forward(self, token: torch.Tensor, position: torch.Tensor,
