@@ -33,21 +33,9 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from . import layers
 from .base import Adapter, Model, register, tied_head
-from .layers import (
-    AttentionT,
-    CachedSelfAttention,
-    CrossAttention,
-    DecoderLayer,
-    EncoderLayer,
-    FeedForward,
-    LayerNorm,
-    SelfAttention,
-    causal_mask,
-    frozen_embedding,
-    frozen_linear,
-    step_table,
-)
+from .layers import frozen_embedding, frozen_linear
 from .programs import DEFAULT_KIND, Decoder, TextEncoder
 
 # transformers' ACT2FN names -> the shared activation table's names.
@@ -68,35 +56,36 @@ def _position_rows(stack: Any, length: int) -> torch.Tensor:
 # BART-style transformers layers (also Whisper's): self_attn and encoder_attn (q_proj, k_proj,
 # v_proj, out_proj; scores scaled by 1/sqrt(Dh)), fc1/fc2, a LayerNorm per sub-block.
 
-def attention(cls: type[AttentionT], sa: Any, heads: int) -> AttentionT:
+def attention(cls: type[layers.AttentionT], sa: Any, heads: int) -> layers.AttentionT:
     return cls(frozen_linear(sa.q_proj), frozen_linear(sa.k_proj), frozen_linear(sa.v_proj),
                frozen_linear(sa.out_proj), heads, sa.head_dim, scale=sa.head_dim ** -0.5)
 
 
-def cross_attention(ca: Any, heads: int) -> CrossAttention:
-    return CrossAttention(frozen_linear(ca.q_proj), frozen_linear(ca.out_proj), heads, ca.head_dim,
-                          scale=ca.head_dim ** -0.5)
+def cross_attention(ca: Any, heads: int) -> layers.CrossAttention:
+    return layers.CrossAttention(frozen_linear(ca.q_proj), frozen_linear(ca.out_proj), heads, ca.head_dim,
+                                 scale=ca.head_dim ** -0.5)
 
 
-def feed_forward(layer: Any, act: str) -> FeedForward:
-    return FeedForward(frozen_linear(layer.fc1), frozen_linear(layer.fc2), _ACT_ALIASES.get(act, act))
+def feed_forward(layer: Any, act: str) -> layers.FeedForward:
+    return layers.FeedForward(frozen_linear(layer.fc1), frozen_linear(layer.fc2), _ACT_ALIASES.get(act, act))
 
 
-def encoder_layer(layer: Any, heads: int, act: str, placement: str) -> EncoderLayer:
-    return EncoderLayer(attention(SelfAttention, layer.self_attn, heads), feed_forward(layer, act), placement,
-                        [LayerNorm(layer.self_attn_layer_norm), LayerNorm(layer.final_layer_norm)])
+def encoder_layer(layer: Any, heads: int, act: str, placement: str) -> layers.EncoderLayer:
+    norms = (layer.self_attn_layer_norm, layer.final_layer_norm)
+    return layers.EncoderLayer(attention(layers.SelfAttention, layer.self_attn, heads), feed_forward(layer, act),
+                               placement, [layers.LayerNorm(n) for n in norms])
 
 
-def decoder_layer(layer: Any, heads: int, act: str, placement: str) -> DecoderLayer:
+def decoder_layer(layer: Any, heads: int, act: str, placement: str) -> layers.DecoderLayer:
     norms = (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm)
-    return DecoderLayer(attention(CachedSelfAttention, layer.self_attn, heads),
-                        cross_attention(layer.encoder_attn, heads), feed_forward(layer, act), placement,
-                        [LayerNorm(n) for n in norms])
+    return layers.DecoderLayer(attention(layers.CachedSelfAttention, layer.self_attn, heads),
+                               cross_attention(layer.encoder_attn, heads), feed_forward(layer, act), placement,
+                               [layers.LayerNorm(n) for n in norms])
 
 
 def causal_table(length: int) -> dict[str, torch.Tensor]:
     """The decoder's only self-attention bias: the causal mask as a step table [T(k), T(q)]."""
-    return {DEFAULT_KIND: step_table(causal_mask(length)[None])}
+    return {DEFAULT_KIND: layers.step_table(layers.causal_mask(length)[None])}
 
 
 @register
@@ -140,12 +129,12 @@ class Bart(Adapter):
         enc_w = enc.embed_tokens.weight
         enc_emb = dec_emb if enc_w.data_ptr() == dec.embed_tokens.weight.data_ptr() else frozen_embedding(enc_w)
 
-        def norm_embed(stack: Any) -> LayerNorm | None:
+        def norm_embed(stack: Any) -> layers.LayerNorm | None:
             ln = getattr(stack, "layernorm_embedding", None)  # BART, mBART
-            return LayerNorm(ln) if ln is not None else None
+            return layers.LayerNorm(ln) if ln is not None else None
 
-        def final_norm(stack: Any) -> LayerNorm | None:
-            return LayerNorm(stack.layer_norm) if pre else None
+        def final_norm(stack: Any) -> layers.LayerNorm | None:
+            return layers.LayerNorm(stack.layer_norm) if pre else None
 
         encode = TextEncoder(
             enc_emb, [encoder_layer(layer, cfg.encoder_attention_heads, act, placement) for layer in enc.layers],

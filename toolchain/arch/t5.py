@@ -19,29 +19,18 @@ from typing import Any
 
 import torch
 
+from . import layers
 from .base import Adapter, Model, register, tied_head
-from .layers import (
-    AttentionT,
-    CachedSelfAttention,
-    CrossAttention,
-    DecoderLayer,
-    EncoderLayer,
-    FeedForward,
-    RMSNorm,
-    SelfAttention,
-    causal_mask,
-    frozen_embedding,
-    frozen_linear,
-    step_table,
-)
+from .layers import frozen_embedding, frozen_linear
 from .programs import DEFAULT_KIND, Decoder, TextEncoder
 
 
-def _ff(hf_ff: Any, act: str) -> FeedForward:
+def _ff(hf_ff: Any, act: str) -> layers.FeedForward:
     """v1.0: wo(act(wi(x))); gated v1.1/mT5: wo(act(wi_0(x)) * wi_1(x))."""
     if hasattr(hf_ff, "wi_0"):
-        return FeedForward(frozen_linear(hf_ff.wi_1), frozen_linear(hf_ff.wo), act, gate=frozen_linear(hf_ff.wi_0))
-    return FeedForward(frozen_linear(hf_ff.wi), frozen_linear(hf_ff.wo), act)
+        return layers.FeedForward(frozen_linear(hf_ff.wi_1), frozen_linear(hf_ff.wo), act,
+                                  gate=frozen_linear(hf_ff.wi_0))
+    return layers.FeedForward(frozen_linear(hf_ff.wi), frozen_linear(hf_ff.wo), act)
 
 
 def _variant(cfg: dict[str, Any]) -> str:
@@ -72,33 +61,40 @@ class T5(Adapter):
         h, dh, t, act = cfg.num_heads, cfg.d_kv, max_output_len, cfg.dense_act_fn
         embed = frozen_embedding(model.shared.weight)  # one module in both programs
 
-        def norm(sub: Any) -> RMSNorm:
-            return RMSNorm(sub.layer_norm.weight, cfg.layer_norm_epsilon)
+        def norm(weight: Any) -> layers.RMSNorm:
+            return layers.RMSNorm(weight, cfg.layer_norm_epsilon)
 
-        def attn(cls: type[AttentionT], a: Any) -> AttentionT:
+        def attn(cls: type[layers.AttentionT], a: Any) -> layers.AttentionT:
             return cls(frozen_linear(a.q), frozen_linear(a.k), frozen_linear(a.v), frozen_linear(a.o), h, dh)
 
         def rel_bias(stack: Any, length: int) -> torch.Tensor:  # [H, L(q), L(k)]
             with torch.no_grad():
                 return stack.block[0].layer[0].SelfAttention.compute_bias(length, length)[0].detach().clone().float()
 
+        # A T5 block: layer[0] self-attention, [layer[1] cross-attention,] then the feed-forward,
+        # each with its own RMSNorm in front.
+        def encoder_layer(b: Any) -> layers.EncoderLayer:
+            return layers.EncoderLayer(attn(layers.SelfAttention, b.layer[0].SelfAttention),
+                                       _ff(b.layer[1].DenseReluDense, act), "pre",
+                                       [norm(sub.layer_norm.weight) for sub in b.layer[:2]])
+
+        def decoder_layer(b: Any) -> layers.DecoderLayer:
+            ca = b.layer[1].EncDecAttention
+            return layers.DecoderLayer(attn(layers.CachedSelfAttention, b.layer[0].SelfAttention),
+                                       layers.CrossAttention(frozen_linear(ca.q), frozen_linear(ca.o), h, dh),
+                                       _ff(b.layer[2].DenseReluDense, act), "pre",
+                                       [norm(sub.layer_norm.weight) for sub in b.layer[:3]])
+
         enc, dec = model.encoder, model.decoder
         encode = TextEncoder(
-            embed, [EncoderLayer(attn(SelfAttention, b.layer[0].SelfAttention), _ff(b.layer[1].DenseReluDense, act),
-                                 "pre", [norm(b.layer[0]), norm(b.layer[1])]) for b in enc.block],
-            RMSNorm(enc.final_layer_norm.weight, cfg.layer_norm_epsilon),
+            embed, [encoder_layer(b) for b in enc.block], norm(enc.final_layer_norm.weight),
             [frozen_linear(b.layer[1].EncDecAttention.k) for b in dec.block],
             [frozen_linear(b.layer[1].EncDecAttention.v) for b in dec.block], h, dh,
             self_bias={DEFAULT_KIND: rel_bias(enc, max_input_len)})
-        layers = [DecoderLayer(attn(CachedSelfAttention, b.layer[0].SelfAttention),
-                               CrossAttention(frozen_linear(b.layer[1].EncDecAttention.q),
-                                              frozen_linear(b.layer[1].EncDecAttention.o), h, dh),
-                               _ff(b.layer[2].DenseReluDense, act), "pre", [norm(sub) for sub in b.layer[:3]])
-                  for b in dec.block]
         # transformers 5: T5 records it as scale_decoder_outputs; mT5 never scales.
         scale = getattr(cfg, "scale_decoder_outputs", cfg.model_type != "mt5")
-        decode = Decoder(embed, layers, RMSNorm(dec.final_layer_norm.weight, cfg.layer_norm_epsilon),
+        decode = Decoder(embed, [decoder_layer(b) for b in dec.block], norm(dec.final_layer_norm.weight),
                          tied_head(model, model.shared.weight), h, dh, t, cache_mode,
-                         self_bias={DEFAULT_KIND: step_table(rel_bias(dec, t) + causal_mask(t))},
+                         self_bias={DEFAULT_KIND: layers.step_table(rel_bias(dec, t) + layers.causal_mask(t))},
                          out_scale=cfg.d_model ** -0.5 if scale else 1.0)
         return encode, decode

@@ -31,26 +31,14 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from . import layers
 from .base import Adapter, Model, SpecialTokens, first_id, register, tied_head
-from .layers import (
-    NEG,
-    AttentionT,
-    CachedSelfAttention,
-    CrossAttention,
-    DecoderLayer,
-    EncoderLayer,
-    FeedForward,
-    RMSNorm,
-    SelfAttention,
-    frozen_embedding,
-    frozen_linear,
-    step_table,
-)
+from .layers import frozen_embedding, frozen_linear
 from .programs import Decoder, TextEncoder
 
 
-def _norm(norm: Any) -> RMSNorm:
-    return RMSNorm(1.0 + norm.weight.detach().float(), norm.eps)
+def _norm(norm: Any) -> layers.RMSNorm:
+    return layers.RMSNorm(1.0 + norm.weight.detach().float(), norm.eps)
 
 
 def _expanded(lin: nn.Linear, kv_heads: int, rep: int) -> nn.Linear:
@@ -93,11 +81,11 @@ def _masks(cfg: Any, kinds: list[str], length: int, causal: bool) -> dict[str, t
         ok = k <= q if causal else torch.ones_like(q, dtype=torch.bool)  # [L, 1]: broadcasts over keys
         if kind == "sliding_attention" and cfg.sliding_window is not None:
             ok = ok & ((k > q - cfg.sliding_window) if causal else ((q - k).abs() <= cfg.sliding_window))
-        out[kind] = torch.where(ok, 0.0, NEG)
+        out[kind] = torch.where(ok, 0.0, layers.NEG)
     return out
 
 
-def _attention(cls: type[AttentionT], attn: Any, cfg: Any) -> AttentionT:
+def _attention(cls: type[layers.AttentionT], attn: Any, cfg: Any) -> layers.AttentionT:
     """Self-attention with K/V expanded to H heads, RoPE, query_pre_attn_scalar scale, soft-capping."""
     rep = cfg.num_attention_heads // cfg.num_key_value_heads
     return cls(frozen_linear(attn.q_proj), _expanded(attn.k_proj, cfg.num_key_value_heads, rep),
@@ -106,30 +94,29 @@ def _attention(cls: type[AttentionT], attn: Any, cfg: Any) -> AttentionT:
                softcap=cfg.attn_logit_softcapping, rope=True)
 
 
-def _ff(layer: Any, cfg: Any) -> FeedForward:
+def _ff(layer: Any, cfg: Any) -> layers.FeedForward:
     """Gemma's feed-forward: down(act(gate(x)) * up(x))."""
     mlp = layer.mlp
-    return FeedForward(frozen_linear(mlp.up_proj), frozen_linear(mlp.down_proj), cfg.hidden_activation,
-                       gate=frozen_linear(mlp.gate_proj))
+    return layers.FeedForward(frozen_linear(mlp.up_proj), frozen_linear(mlp.down_proj), cfg.hidden_activation,
+                              gate=frozen_linear(mlp.gate_proj))
 
 
-def _encoder_layer(layer: Any, cfg: Any) -> EncoderLayer:
+def _encoder_layer(layer: Any, cfg: Any) -> layers.EncoderLayer:
     # "sandwich" norms: each sub-layer is norm -> block -> norm, then the residual add.
-    return EncoderLayer(_attention(SelfAttention, layer.self_attn, cfg), _ff(layer, cfg), "sandwich",
-                        [_norm(layer.pre_self_attn_layernorm), _norm(layer.pre_feedforward_layernorm)],
-                        [_norm(layer.post_self_attn_layernorm), _norm(layer.post_feedforward_layernorm)])
+    return layers.EncoderLayer(_attention(layers.SelfAttention, layer.self_attn, cfg), _ff(layer, cfg), "sandwich",
+                               [_norm(layer.pre_self_attn_layernorm), _norm(layer.pre_feedforward_layernorm)],
+                               [_norm(layer.post_self_attn_layernorm), _norm(layer.post_feedforward_layernorm)])
 
 
-def _decoder_layer(layer: Any, cfg: Any) -> DecoderLayer:
-    attn = _attention(CachedSelfAttention, layer.self_attn, cfg)
+def _decoder_layer(layer: Any, cfg: Any) -> layers.DecoderLayer:
+    attn = _attention(layers.CachedSelfAttention, layer.self_attn, cfg)
     ca = layer.cross_attn  # its scores are scaled and capped like the self-attention's
-    cross = CrossAttention(frozen_linear(ca.q_proj), frozen_linear(ca.o_proj), attn.heads, attn.head_dim,
-                           scale=attn.scale, softcap=attn.softcap)
-    return DecoderLayer(attn, cross, _ff(layer, cfg), "sandwich",
-                        [_norm(layer.pre_self_attn_layernorm), _norm(layer.pre_cross_attn_layernorm),
-                         _norm(layer.pre_feedforward_layernorm)],
-                        [_norm(layer.post_self_attn_layernorm), _norm(layer.post_cross_attn_layernorm),
-                         _norm(layer.post_feedforward_layernorm)])
+    cross = layers.CrossAttention(frozen_linear(ca.q_proj), frozen_linear(ca.o_proj), attn.heads, attn.head_dim,
+                                  scale=attn.scale, softcap=attn.softcap)
+    blocks = ("self_attn", "cross_attn", "feedforward")
+    return layers.DecoderLayer(attn, cross, _ff(layer, cfg), "sandwich",
+                               [_norm(getattr(layer, f"pre_{b}_layernorm")) for b in blocks],
+                               [_norm(getattr(layer, f"post_{b}_layernorm")) for b in blocks])
 
 
 @register
@@ -174,7 +161,7 @@ class T5Gemma(Adapter):
         decode = Decoder(
             frozen_embedding(dec.embed_tokens.weight), [_decoder_layer(layer, dcfg) for layer in dec.layers],
             _norm(dec.norm), tied_head(model, dec.embed_tokens.weight), h, dh, t, cache_mode, kinds=dec_kinds,
-            self_bias={kind: step_table(m[None]) for kind, m in _masks(dcfg, dec_kinds, t, causal=True).items()},
+            self_bias={kind: layers.step_table(m[None]) for kind, m in _masks(dcfg, dec_kinds, t, causal=True).items()},
             rope_tables=(cos.T.contiguous(), sin.T.contiguous()), embed_scale=dcfg.hidden_size ** 0.5,
             final_softcap=dcfg.final_logit_softcapping)
         return encode, decode
