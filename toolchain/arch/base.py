@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..split import Seq2SeqParts
+from .layers import frozen_linear
 from .programs import DecoderStep, EncoderStack
 
 # A transformers model of the family (PreTrainedModel): its attributes are family-specific, so untyped.
@@ -73,8 +74,6 @@ def text_generation(model: Model) -> dict[str, Any]:
 def tied_head(model: Model, embed_weight: nn.Parameter) -> nn.Linear | None:
     """The model's output projection as a frozen Linear, or None when it is the embedding matrix
     itself (tied: the decoder computes F.linear(x, embed.weight); one tensor, stored once)."""
-    from .layers import frozen_linear
-
     head = model.get_output_embeddings()
     return None if head.weight.data_ptr() == embed_weight.data_ptr() else frozen_linear(head)
 
