@@ -63,17 +63,6 @@ def _rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[
     return emb.cos().float(), emb.sin().float()
 
 
-def _rotate_half_matrix(head_dim: int) -> torch.Tensor:
-    """W with F.linear(x, W) == cat(-x[..., h:], x[..., :h]): rotate_half as a tiny matmul
-    (XNNPACK runs it; no slice/neg/cat nodes)."""
-    h = head_dim // 2
-    w = torch.zeros(head_dim, head_dim)
-    for j in range(h):
-        w[j, j + h] = -1.0
-        w[j + h, j] = 1.0
-    return w
-
-
 class _Layer(nn.Module):
     def __init__(self, block, heads: int, head_dim: int, eps: float):
         super().__init__()
@@ -101,9 +90,9 @@ class Prefill(nn.Module):
         cos, sin = _rope_tables(torch.arange(seq), head_dim, theta)
         self.register_buffer("cos", cos)  # [S, Dh], broadcast over heads
         self.register_buffer("sin", sin)
-        self.register_buffer("rot", _rotate_half_matrix(head_dim))
-        from toolchain.arch.layers import NEG
+        from toolchain.arch.layers import NEG, rotate_half_matrix
 
+        self.register_buffer("rot", rotate_half_matrix(head_dim))  # F.linear(x, rot) == rotate_half(x)
         self.register_buffer("causal", torch.triu(torch.full((seq, seq), NEG), diagonal=1).reshape(1, seq, seq))
         last = torch.zeros(1, 1, seq)
         last[0, 0, seq - 1] = 1.0
@@ -133,14 +122,14 @@ class Decode(nn.Module):
     def __init__(self, layers: nn.ModuleList, embed: nn.Embedding, norm: nn.Module, lm_head: nn.Linear,
                  seq: int, out_len: int, heads: int, head_dim: int, theta: float):
         super().__init__()
-        from toolchain.arch.layers import NEG, register_cache
+        from toolchain.arch.layers import NEG, register_cache, rotate_half_matrix
 
         self.layers, self.embed, self.final_norm, self.lm_head = layers, embed, norm, lm_head
         self.seq, self.T, self.cache_mode = seq, out_len, "buffer"
         cos, sin = _rope_tables(torch.arange(seq, seq + out_len), head_dim, theta)  # absolute positions S..S+T-1
         self.register_buffer("cos_table", cos.t().contiguous())  # [Dh, T]: F.linear(onehot, table) -> [1, Dh]
         self.register_buffer("sin_table", sin.t().contiguous())
-        self.register_buffer("rot", _rotate_half_matrix(head_dim))
+        self.register_buffer("rot", rotate_half_matrix(head_dim))
         self.register_buffer("mask_table", torch.triu(torch.full((out_len, out_len), NEG), diagonal=1).t().contiguous())
         register_cache(self, len(layers), heads, head_dim, out_len, "buffer")
 
