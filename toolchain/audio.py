@@ -184,14 +184,3 @@ def synthetic(kind: str, settings: dict[str, Any], seconds: float | None = None)
 
 
 SYNTHETIC = ("chirp", "tones", "noise")
-
-
-def features_for(value: str, settings: dict[str, Any], base: Path | None = None) -> np.ndarray:
-    """An eval/calibration row's "input" -> input_features: "synthetic:<kind>" (see `synthetic`) or
-    a WAV path (relative paths against `base`, the eval file's directory)."""
-    if value.startswith("synthetic:"):
-        return log_mel(synthetic(value.split(":", 1)[1], settings), settings)
-    path = Path(value)
-    if not path.is_absolute() and base is not None:
-        path = Path(base) / path
-    return wav_features(path, settings)

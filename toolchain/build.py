@@ -169,7 +169,7 @@ def _produce(ck: Path, recipe, target, entry: Path, verify_limit: int | None, pr
             LocalTransport(), art.path, art.manifest,
             ["--runs", str(probe_runs), "--warmup", "1", "--device-label", "local"])
         results = {"verify": rep, "probe": probe, "model_bytes": art.model_bytes,
-                   "export_seconds": art.manifest["export_seconds"]}
+                   "export_seconds": art.meta.export_seconds}
         (tmp / "cell.json").write_text(json.dumps(results, indent=1))
         # The entry appears complete or not at all (we hold its lock; a corrupt one is replaced).
         shutil.rmtree(entry, ignore_errors=True)

@@ -239,14 +239,16 @@ class _At:
         return _At(self.where, self.kind, path, name or self.name, key)
 
 
-def load(cls: type[T], data: Any, where: str) -> T:
-    """`data` (parsed YAML/JSON) as a `cls`, or a one-line InputError naming `where` and the key."""
+def load(cls: type[T], data: Any, where: str, key: str = "") -> T:
+    """`data` (parsed YAML/JSON) as a `cls`, or a one-line InputError naming `where` and the key
+    (`key`: where `data` sits in its file, for a part loaded on its own: "input")."""
     kind = getattr(cls, "KIND", None)
+    at = _At(where, None, key, kind or key)
     if not isinstance(data, dict):
         if kind:
             raise InputError(f"{where}: a {kind} must be a YAML mapping, got {type(data).__name__}")
-        raise InputError(f"{where}: expected a JSON object")
-    return _dataclass(cls, data, _At(where, None, "", kind or ""), None)
+        at.fail("a mapping", data)
+    return _dataclass(cls, data, at, None)
 
 
 @cache

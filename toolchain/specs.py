@@ -229,7 +229,9 @@ def with_lengths(recipe: Recipe, max_input_len: int | None = None, max_output_le
     if not changes:
         return recipe
     said = ", ".join(f"{k} {v}" for k, v in changes.items())
-    new = dataclasses.replace(recipe, description=f"{recipe.description} ({said} from the command line)", **changes)
+    new = dataclasses.replace(recipe, description=f"{recipe.description} ({said} from the command line)",
+                              max_input_len=changes.get("max_input_len", recipe.max_input_len),
+                              max_output_len=changes.get("max_output_len", recipe.max_output_len))
     for key, v in changes.items():
         if not 1 <= v <= 8192:
             raise InputError(f"--{key.replace('_', '-')} must be between 1 and 8192, got {v}")
