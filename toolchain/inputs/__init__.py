@@ -4,7 +4,8 @@ A codec is everything edgeseq knows about one modality, so no other module tests
   * `manifest_spec`   at export: the parts' input description -> the manifest's "input"
                       (text: as is; log_mel: the checkpoint's feature-extractor settings);
   * `read`            a user's input (a text; a WAV path or "synthetic:NAME") -> `Encoded`,
-                      what generate.greedy takes;
+                      what generate.greedy takes; `encode_arrays`: that (or a calibration
+                      item) as the encode program's arrays;
   * `builtin_rows`    the eval/calibration rows when there is no eval set (evalset.py);
   * `eager_kwargs`, `reference`  the same input for the eager transformers model, and how its
                       `generate` is called and read (verify's reference side);
@@ -86,6 +87,11 @@ class Codec(ABC):
              allow_unknown: bool = True) -> Encoded:
         """A user's input -> Encoded; relative paths resolve against `base` (the eval file's
         folder). Too long: an InputError unless `truncate`."""
+
+    @abstractmethod
+    def encode_arrays(self, item: Any, max_input_len: int, pad_id: int) -> tuple[np.ndarray, ...]:
+        """A calibration item (what `calibration` gives) or Encoded -> the encode program's arrays
+        in declared order."""
 
     @abstractmethod
     def eager_kwargs(self, encoded: Encoded) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import numpy as np
+
 from .. import audio
 from ..schema import AtLeast
 from . import Codec, Context, Encoded
@@ -60,6 +62,10 @@ class LogMelCodec(Codec):
         if not path.is_absolute() and base is not None:
             path = Path(base) / path
         return Encoded(arrays=(audio.wav_features(path, settings, truncate=truncate),))
+
+    def encode_arrays(self, item: Any, max_input_len: int, pad_id: int) -> tuple[np.ndarray, ...]:
+        # input_features float32 [1, n_mels, frames]: already the program's input.
+        return tuple((item.arrays or ()) if isinstance(item, Encoded) else item)
 
     def eager_kwargs(self, encoded: Encoded) -> dict[str, Any]:
         import torch

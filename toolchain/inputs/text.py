@@ -41,6 +41,13 @@ class TextCodec(Codec):
         return Encoded(ids=tokenize(ctx.tokenizer, value, ctx.max_input_len, truncate=truncate,
                                     allow_unknown=allow_unknown))
 
+    def encode_arrays(self, item: Any, max_input_len: int, pad_id: int) -> tuple[np.ndarray, ...]:
+        # input_ids, attention_mask int64 [1, max_input_len], right-padded (generate.pad).
+        from ..generate import pad
+
+        ids = list((item.ids or []) if isinstance(item, Encoded) else item)
+        return pad(ids[:max_input_len], max_input_len, pad_id)
+
     def eager_kwargs(self, encoded: Encoded) -> dict[str, Any]:
         import torch
 
