@@ -60,7 +60,7 @@ def load_settings(checkpoint: Path, n_mels: int, frames: int) -> dict[str, Any]:
     if n_frames != frames:
         raise InputError(f"{path}: chunk_length * sampling_rate / hop_length = {n_frames} frames, but the model "
                          f"takes {frames} (2 x config.json max_source_positions)")
-    return {"kind": "log_mel", **s, "n_samples": s["chunk_length"] * s["sampling_rate"], "frames": frames}
+    return {**s, "n_samples": s["chunk_length"] * s["sampling_rate"], "frames": frames}
 
 
 # -- mel filter bank (transformers.audio_utils.mel_filter_bank, slaney/slaney) ------------------

@@ -91,114 +91,59 @@ class AbsentIsNull:
 # -- annotations: rules (None is the type's business, never a rule's) ----------------------------
 
 
+@dataclass(frozen=True)
 class Rule:
-    """A condition on a loaded value: `ok`, and what the value must be when it is not."""
+    """A condition on a loaded value: `test`, and what the value must be when it fails (`said`,
+    or a function giving it), or instead a whole message (`says`, str.format fields as Says)."""
 
-    says: str | None = None  # a whole message ("{key}", "{got}"...) instead of "must be <said()>"
+    test: Callable[[Any], bool]
+    said: str | Callable[[], str] = ""
+    says: str | None = None
 
-    def ok(self, value: Any) -> bool:
-        raise NotImplementedError
-
-    def said(self) -> str:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Range(Rule):
-    lo: int
-    hi: int
-
-    def ok(self, value: Any) -> bool:
-        return bool(self.lo <= value <= self.hi)
-
-    def said(self) -> str:
-        return f"between {self.lo} and {self.hi}"
+    def words(self) -> str:
+        return self.said() if callable(self.said) else self.said
 
 
-@dataclass(frozen=True)
-class AtLeast(Rule):
-    lo: float
-
-    def ok(self, value: Any) -> bool:
-        return bool(value >= self.lo)
-
-    def said(self) -> str:
-        return f">= {self.lo:g}"
+# Rule makers, capitalized as they read in annotations: Annotated[int, Range(1, 8192)].
+def Range(lo: int, hi: int) -> Rule:
+    return Rule(lambda v: lo <= v <= hi, f"between {lo} and {hi}")
 
 
-@dataclass(frozen=True)
-class AtMost(Rule):
-    hi: float
-
-    def ok(self, value: Any) -> bool:
-        return bool(value <= self.hi)
-
-    def said(self) -> str:
-        return f"<= {self.hi:g}"
+def AtLeast(lo: float) -> Rule:
+    return Rule(lambda v: v >= lo, f">= {lo:g}")
 
 
-@dataclass(frozen=True)
-class OneOf(Rule):
-    """One of `choices` (a collection, or a function giving it, called when checked)."""
-
-    choices: Collection[Any] | Callable[[], Collection[Any]]
-    says: str | None = None  # may use {choices}
-
-    def names(self) -> list[Any]:
-        return list(self.choices() if callable(self.choices) else self.choices)
-
-    def ok(self, value: Any) -> bool:
-        return value in self.names()
-
-    def said(self) -> str:
-        return "one of " + ", ".join(str(c) for c in self.names())
+def AtMost(hi: float) -> Rule:
+    return Rule(lambda v: v <= hi, f"<= {hi:g}")
 
 
-@dataclass(frozen=True)
-class Pattern(Rule):
-    regex: re.Pattern[str]
-    words: str
+def OneOf(choices: Collection[Any] | Callable[[], Collection[Any]], says: str | None = None) -> Rule:
+    """One of `choices` (or of what a function gives, asked when checking: a registry). `says`
+    may name them as {choices} (fixed choices only)."""
+    def names() -> list[Any]:
+        return list(choices() if callable(choices) else choices)
 
-    def ok(self, value: Any) -> bool:
-        return self.regex.fullmatch(value) is not None
-
-    def said(self) -> str:
-        return self.words
-
-
-@dataclass(frozen=True)
-class NonEmpty(Rule):
-    def ok(self, value: Any) -> bool:
-        return len(value) > 0
-
-    def said(self) -> str:
-        return "non-empty"
+    if says is not None:
+        says = says.replace("{choices}", ", ".join(map(str, names())))
+    return Rule(lambda v: v in names(), lambda: "one of " + ", ".join(map(str, names())), says)
 
 
-@dataclass(frozen=True)
-class NonBlank(Rule):
-    def ok(self, value: Any) -> bool:
-        return bool(value.strip())
-
-    def said(self) -> str:
-        return "not blank"
+def Pattern(regex: re.Pattern[str], said: str) -> Rule:
+    return Rule(lambda v: regex.fullmatch(v) is not None, said)
 
 
-@dataclass(frozen=True)
-class Newer(Rule):
+def NonEmpty() -> Rule:
+    return Rule(lambda v: len(v) > 0, "non-empty")
+
+
+def NonBlank() -> Rule:
+    return Rule(lambda v: bool(v.strip()), "not blank")
+
+
+def Newer(current: int) -> Rule:
     """A format_version this tool can read; a newer one is refused with "upgrade edgeseq"."""
-
-    current: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "says", f"format_version {{got}} is newer than this tool ({self.current}); "
-                                         f"upgrade edgeseq")
-
-    def ok(self, value: Any) -> bool:
-        return bool(value <= self.current)
-
-    def said(self) -> str:
-        return f"<= {self.current}"
+    return Rule(lambda v: v <= current, f"<= {current}",
+                f"format_version {{got}} is newer than this tool ({current}); upgrade edgeseq")
 
 
 @dataclass(frozen=True)
@@ -228,10 +173,10 @@ class _At:
     name: str  # the field this is (or is under), for unknown-key messages
     entry: Any = None  # the mapping key this value is under
 
-    def fail(self, said: str, value: Any, says: str | None = None, **extra: Any) -> NoReturn:
+    def fail(self, said: str, value: Any, says: str | None = None) -> NoReturn:
         if says is not None:
             raise InputError(f"{self.where}: " + says.format(key=self.key, name=self.name, entry=self.entry,
-                                                             got=short(value), **extra))
+                                                             got=short(value)))
         raise must(self.where, self.kind, self.key, said, value)
 
     def under(self, key: Any, name: str | None = None) -> _At:
@@ -248,7 +193,7 @@ def load(cls: type[T], data: Any, where: str, key: str = "") -> T:
         if kind:
             raise InputError(f"{where}: a {kind} must be a YAML mapping, got {type(data).__name__}")
         at.fail("a mapping", data)
-    return _dataclass(cls, data, at, None)
+    return _dataclass(cls, data, at)
 
 
 @cache
@@ -286,9 +231,8 @@ def _value(tp: Any, value: Any, at: _At) -> Any:
     try:
         out = _typed(tp, value, at, phrase, meta)
         for rule in meta:
-            if isinstance(rule, Rule) and out is not None and not rule.ok(out):
-                extra = {"choices": ", ".join(map(str, rule.names()))} if isinstance(rule, OneOf) else {}
-                at.fail(phrase or rule.said(), out, rule.says, **extra)
+            if isinstance(rule, Rule) and out is not None and not rule.test(out):
+                at.fail(phrase or rule.words(), out, rule.says)
     except InputError:
         if says is None:
             raise
@@ -309,7 +253,7 @@ def _typed(tp: Any, value: Any, at: _At, phrase: str | None, meta: tuple[Any, ..
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             at.fail(phrase or "a mapping", value)
-        return _dataclass(tp, value, at, phrase)
+        return _dataclass(tp, value, at)
     return _scalar(tp, value, at, phrase)
 
 
@@ -381,7 +325,7 @@ def _dict(tp: Any, value: Any, at: _At, phrase: str | None, meta: tuple[Any, ...
     return {k: _value(item, v, at.under(k)) for k, v in value.items()}
 
 
-def _dataclass(cls: Any, value: dict, at: _At, phrase: str | None) -> Any:
+def _dataclass(cls: Any, value: dict, at: _At) -> Any:
     kind = getattr(cls, "KIND", None)
     # A class with a KIND starts its own wording; one without reports dotted keys under its field.
     inner = _At(at.where, kind, "", kind) if kind else at
@@ -396,13 +340,13 @@ def _dataclass(cls: Any, value: dict, at: _At, phrase: str | None) -> Any:
         if f.name == rest:
             out[f.name] = {k: v for k, v in value.items() if k not in names}
             continue
-        here = inner.under(f.name, f.name) if not kind else _At(at.where, kind, f.name, f.name, f.name)
+        here = inner.under(f.name, f.name)
         if f.name not in value:
             if any(isinstance(m, AbsentIsNull) for m in _split(hints[f.name])[1]):
                 out[f.name] = _value(hints[f.name], None, here)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise InputError(f"{at.where}: missing required {kind or inner.kind} key {f.name!r}"
-                                 if (kind or inner.kind) else f"{at.where}: missing key {here.key!r}")
+                raise InputError(f"{at.where}: missing required {inner.kind} key {f.name!r}" if inner.kind
+                                 else f"{at.where}: missing key {here.key!r}")
             continue
         out[f.name] = _value(hints[f.name], value[f.name], here)
     obj = cls(**out)

@@ -64,6 +64,14 @@ class VerifyReport:
         return asdict(self)
 
 
+def reference(model, codec: Codec, eager_in: dict, tokens: Tokens, max_output_len: int, prompt_len: int,
+              use_cache: bool = True) -> tuple[list[int] | None, list[int]]:
+    """Eager transformers greedy `generate`, as a user runs it: (the prompt it forced, or None
+    where generate does not return it, and the tokens it generated after it, up to EOS). How
+    generate is called and read depends on the input kind: its codec's `reference`."""
+    return codec.reference(model, eager_in, tokens, max_output_len, prompt_len, use_cache=use_cache)
+
+
 def _eager(model, codec: Codec, encoded: Encoded, tokens: Tokens, max_output_len: int, prompt_len: int,
            fed: list[int], what: str) -> tuple[list[int] | None, list[int], np.ndarray]:
     """The eager side of one row: generate's (prompt, tokens) as the input codec runs it, and the
@@ -75,11 +83,11 @@ def _eager(model, codec: Codec, encoded: Encoded, tokens: Tokens, max_output_len
     try:
         with torch.no_grad():
             try:
-                prompt, out = codec.reference(model, eager_in, tokens, max_output_len, prompt_len)
+                prompt, out = reference(model, codec, eager_in, tokens, max_output_len, prompt_len)
             except (IndexError, ValueError, RuntimeError, AttributeError):
                 # transformers' own KV cache breaks for some valid configs (a T5 whose
                 # num_decoder_layers differs from num_layers): the same greedy search without it.
-                prompt, out = codec.reference(model, eager_in, tokens, max_output_len, prompt_len, use_cache=False)
+                prompt, out = reference(model, codec, eager_in, tokens, max_output_len, prompt_len, use_cache=False)
             eager = _teacher_forced(model, eager_in, fed)
     except Exception as e:  # noqa: BLE001 (any failure of the reference model is reported, not raised)
         first = (str(e).strip().splitlines() or [""])[0][:200]

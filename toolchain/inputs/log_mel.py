@@ -24,7 +24,7 @@ Positive = Annotated[int, AtLeast(1)]
 
 @dataclass(frozen=True)
 class Settings:
-    """The manifest's "input" for log_mel (audio.load_settings writes it)."""
+    """The manifest's "input" for log_mel: the kind and audio.load_settings' settings."""
 
     kind: str
     feature_size: Positive  # mel bins
@@ -43,7 +43,7 @@ class LogMelCodec(Codec):
     builtin_source = "built-in synthetic audio"
 
     def manifest_spec(self, checkpoint: Path, parts_input: Mapping[str, Any]) -> dict[str, Any]:
-        return audio.load_settings(checkpoint, parts_input["n_mels"], parts_input["frames"])
+        return {"kind": self.kind, **audio.load_settings(checkpoint, parts_input["n_mels"], parts_input["frames"])}
 
     def check_spec(self, spec: Mapping[str, Any], where: str) -> None:
         from .. import schema
