@@ -15,20 +15,21 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .hashing import sha256_file
 from .errors import InputError, read_json_object
-from .specs import Recipe, Target, recipe_from_dict, target_from_dict
-from .tokenizer import check_spec
+from .hashing import sha256_file
+from .manifest import FORMAT_VERSION, Manifest, parse
+from .specs import Recipe, Target
 
-FORMAT_VERSION = 2  # 2: "tokens.tokenizer" may be a Marian SentencePiece description (an object)
+__all__ = ["FORMAT_VERSION", "MANIFEST", "Artifact", "Manifest", "open_artifact", "staging_dir"]
+
 MANIFEST = "manifest.json"
 
 
@@ -175,97 +176,69 @@ def file_entries(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]
 
 @dataclass
 class Artifact:
+    """An opened artifact: its folder, the manifest as read (`manifest`, the JSON: backends read
+    their own sections from it, `update` writes it) and the same manifest typed (`meta`)."""
+
     path: Path
     manifest: dict[str, Any]
+    _meta: Manifest | None = field(default=None, repr=False)
+
+    @property
+    def meta(self) -> Manifest:
+        if self._meta is None:
+            self._meta = parse(self.manifest, str(self.path / MANIFEST))
+        return self._meta
 
     @property
     def recipe(self) -> Recipe:
-        return recipe_from_dict(self.manifest["recipe"])
+        return self.meta.recipe
 
     @property
     def target(self) -> Target:
-        return target_from_dict(self.manifest["target"])
+        return self.meta.target
 
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def load_tokenizer(self) -> Any:
+        """The artifact's tokenizer (tokenizer.TextTokenizer): tokenizers or sentencepiece only."""
+        from .tokenizer import from_manifest
+
+        return from_manifest({"tokenizer": self.meta.tokens.tokenizer}, self.path)
+
     @property
     def model_bytes(self) -> int:
-        tokenizer = check_spec(self.manifest["tokens"].get("tokenizer"), self.path / MANIFEST)
-        return sum(e["bytes"] for n, e in self.manifest["files"].items() if n not in tokenizer)
+        tokenizer = self.meta.tokenizer_files(str(self.path / MANIFEST))
+        return sum(e.bytes for n, e in self.meta.files.items() if n not in tokenizer)
 
     @property
     def total_bytes(self) -> int:
-        return sum(e["bytes"] for e in self.manifest["files"].values())
+        return sum(e.bytes for e in self.meta.files.values())
 
     def update(self, key: str, value: Any) -> None:
         """Record a result (e.g. the last verify) in the manifest, atomically."""
         self.manifest[key] = value
+        self._meta = None
         try:
             write_json_atomic(self.path / MANIFEST, self.manifest)
         except OSError as e:
             raise InputError(f"cannot update {self.path / MANIFEST}: {_why(e)}") from None
 
 
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
-
-
-def _safe_name(name: Any) -> bool:
-    """A manifest file name: a relative path inside the artifact (Core ML packages are dirs)."""
-    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or "\0" in name:
-        return False
-    return all(part not in ("", ".", "..") for part in name.split("/"))
-
-
-def _check_manifest(m: dict, mpath: Path) -> None:
-    """The manifest's own structure: what open_artifact relies on, and that every file a runtime
-    will load is one the manifest lists (and so hash-checks)."""
-    files = m["files"]
-    if not isinstance(files, dict) or not files:
-        raise InputError(f"{mpath}: 'files' must be a non-empty mapping of name -> sha256 and bytes")
-    for name, e in files.items():
-        if not _safe_name(name):
-            raise InputError(f"{mpath}: file name {name!r} is not a plain path inside the artifact")
-        if not (isinstance(e, dict) and isinstance(e.get("sha256"), str) and SHA256_RE.fullmatch(e["sha256"])
-                and isinstance(e.get("bytes"), int) and not isinstance(e["bytes"], bool) and e["bytes"] >= 0):
-            raise InputError(f"{mpath}: 'files' entry {name!r} needs a sha256 (64 hex digits) and bytes")
-
-    def listed(ref: Any, what: str) -> None:
-        if ref is None:
-            return
-        if not _safe_name(ref) or not (ref in files or any(n.startswith(ref + "/") for n in files)):
-            raise InputError(f"{mpath}: {what} {ref!r} is not a file listed (and hashed) in the manifest")
-
-    programs, tokens = m["programs"], m["tokens"]
-    if not isinstance(programs, dict) or not all(isinstance(v, dict) for v in programs.values()):
-        raise InputError(f"{mpath}: 'programs' must be a mapping of program name -> signature")
-    for prog, sig in programs.items():
-        listed(sig.get("file"), f"program {prog!r} file")
-        listed(sig.get("data_file"), f"program {prog!r} data_file")
-    if not isinstance(tokens, dict):
-        raise InputError(f"{mpath}: 'tokens' must be a mapping")
-    for ref in check_spec(tokens.get("tokenizer"), mpath):
-        listed(ref, "tokenizer")
-    for k in ("decoder_start_token_id", "eos_token_id", "pad_token_id", "vocab_size"):
-        if not isinstance(tokens.get(k), int) or isinstance(tokens[k], bool):
-            raise InputError(f"{mpath}: 'tokens.{k}' must be an integer")
-
-
-def _check_hashes(p: Path, m: dict) -> None:
-    files = m["files"]
-    for name, entry in files.items():
+def _check_hashes(p: Path, m: Manifest) -> None:
+    for name, entry in m.files.items():
         f = p / name
         if not f.is_file():
             raise InputError(f"{f}: missing (listed in the manifest)")
-        if f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
+        if f.stat().st_size != entry.bytes or sha256_file(f) != entry.sha256:
             raise InputError(f"{f}: sha256 does not match the manifest; the artifact was modified "
                              f"or corrupted, re-export it")
     # A program that is a directory (an .mlpackage) is loaded whole: nothing unlisted in it.
-    for sig in m["programs"].values():
-        d = p / sig["file"] if sig.get("file") else None
+    for prog in m.programs.values():
+        d = p / prog.file if prog.file else None
         if d is not None and d.is_dir():
             for f in sorted(d.rglob("*")):
-                if f.is_file() and f.relative_to(p).as_posix() not in files:
+                if f.is_file() and f.relative_to(p).as_posix() not in m.files:
                     raise InputError(f"{f}: not listed in the manifest; the artifact was modified, re-export it")
 
 
@@ -279,18 +252,7 @@ def open_artifact(path: str | Path, check_hashes: bool = True) -> Artifact:
     if not mpath.is_file():
         raise InputError(f"{p}: not an artifact (no {MANIFEST})")
     manifest = read_json_object(mpath)
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise InputError(f"{mpath}: missing format_version")
-    if version > FORMAT_VERSION:
-        raise InputError(f"{mpath}: format_version {version} is newer than this tool ({FORMAT_VERSION}); "
-                         f"upgrade edgeseq")
-    for key in ("files", "programs", "recipe", "target", "checkpoint", "tokens"):
-        if key not in manifest:
-            raise InputError(f"{mpath}: missing key {key!r}")
-    _check_manifest(manifest, mpath)
-    recipe_from_dict(manifest["recipe"], str(mpath))
-    target_from_dict(manifest["target"], str(mpath))
+    meta = parse(manifest, str(mpath))
     if check_hashes:
-        _check_hashes(p, manifest)
-    return Artifact(path=p, manifest=manifest)
+        _check_hashes(p, meta)
+    return Artifact(path=p, manifest=manifest, _meta=meta)

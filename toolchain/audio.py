@@ -60,7 +60,7 @@ def load_settings(checkpoint: Path, n_mels: int, frames: int) -> dict[str, Any]:
     if n_frames != frames:
         raise InputError(f"{path}: chunk_length * sampling_rate / hop_length = {n_frames} frames, but the model "
                          f"takes {frames} (2 x config.json max_source_positions)")
-    return {"kind": "log_mel", **s, "n_samples": s["chunk_length"] * s["sampling_rate"], "frames": frames}
+    return {**s, "n_samples": s["chunk_length"] * s["sampling_rate"], "frames": frames}
 
 
 # -- mel filter bank (transformers.audio_utils.mel_filter_bank, slaney/slaney) ------------------
@@ -184,14 +184,3 @@ def synthetic(kind: str, settings: dict[str, Any], seconds: float | None = None)
 
 
 SYNTHETIC = ("chirp", "tones", "noise")
-
-
-def features_for(value: str, settings: dict[str, Any], base: Path | None = None) -> np.ndarray:
-    """An eval/calibration row's "input" -> input_features: "synthetic:<kind>" (see `synthetic`) or
-    a WAV path (relative paths against `base`, the eval file's directory)."""
-    if value.startswith("synthetic:"):
-        return log_mel(synthetic(value.split(":", 1)[1], settings), settings)
-    path = Path(value)
-    if not path.is_absolute() and base is not None:
-        path = Path(base) / path
-    return wav_features(path, settings)

@@ -16,7 +16,6 @@ import fcntl
 import fnmatch
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -24,15 +23,42 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
+from . import schema
 from .errors import InputError
-from .specs import short
+from .schema import AbsentIsNull, AtLeast, Keys, Newer, NonBlank, NonEmpty, Phrase, must, short
 
-MATRIX_KEYS = {"format_version", "checkpoints", "recipes", "targets", "exclude", "thresholds",
-               "verify_limit", "probe_runs"}
-THRESHOLD_KEYS = {"max_accuracy_drop", "max_slowdown_pct"}
 MATRIX_FORMAT_VERSION = 1
+THRESHOLD_KEYS = ("max_accuracy_drop", "max_slowdown_pct")
+Names = Annotated[list[Annotated[str, NonBlank()]], Phrase("a non-empty list of names or paths"), NonEmpty(),
+                  AbsentIsNull()]
+PositiveInt = Annotated[int | None, Phrase("a positive integer"), AtLeast(1)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatrixFile:
+    """A build matrix as written (YAML); `load_matrix` resolves it into a Matrix. (Keys in
+    alphabetical order: the order an unknown key's message lists them.)"""
+
+    KIND: ClassVar[str] = "matrix"
+
+    checkpoints: Names
+    # Cells left out: {checkpoint, recipe, target} glob patterns, all given ones must match.
+    exclude: Annotated[list[Annotated[dict[str, str], Keys(("checkpoint", "recipe", "target")), NonEmpty()]] | None,
+                       Phrase("a list of {checkpoint, recipe, target} patterns (strings)")] = None
+    format_version: Annotated[int, Phrase("a positive integer"), AtLeast(1), Newer(MATRIX_FORMAT_VERSION)] = \
+        MATRIX_FORMAT_VERSION
+    probe_runs: PositiveInt = 5
+    recipes: Names
+    targets: Names
+    thresholds: Annotated[dict[str, Annotated[float, Phrase("a finite number")]], Keys(THRESHOLD_KEYS)] | None = None
+    verify_limit: PositiveInt = None
+
+    def validate(self, where: str) -> None:
+        drop = (self.thresholds or {}).get("max_accuracy_drop")
+        if drop is not None and drop < 0:
+            raise must(where, self.KIND, "thresholds.max_accuracy_drop", "a finite number >= 0", drop)
 
 
 @dataclass
@@ -46,44 +72,20 @@ class Matrix:
     probe_runs: int
 
 
-def _list(data: dict, key: str, where: str) -> list[str]:
-    v = data.get(key)
-    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
-        raise InputError(f"{where}: matrix key {key!r} must be a non-empty list of names or paths, "
-                         f"got {short(v)}")
-    return v
-
-
-def _positive_int(data: dict, key: str, where: str, default: int | None) -> int | None:
-    v = data.get(key, default)
-    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-        raise InputError(f"{where}: matrix key {key!r} must be a positive integer, got {short(v)}")
-    return v
-
-
 def load_matrix(path: str | Path) -> Matrix:
     """Parse and check a matrix, including that every recipe and target in it loads: a typo
     fails the whole build in one line, before any cell runs."""
-    from .specs import check_keys, load_recipe, load_target, load_yaml
+    from .specs import load_recipe, load_target, load_yaml
 
     p = Path(path)
-    data = load_yaml(p)
-    if not isinstance(data, dict):
-        raise InputError(f"{p}: a matrix must be a YAML mapping, got {type(data).__name__}")
-    check_keys(data, sorted(MATRIX_KEYS), str(p), "matrix")
-    version = data.get("format_version", MATRIX_FORMAT_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise InputError(f"{p}: matrix key 'format_version' must be a positive integer, got {short(version)}")
-    if version > MATRIX_FORMAT_VERSION:
-        raise InputError(f"{p}: format_version {version} is newer than this tool ({MATRIX_FORMAT_VERSION}); "
-                         f"upgrade edgeseq")
+    spec = schema.load(MatrixFile, load_yaml(p), str(p))
     base = p.resolve().parent
 
     def rel(s: str) -> str:  # recipe/target names stay names; files resolve next to the matrix
         return str(base / s) if s.endswith((".yaml", ".yml")) else s
 
     cks = []
-    for c in _list(data, "checkpoints", str(p)):
+    for c in spec.checkpoints:
         try:
             ok = (base / c).is_dir()
         except (OSError, ValueError):  # NUL byte, name too long
@@ -91,34 +93,16 @@ def load_matrix(path: str | Path) -> Matrix:
         if not ok:
             raise InputError(f"{p}: matrix key 'checkpoints': checkpoint not found: {short(c)}")
         cks.append(base / c)
-    recipes = [rel(r) for r in _list(data, "recipes", str(p))]
-    targets = [rel(t) for t in _list(data, "targets", str(p))]
+    recipes, targets = [rel(r) for r in spec.recipes], [rel(t) for t in spec.targets]
     for key, names, load in (("recipes", recipes, load_recipe), ("targets", targets, load_target)):
         for n in names:
             try:
                 load(n)
             except InputError as e:
                 raise InputError(f"{p}: matrix key {key!r}: {e}") from None
-    exclude = data.get("exclude")
-    exclude = [] if exclude is None else exclude
-    if not isinstance(exclude, list) or not all(
-            isinstance(e, dict) and e and set(e) <= {"checkpoint", "recipe", "target"}
-            and all(isinstance(v, str) for v in e.values()) for e in exclude):
-        raise InputError(f"{p}: matrix key 'exclude' must be a list of {{checkpoint, recipe, target}} "
-                         f"patterns (strings), got {short(exclude)}")
-    th = data.get("thresholds")
-    th = {} if th is None else th
-    if not isinstance(th, dict):
-        raise InputError(f"{p}: matrix key 'thresholds' must be a mapping, got {short(th)}")
-    check_keys(th, sorted(THRESHOLD_KEYS), str(p), "thresholds")
-    for k, v in th.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or \
-                (k == "max_accuracy_drop" and v < 0):
-            raise InputError(f"{p}: matrix key 'thresholds.{k}' must be a finite number"
-                             f"{' >= 0' if k == 'max_accuracy_drop' else ''}, got {short(v)}")
-    limit = _positive_int(data, "verify_limit", str(p), None)
-    runs = _positive_int(data, "probe_runs", str(p), 5)
-    return Matrix(cks, recipes, targets, exclude, {k: float(v) for k, v in th.items()}, limit, runs)
+    # probe_runs: null means the default, as for the other optional keys.
+    return Matrix(cks, recipes, targets, spec.exclude or [], dict(spec.thresholds or {}), spec.verify_limit,
+                  spec.probe_runs or 5)
 
 
 def _versions(target) -> dict[str, str]:
@@ -185,7 +169,7 @@ def _produce(ck: Path, recipe, target, entry: Path, verify_limit: int | None, pr
             LocalTransport(), art.path, art.manifest,
             ["--runs", str(probe_runs), "--warmup", "1", "--device-label", "local"])
         results = {"verify": rep, "probe": probe, "model_bytes": art.model_bytes,
-                   "export_seconds": art.manifest["export_seconds"]}
+                   "export_seconds": art.meta.export_seconds}
         (tmp / "cell.json").write_text(json.dumps(results, indent=1))
         # The entry appears complete or not at all (we hold its lock; a corrupt one is replaced).
         shutil.rmtree(entry, ignore_errors=True)

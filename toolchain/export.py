@@ -9,19 +9,21 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import backends, progress
-from .artifact import FORMAT_VERSION, MANIFEST, check_replaceable, file_entries, open_artifact, staging_dir, write_json_atomic
+from . import backends, evalset, progress
+from .artifact import MANIFEST, check_replaceable, file_entries, open_artifact, staging_dir, write_json_atomic
 from .checkpoint import SourceModel
 from .errors import InputError
+from .inputs import Context, codec_for
 from .logs import native_logs
+from .manifest import FORMAT_VERSION, parse
 from .specs import Recipe, Target
 
 
 def base_versions() -> dict[str, str]:
     from . import source_digest
 
-    return {"edgeseq": version("edgeseq"), "edgeseq_source": source_digest(), "torch": version("torch"), "transformers": version("transformers"),
-            "python": platform.python_version()}
+    return {"edgeseq": version("edgeseq"), "edgeseq_source": source_digest(), "torch": version("torch"),
+            "transformers": version("transformers"), "python": platform.python_version()}
 
 
 def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str = "buffer"):
@@ -32,7 +34,7 @@ def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str
 
     model = model if model is not None else source.load_model()
     parts = source.adapter.build(model, recipe.max_input_len, recipe.max_output_len, cache_mode)
-    if recipe.encode_lengths and (parts.input.get("kind") != "text" or not parts.cross_bias):
+    if recipe.encode_lengths and (not codec_for(parts.input.get("kind")).padded or not parts.cross_bias):
         raise InputError(f"recipe {recipe.name}: encode_lengths needs a text family (padded token inputs); "
                          f"{source.adapter.family} encodes {parts.input.get('kind')}")
     for length in recipe.encode_lengths:
@@ -44,38 +46,22 @@ def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str
 
 
 def calibration_inputs(source: SourceModel, recipe: Recipe, limit: int = 32, spec: dict | None = None) -> list:
-    """Inputs for static quantization: the recipe's JSONL, else the checkpoint's eval.jsonl, else a
-    few built-in inputs. Text: token id lists (inputs longer than max_input_len are skipped);
-    audio (`spec`, the manifest's input, kind log_mel): (input_features,) tuples."""
-    from .verify import BUILTIN_INPUTS, load_eval
-
-    audio = spec is not None and spec.get("kind") == "log_mel"
-    base = None
-    if recipe.calibration:
-        rows, base = load_eval(Path(recipe.calibration)), Path(recipe.calibration).parent
-    elif (source.path / "eval.jsonl").is_file():
-        rows, base = load_eval(source.path / "eval.jsonl"), source.path
-    else:
-        from .audio import SYNTHETIC
-
-        rows = [{"input": f"synthetic:{k}"} for k in SYNTHETIC] if audio else [{"input": s} for s in BUILTIN_INPUTS]
-    if audio:
-        from .audio import features_for
-
-        return [(features_for(r["input"], spec, base),) for r in rows[:limit]]
-    tok = source.load_tokenizer()
-    out = [ids for ids in (tok.encode(r["input"]).ids for r in rows) if len(ids) <= recipe.max_input_len]
-    return out[:limit]
+    """Inputs for static quantization, from the recipe's JSONL, else the checkpoint's eval.jsonl,
+    else the built-in rows (evalset.choose), read by the input codec of `spec` (the manifest's
+    "input"; None: text): token id lists for text (inputs longer than max_input_len skipped),
+    (input_features,) tuples for log-mel audio."""
+    spec = spec or {"kind": "text"}
+    codec = codec_for(spec.get("kind"))
+    rows = evalset.choose(recipe.calibration or None, source.path, codec)
+    ctx = Context(spec, recipe.max_input_len, source.load_tokenizer)
+    return codec.calibration(rows.rows, ctx, rows.base, limit)
 
 
 def input_spec(source: SourceModel, parts) -> dict[str, Any]:
     """The manifest's "input": how run/verify/probe turn user input into the encode program's
-    inputs. Text: tokenize and pad; log_mel: the checkpoint's feature extractor settings."""
-    if parts.input["kind"] == "log_mel":
-        from .audio import load_settings
-
-        return load_settings(source.path, parts.input["n_mels"], parts.input["frames"])
-    return dict(parts.input)
+    inputs (the parts' input kind's codec says: text as is, log_mel with the checkpoint's
+    feature extractor settings)."""
+    return codec_for(parts.input.get("kind")).manifest_spec(source.path, parts.input)
 
 
 def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False):
@@ -108,7 +94,7 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
         model_bytes = sum(files[f]["bytes"] for f in lowered.files)
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "checkpoint": {**source.describe(), "params": params, "sha256": source.file_hashes()},
             "recipe": recipe.to_dict(),
             "target": target.to_dict(),
@@ -125,5 +111,6 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
             "export_seconds": round(time.time() - t0, 1),
             "verify": None,
         }
+        parse(manifest, str(out / MANIFEST))  # what a backend wrote is held to the loader before it lands
         write_json_atomic(tmp / MANIFEST, manifest)
     return open_artifact(out)

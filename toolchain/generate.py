@@ -158,10 +158,9 @@ def greedy(session, ids: list[int] | None, *, max_input_len: int, max_output_len
 
 
 def decoding(tokens: dict) -> dict:
-    """greedy()'s token keywords from a manifest's "tokens" section (older artifacts have no
-    prompt or suppression entries: none)."""
-    return {"start_id": tokens["decoder_start_token_id"], "eos_id": tokens["eos_token_id"],
-            "pad_id": tokens["pad_token_id"], "prompt": tokens.get("decoder_prompt") or (),
-            "language_ids": tokens.get("language_token_ids") or (), "suppress": tokens.get("suppress_tokens") or (),
-            "begin_suppress": tokens.get("begin_suppress_tokens") or (),
-            "forced_eos": tokens.get("forced_eos_token_id")}
+    """greedy()'s token keywords from a manifest's "tokens" section, as manifest.Tokens reads it
+    (older artifacts have no prompt or suppression entries: none)."""
+    from . import schema
+    from .manifest import Tokens
+
+    return schema.load(Tokens, tokens, "manifest", key="tokens").decoding()

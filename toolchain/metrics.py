@@ -10,7 +10,7 @@
 
 Lower is better for wer/cer, higher for exact/chrf/bleu (`worse_by` gives the degradation
 with one sign convention). The metric is chosen by `--metric`, else the recipe's `metric`
-key, else from the input kind ("log_mel" speech -> wer, anything else -> exact).
+key, else the input kind's (toolchain.inputs: speech -> wer, text -> exact).
 """
 
 from __future__ import annotations
@@ -29,13 +29,15 @@ TOLERANCE_KEY = {"exact": "max_accuracy_drop", "wer": "max_wer_increase", "cer":
 
 
 def choose(option: str | None, recipe_metric: str, input_kind: str | None) -> str:
-    """--metric beats the recipe's `metric` key; "auto" follows the input kind."""
+    """--metric beats the recipe's `metric` key; "auto" is the input kind's codec's metric."""
     for m in (option, recipe_metric):
         if m and m != "auto":
             if m not in METRICS:
                 raise InputError(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
             return m
-    return "wer" if input_kind == "log_mel" else "exact"
+    from .inputs import codec_for
+
+    return codec_for(input_kind).metric
 
 
 def normalizer(tokenizer_dir: Path | None) -> tuple[Callable[[str], str], str]:

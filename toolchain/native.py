@@ -167,23 +167,25 @@ def _last(text: str) -> str:
 def base_request(artifact) -> dict[str, Any]:
     """The request fields fixed by the artifact: files (with their manifest sha256), methods,
     encode input names, token rules, cache size."""
-    progs, files = artifact.manifest["programs"], artifact.manifest["files"]
-    enc, dec = progs["encode"], progs["decode"]
-    if enc.get("file") != dec.get("file") or not enc.get("method") or not dec.get("method"):
+    meta = artifact.meta
+    enc, dec = meta.programs["encode"], meta.programs["decode"]
+    if enc.file is None or enc.file != dec.file or not enc.method or not dec.method:
         raise InputError(f"{artifact.path}: the native runner runs one ExecuTorch program with encode and decode "
                          f"methods; this artifact has none")
-    program = artifact.file(enc["file"])
-    data = artifact.file(enc["data_file"]) if enc.get("data_file") else None
-    sha = {str(program): files[enc["file"]]["sha256"]}
-    if data is not None:
-        sha[str(data)] = files[enc["data_file"]]["sha256"]
+    program = artifact.file(enc.file)
+    data = None
+    sha = {str(program): meta.files[enc.file].sha256}
+    if enc.data_file:
+        data = artifact.file(enc.data_file)
+        sha[str(data)] = meta.files[enc.data_file].sha256
     return {
         "program": str(program), "data": str(data) if data else None, "sha256": sha,
-        "encode": {"method": enc["method"], "inputs": [e["name"] for e in enc["inputs"]],
-                   "lengths": enc.get("lengths", [])},
-        "decode": {"method": dec["method"]},
+        "encode": {"method": enc.method, "inputs": enc.input_names(),
+                   "lengths": [{"length": e.length, "method": e.method} for e in enc.lengths]},
+        "decode": {"method": dec.method},
+        # The runner reads the manifest's own "tokens" section (start/eos/pad, prompt, suppression).
         "tokens": artifact.manifest["tokens"],
-        "max_output_len": artifact.recipe.max_output_len,
+        "max_output_len": meta.recipe.max_output_len,
     }
 
 

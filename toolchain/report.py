@@ -116,7 +116,7 @@ def table(reports: list[dict[str, Any]], markdown: bool = True) -> str:
         out += ["| " + " | ".join(c) + " |" for c in rows]
         return "\n".join(out)
     widths = [max(len(row[i]) for row in [heads, *rows]) for i in range(len(heads))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [heads, *rows])
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [heads, *rows])
 
 
 def environment_note(reports: list[dict[str, Any]]) -> str:
@@ -145,12 +145,12 @@ def plot(reports: list[dict[str, Any]], path: Path) -> None:
     labels = [label(r) for r in reports]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.4 * len(reports)), 4.2))
     for ax, (title, key) in zip(axes, [("time to first token (ms)", "ttft_ms"),
-                                       ("decode (ms / token)", "decode_ms_per_token")]):
+                                       ("decode (ms / token)", "decode_ms_per_token")], strict=True):
         p50 = [(r[key] or {}).get("p50") or 0 for r in reports]
         p90 = [(r[key] or {}).get("p90") or 0 for r in reports]
         xs = range(len(reports))
         ax.bar(xs, p50, color="#4878a8", label="p50")
-        ax.errorbar(xs, p50, yerr=[[0] * len(p50), [max(b - a, 0) for a, b in zip(p50, p90)]],
+        ax.errorbar(xs, p50, yerr=[[0] * len(p50), [max(b - a, 0) for a, b in zip(p50, p90, strict=True)]],
                     fmt="none", ecolor="black", capsize=4, label="p90")
         ax.set_xticks(list(xs), [lbl.replace(" @", "\n@") for lbl in labels], fontsize=7, rotation=15)
         ax.set_title(title)

@@ -1,10 +1,12 @@
-"""`edgeseq run`: text (or, for audio artifacts, a WAV file) in, text out, through the artifact's runtime Session."""
+"""`edgeseq run`: text (or, for audio artifacts, a WAV file) in, text out, through the artifact's runtime Session.
+The input is read by the artifact's input codec (toolchain.inputs)."""
 
 from __future__ import annotations
 
 from .artifact import open_artifact
 from .errors import InputError
-from .generate import check_new_tokens, decoding, greedy, tokenize
+from .generate import check_new_tokens, greedy
+from .inputs import Context
 from .native import session_for
 
 
@@ -14,24 +16,21 @@ def generate_text(path: str, text: str, max_new_tokens: int | None = None, min_n
                   device: str | None = None) -> tuple[str, str | None]:
     """Greedy generation. Returns (text, note): the note says why the output may be cut short
     (the static KV cache was full before end of sequence), else None."""
-    from .tokenizer import from_manifest
-
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
     art = open_artifact(path)
-    recipe, target, spec = art.recipe, art.target, art.manifest["tokens"]
-    tok = from_manifest(spec, art.path)
-    kw = decoding(spec)
-    if art.manifest.get("input", {}).get("kind") == "log_mel":  # audio family (Whisper): TEXT is a WAV file
-        from .audio import wav_features
-
-        ids, inputs = None, (wav_features(text, art.manifest["input"], truncate=truncate),)
-    else:
-        ids, inputs = tokenize(tok, text, recipe.max_input_len, truncate=truncate, allow_unknown=allow_unknown), None
+    meta = art.meta
+    recipe, target, tokens = meta.recipe, meta.target, meta.tokens
+    tok = art.load_tokenizer()
+    kw = tokens.decoding()
+    # TEXT is what the artifact's input codec reads: a text, or for audio families (Whisper) a WAV file.
+    ctx = Context(meta.input.as_dict(), recipe.max_input_len, lambda: tok)
+    encoded = meta.input.codec.read(text, ctx, truncate=truncate, allow_unknown=allow_unknown)
     check_new_tokens(max_new_tokens, recipe.max_output_len - len(kw["prompt"]), min_new_tokens)
     session = session_for(art, threads or target.threads, runner, device)  # --runner / --device (native.py)
-    gen = greedy(session, ids, inputs=inputs, max_input_len=recipe.max_input_len, max_output_len=recipe.max_output_len,
-                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, **kw)
+    gen = greedy(session, encoded.ids, inputs=encoded.arrays, max_input_len=recipe.max_input_len,
+                 max_output_len=recipe.max_output_len, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                 **kw)
     note = None
     if gen.stopped == "cache":
         note = (f"stopped at the artifact's cache size ({recipe.max_output_len} tokens, recipe max_output_len) "

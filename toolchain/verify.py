@@ -10,29 +10,30 @@ For every eval input:
 Where transformers' own KV cache breaks for a valid config (a T5 whose num_decoder_layers
 differs from num_layers), the eager side runs the same greedy search without it
 (use_cache=False); a reference that fails anyway is a one-line error, never a traceback.
-Inputs are text, or for audio artifacts (manifest "input" kind log_mel) WAV files whose
-log-mel features both sides get; forced prompt tokens are compared too.
+An eval "input" is what the artifact's input codec reads (toolchain.inputs: a text; for audio
+artifacts a WAV file whose log-mel features both sides get); forced prompt tokens are compared too.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import backends, metrics
+from . import backends, evalset, metrics
 from .artifact import Artifact
 from .checkpoint import load_checkpoint
 from .errors import InputError
-from .generate import decoding, greedy, tokenize
+from .evalset import eval_examples, load_eval
+from .generate import greedy
+from .inputs import Codec, Context, Encoded
+from .manifest import Tokens
 from .native import resolve_runner, session_for
 from .progress import stage
 
-BUILTIN_INPUTS = ["the quick brown fox", "hello world", "a b c d e f g"]
-
+__all__ = ["VerifyReport", "eval_examples", "load_eval", "verify", "verify_artifact"]
 
 @dataclass
 class VerifyReport:
@@ -63,89 +64,36 @@ class VerifyReport:
         return asdict(self)
 
 
-def load_eval(path: Path) -> list[dict[str, str]]:
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read eval set: {e.strerror}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n}: invalid JSON: {e.msg}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("input"), str):
-            raise InputError(f'{path}:{n}: each line must be an object with a string "input"')
-        out.append(row)
-    if not out:
-        raise InputError(f"{path}: eval set is empty")
-    return out
-
-
-def eval_examples(eval_file: str | None, checkpoint_dir: Path, limit: int | None,
-                  audio: bool = False) -> tuple[list[dict], str]:
-    """The eval rows and where they came from. For audio artifacts an "input" is a WAV path
-    (relative to the eval file) and the built-in inputs are synthetic signals."""
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be >= 1, got {limit}")
-    if eval_file:
-        rows, src = load_eval(Path(eval_file)), str(eval_file)
-    elif (checkpoint_dir / "eval.jsonl").is_file():
-        rows, src = load_eval(checkpoint_dir / "eval.jsonl"), str(checkpoint_dir / "eval.jsonl")
-    else:
-        rows, src = [{"input": s} for s in BUILTIN_INPUTS], "built-in inputs"
-        if audio:
-            from .audio import SYNTHETIC
-
-            rows, src = [{"input": f"synthetic:{k}"} for k in SYNTHETIC], "built-in synthetic audio"
-    return (rows[:limit] if limit else rows), src
-
-
-def reference(model, eager_in: dict, spec: dict, max_output_len: int, prompt_len: int,
-              audio: bool, use_cache: bool = True) -> tuple[list[int] | None, list[int]]:
+def reference(model, codec: Codec, eager_in: dict, tokens: Tokens, max_output_len: int, prompt_len: int,
+              use_cache: bool = True) -> tuple[list[int] | None, list[int]]:
     """Eager transformers greedy `generate`, as a user runs it: (the prompt it forced, or None
-    where generate does not return it, and the tokens it generated after it, up to EOS).
-
-    Text: the prompt (a forced BOS) is generated, so it counts in max_new_tokens. Whisper:
-    generate builds the prompt from the generation config, feeds it as decoder input ids
-    and returns only what follows, so max_new_tokens excludes it."""
-    eos = spec["eos_token_id"]
-    if audio:
-        seq = model.generate(**eager_in, max_new_tokens=max_output_len - prompt_len, do_sample=False,
-                             num_beams=1, use_cache=use_cache)[0].tolist()
-        prompt = None
-        if seq[:1] == [spec["decoder_start_token_id"]]:  # a version that returns the prompt too
-            prompt, seq = seq[1: 1 + prompt_len], seq[1 + prompt_len:]
-    else:
-        seq = model.generate(**eager_in, max_new_tokens=max_output_len, do_sample=False, num_beams=1,
-                             decoder_start_token_id=spec["decoder_start_token_id"], eos_token_id=eos,
-                             pad_token_id=spec["pad_token_id"], use_cache=use_cache)[0, 1:].tolist()
-        prompt, seq = seq[:prompt_len], seq[prompt_len:]
-    return prompt, seq[: seq.index(eos)] if eos in seq else seq
+    where generate does not return it, and the tokens it generated after it, up to EOS). How
+    generate is called and read depends on the input kind: its codec's `reference`."""
+    return codec.reference(model, eager_in, tokens, max_output_len, prompt_len, use_cache=use_cache)
 
 
-def _eager(model, eager_in: dict, spec: dict, max_output_len: int, prompt_len: int, audio: bool,
+def _eager(model, codec: Codec, encoded: Encoded, tokens: Tokens, max_output_len: int, prompt_len: int,
            fed: list[int], what: str) -> tuple[list[int] | None, list[int], np.ndarray]:
-    """The eager side of one row: generate's (prompt, tokens) and the teacher-forced logits
-    [len(fed), V]. transformers failing here is not the artifact's fault: one line, exit 2."""
+    """The eager side of one row: generate's (prompt, tokens) as the input codec runs it, and the
+    teacher-forced logits [len(fed), V]. transformers failing here is not the artifact's fault:
+    one line, exit 2."""
     import torch
 
+    eager_in = codec.eager_kwargs(encoded)
     try:
         with torch.no_grad():
             try:
-                prompt, tokens = reference(model, eager_in, spec, max_output_len, prompt_len, audio)
+                prompt, out = reference(model, codec, eager_in, tokens, max_output_len, prompt_len)
             except (IndexError, ValueError, RuntimeError, AttributeError):
                 # transformers' own KV cache breaks for some valid configs (a T5 whose
                 # num_decoder_layers differs from num_layers): the same greedy search without it.
-                prompt, tokens = reference(model, eager_in, spec, max_output_len, prompt_len, audio, use_cache=False)
+                prompt, out = reference(model, codec, eager_in, tokens, max_output_len, prompt_len, use_cache=False)
             eager = _teacher_forced(model, eager_in, fed)
     except Exception as e:  # noqa: BLE001 (any failure of the reference model is reported, not raised)
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise InputError(f"the eager reference (transformers) failed on input {what[:40]!r}: "
                          f"{type(e).__name__}: {first}; nothing to compare against (--debug for the traceback)") from e
-    return prompt, tokens, eager
+    return prompt, out, eager
 
 
 def _teacher_forced(model, eager_in: dict, fed: list[int]) -> np.ndarray:
@@ -179,44 +127,34 @@ def _native_note(runner: str | None, device: str | None) -> str:
 def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | None = None,
            limit: int | None = None, allow_pickle: bool = False, progress=None, runner: str | None = None,
            device: str | None = None, metric: str | None = None) -> VerifyReport:
-    import torch
-
-    m = artifact.manifest
-    ck_path = checkpoint or m["checkpoint"]["path"]
+    meta = artifact.meta
+    ck_path = checkpoint or meta.checkpoint.path
     source = load_checkpoint(ck_path, allow_pickle=allow_pickle)
-    if checkpoint is None and source.file_hashes() != m["checkpoint"]["sha256"]:
+    if checkpoint is None and source.file_hashes() != meta.checkpoint.sha256:
         raise InputError(f"{ck_path}: checkpoint files changed since export (sha256 differs from the "
                          f"manifest); pass --checkpoint to compare against it anyway")
-    recipe, target = artifact.recipe, artifact.target
+    recipe, target, tokens = meta.recipe, meta.target, meta.tokens
     with stage(f"verify: loading {source.name} (eager reference) and the artifact"):
         tok = source.load_tokenizer()
         model = source.load_model()
         session = session_for(artifact, target.threads, runner, device)  # --runner / --device (native.py)
-    spec = m["tokens"]
-    audio = m.get("input", {}).get("kind") == "log_mel"  # Whisper: log-mel features, not token ids
-    rows, src = eval_examples(eval_file, source.path, limit, audio=audio)
-    base = Path(eval_file).parent if eval_file else source.path
-    kw = decoding(spec)
-    metric = metrics.choose(metric, recipe.metric, m.get("input", {}).get("kind"))
+    codec = meta.input.codec  # text, or log-mel audio (Whisper): what an eval "input" is
+    evals = evalset.choose(eval_file, source.path, codec, limit)
+    ctx = Context(meta.input.as_dict(), recipe.max_input_len, lambda: tok)
+    kw = tokens.decoding()
+    metric = metrics.choose(metric, recipe.metric, meta.input.kind)
     hyps, ref_texts, targets = [], [], []
 
     diffs, agree, steps, seq_hits, task_hits, ref_hits, n_targets = [], 0, 0, 0, 0, 0, 0
     scale = 0.0
-    for i, row in enumerate(rows):
-        if audio:
-            from .audio import features_for
-
-            ids, inputs = None, (features_for(row["input"], m["input"], base),)
-            eager_in = {"input_features": torch.from_numpy(inputs[0])}
-        else:
-            ids, inputs = tokenize(tok, row["input"], recipe.max_input_len), None
-            eager_in = {"input_ids": torch.tensor([ids])}
-        gen = greedy(session, ids, inputs=inputs, max_input_len=recipe.max_input_len,
+    for i, row in enumerate(evals.rows):
+        encoded = codec.read(row["input"], ctx, base=evals.base)
+        gen = greedy(session, encoded.ids, inputs=encoded.arrays, max_input_len=recipe.max_input_len,
                      max_output_len=recipe.max_output_len, keep_logits=True, **kw)
         # Teacher-forced on the artifact's own steps (prompt included, and the EOS step, if any).
-        fed = [spec["decoder_start_token_id"], *gen.prompt, *gen.tokens][: len(gen.logits)]
-        ref_prompt, ref_tokens, eager = _eager(model, eager_in, spec, recipe.max_output_len, len(kw["prompt"]),
-                                               audio, fed, row["input"])
+        fed = [tokens.decoder_start_token_id, *gen.prompt, *gen.tokens][: len(gen.logits)]
+        ref_prompt, ref_tokens, eager = _eager(model, codec, encoded, tokens, recipe.max_output_len,
+                                               len(kw["prompt"]), fed, row["input"])
         art = np.stack(gen.logits)
         diffs.append(float(np.abs(art - eager).max()))
         scale = max(scale, float(np.abs(eager).max()))
@@ -231,17 +169,17 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
             task_hits += hyps[-1] == row["target"]
             ref_hits += ref_texts[-1] == row["target"]
         if progress:
-            progress(i + 1, len(rows))
+            progress(i + 1, len(evals.rows))
 
     tol = recipe.tolerance
     allowed = tol.max_abs_logit_diff + tol.max_rel_logit_diff * scale
     report = VerifyReport(
-        examples=len(rows), max_abs_logit_diff=max(diffs), logit_scale=scale, allowed_logit_diff=allowed,
+        examples=len(evals.rows), max_abs_logit_diff=max(diffs), logit_scale=scale, allowed_logit_diff=allowed,
         top1_agreement=agree / steps,
-        sequence_match=seq_hits / len(rows),
+        sequence_match=seq_hits / len(evals.rows),
         task_accuracy=task_hits / n_targets if n_targets else None,
         reference_accuracy=ref_hits / n_targets if n_targets else None,
-        eval_source=src, runtime=_executed(target) + _native_note(runner, device), passed=True, failures=[])
+        eval_source=evals.source, runtime=_executed(target) + _native_note(runner, device), passed=True, failures=[])
     if report.max_abs_logit_diff > allowed:
         report.failures.append(f"max_abs_logit_diff {report.max_abs_logit_diff:.3g} > {allowed:.3g} "
                                f"({tol.max_abs_logit_diff:g} + {tol.max_rel_logit_diff:g} x logit scale {scale:.3g})")

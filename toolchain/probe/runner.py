@@ -41,7 +41,7 @@ def _environment(threads, artifact, runtime_versions: dict) -> dict:
     return {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads,
         "platform": platform.platform(), "python": platform.python_version(),
-        "versions": artifact.manifest.get("tool_versions", {}),
+        "versions": dict(artifact.meta.tool_versions),
         "runtime_versions": runtime_versions,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -75,42 +75,37 @@ def probe(path: str, runs: int, warmup: int, input_len: int | None, output_len: 
     from .. import backends
     from ..artifact import open_artifact
     from ..errors import InputError
-    from ..generate import decoding, greedy
+    from ..generate import greedy
+    from ..inputs import Context
 
     artifact = open_artifact(path)
-    recipe, target, spec = artifact.recipe, artifact.target, artifact.manifest["tokens"]
+    meta = artifact.meta
+    recipe, target, tokens = meta.recipe, meta.target, meta.tokens
     backend = backends.for_target(target)
     threads = threads or target.threads
-    s = min(input_len or recipe.max_input_len, recipe.max_input_len)
-    kw = decoding(spec)
+    kw = tokens.decoding()
     n_prompt = len(kw["prompt"])  # forced prompt tokens (Whisper): decoded before the first output token
     t = min(output_len or recipe.max_output_len, recipe.max_output_len - n_prompt)
-    audio = artifact.manifest.get("input", {}).get("kind") == "log_mel"
-    if audio:  # a fixed synthetic signal's log-mel features; the encoder length is the model's
-        s = artifact.manifest["input"]["frames"]
+    # The input kind's fixed input: seeded random tokens (text); a synthetic signal's log-mel
+    # features (audio, whose encoder length is the model's).
+    codec = meta.input.codec
+    s = codec.probe_length(meta.input.as_dict(), min(input_len or recipe.max_input_len, recipe.max_input_len))
     head = {"artifact": os.path.abspath(path), "device": device, "runtime": f"{target.runtime}/{target.backend}",
-            "checkpoint": artifact.manifest["checkpoint"]["name"], "recipe": recipe.name, "target": target.name,
+            "checkpoint": meta.checkpoint.name, "recipe": recipe.name, "target": target.name,
             "input_len": s, "encoder_len": recipe.max_input_len, "output_len": t}
     if backend.capabilities.estimates:
         # An NPU program that cannot run here: the compiler's estimate, labelled as such.
         return {**head, "kind": "estimate", "runs": 0, "warmup": 0, **backend.estimate(artifact, t),
                 "environment": {"platform": "estimate (not run)", "threads": None,
-                                "versions": artifact.manifest.get("tool_versions", {}),
+                                "versions": dict(meta.tool_versions),
                                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     ok, why = backend.available()
     if ok:
         ok, why = backend.can_execute()
     if not ok:
         raise InputError(f"cannot run a {target.runtime} artifact with {sys.executable}: {why}")
-    specials = {spec["pad_token_id"], spec["eos_token_id"], spec["decoder_start_token_id"]}
-    vocab = [i for i in range(spec["vocab_size"]) if i not in specials]
-    rng = np.random.default_rng(0)
-    ids = [int(x) for x in rng.choice(vocab, size=s - 1)] + [spec["eos_token_id"]]
-    inputs = None
-    if audio:
-        from ..audio import log_mel, synthetic
-
-        ids, inputs = None, (log_mel(synthetic("chirp", artifact.manifest["input"]), artifact.manifest["input"]),)
+    encoded = codec.probe_input(Context(meta.input.as_dict(), recipe.max_input_len), tokens, s)
+    ids, inputs = encoded.ids, encoded.arrays
 
     if runner == "native":
         return _native(head, artifact, ids, inputs, runs, warmup, t, threads, native_device)
