@@ -121,7 +121,7 @@ def test_host_reference_runs_the_int8_graph(ethos, checkpoint):
     src = load_checkpoint(checkpoint)
     model, tok = src.load_model(), src.load_tokenizer()
     art = open_artifact(ethos)
-    session = backends.for_target(art.target).open(art, threads=1)
+    session = backends.for_target(art.target).open_session(art, threads=1)
     agree = steps = 0
     max_diff = 0.0
     for text in ("12 march 2003", "the 4th of july 1999", "2011-02-03"):
