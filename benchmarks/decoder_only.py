@@ -19,9 +19,9 @@ RMSNorm, one-hot cache update, -1e9 masks):
 Attention of a decode step runs over the prompt's K/V (inputs, like T5's cross K/V) and the
 generated-token cache: the two score rows are concatenated before one softmax, so this is
 exactly one static KV cache of S + T slots, read once per step, with no per-step copy of
-the prompt's part. Lowering is edgeseq's own: toolchain.backends.executorch.lower (the
+the prompt's part. Lowering is edgeseq's own: the executorch backend's lower (the
 two programs appear there as methods `encode` = prefill and `decode`), quantized by
-toolchain.quantize with the same recipes.
+toolchain.backends.executorch.quantize with the same recipes.
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def export(ckpt: Path, recipe, out: Path) -> dict:
         shutil.rmtree(out)  # lowered by other toolchain code: export again
     from transformers import LlamaForCausalLM
 
-    from toolchain.backends import executorch as et
+    from toolchain import backends
     from toolchain.specs import load_target
 
     t0 = time.time()
@@ -251,7 +251,7 @@ def export(ckpt: Path, recipe, out: Path) -> dict:
     diff = _check_parity(model, parts, recipe.max_input_len)
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
-    lowered = et.lower(parts, recipe, load_target("executorch-xnnpack"), tmp)
+    lowered = backends.get("executorch").lower(parts, recipe, load_target("executorch-xnnpack"), tmp)
     info = {"params": params, "recipe": recipe.name, "max_input_len": recipe.max_input_len,
             "max_output_len": recipe.max_output_len, "eager_parity_max_abs_diff": diff,
             "model_bytes": sum((tmp / f).stat().st_size for f in lowered.files),

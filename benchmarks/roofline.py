@@ -16,7 +16,7 @@ from pathlib import Path
 IDLE_GBS = 15.0
 
 # Bytes per weight for a scheme, and the per-row/per-group scale overhead (fp32 scales,
-# as toolchain/quantize.py estimates them): 8-bit per output channel, 4-bit per group of 32.
+# as toolchain/backends/executorch/quantize.py estimates them): 8-bit per output channel, 4-bit per group of 32.
 GROUP = 32
 
 

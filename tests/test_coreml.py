@@ -222,15 +222,17 @@ def test_runtime_matches_eager_on_macos(cml, checkpoints, kind, variant, atol):
 
 def test_executorch_coreml_pte_has_the_delegate_blob(checkpoints, small_recipe, tmp_path):
     """executorch-coreml: both methods lowered whole to CoreMLBackend; the Core ML model is in the .pte."""
-    from toolchain.backends import executorch_coreml
+    from toolchain import backends
+    from toolchain.backends.executorch_coreml.structure import delegate_blobs
     from toolchain.export import build_parts
     from toolchain.specs import load_recipe, load_target
 
     src, recipe = load_checkpoint(checkpoints["v1.0"]), load_recipe(str(small_recipe))
-    parts = build_parts(src, recipe, cache_mode=executorch_coreml.CACHE_MODE)
-    low = executorch_coreml.lower(parts, recipe, load_target("executorch-coreml"), tmp_path)
+    backend = backends.get("executorch-coreml")
+    parts = build_parts(src, recipe, cache_mode=backend.capabilities.cache_mode)
+    low = backend.lower(parts, recipe, load_target("executorch-coreml"), tmp_path)
     assert low.files == ["model.pte"]
-    blobs = executorch_coreml.delegate_blobs((tmp_path / "model.pte").read_bytes())
+    blobs = delegate_blobs((tmp_path / "model.pte").read_bytes())
     assert set(blobs) == {"encode", "decode"}
     for method, entries in blobs.items():
         assert [e["id"] for e in entries] == ["CoreMLBackend"] and entries[0]["function"] == method

@@ -1,4 +1,5 @@
-"""Arm Ethos-U NPU target (ExecuTorch Arm backend, TOSA -> Vela) on a tiny random T5.
+"""Arm Ethos-U NPU target (ExecuTorch Arm backend, TOSA -> Vela) on a tiny random T5 (and a
+tiny Whisper: audio calibrates through the same tracer).
 
 The device program cannot run here; what is checked for real: the Arm quantizer and
 partitioner ran, the .pte carries the EthosUBackend delegate, Vela's report is in the
@@ -10,6 +11,7 @@ and the host reference program (the same int8 graph before delegation) runs.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -121,7 +123,7 @@ def test_host_reference_runs_the_int8_graph(ethos, checkpoint):
     src = load_checkpoint(checkpoint)
     model, tok = src.load_model(), src.load_tokenizer()
     art = open_artifact(ethos)
-    session = backends.for_target(art.target).open(art, threads=1)
+    session = backends.for_target(art.target).open_session(art, threads=1)
     agree = steps = 0
     max_diff = 0.0
     for text in ("12 march 2003", "the 4th of july 1999", "2011-02-03"):
@@ -163,3 +165,55 @@ def test_demo_int8_on_ethos_u85(tmp_path):
     r = CliRunner().invoke(main, ["verify", str(out), "--limit", "100", "--json"])
     rep = _json(r.output)
     assert rep["reference_accuracy"] - rep["task_accuracy"] <= 0.03, rep
+
+
+@pytest.fixture(scope="module")
+def whisper_checkpoint(tmp_path_factory):
+    from test_families import tiny_whisper
+
+    return tiny_whisper(tmp_path_factory.mktemp("whisper") / "w", seed=0, train_steps=12, decoder_layers=1)
+
+
+def test_whisper_exports_and_verifies_on_ethos_u85(whisper_checkpoint, tmp_path):
+    """Whisper calibrates like the text families (toolchain.calibrate.trace: log-mel inputs, the
+    forced decoder prompt): it exports to the Ethos-U85 and its host reference verifies."""
+    (tmp_path / "int8.yaml").write_text(INT8)
+    out = tmp_path / "whisper-u85"
+    r = CliRunner().invoke(main, ["export", str(whisper_checkpoint), "--recipe", str(tmp_path / "int8.yaml"),
+                                  "--target", "executorch-ethos-u85", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    m = open_artifact(out).manifest
+    assert m["input"]["kind"] == "log_mel" and m["tokens"]["decoder_prompt"]
+    for name in ("encode", "decode"):
+        p = m["npu"]["programs"][name]
+        assert p["delegate"] == "EthosUBackend" and p["delegated_subgraphs"] >= 1 and p["estimated_ms"] > 0
+    r = CliRunner().invoke(main, ["verify", str(out), "--json"])
+    rep = _json(r.output)
+    assert r.exit_code == 0 and rep["passed"], rep
+    assert "host reference" in rep["runtime"] and not rep.get("structure_only")
+    assert rep["sequence_match"] >= 0.5 and rep["max_abs_logit_diff"] > 0, rep  # int8 is in the loop
+
+
+def test_inspect_fits_only_what_export_accepts(whisper_checkpoint, tmp_path):
+    """inspect lists the Ethos-U targets as fitting a Whisper checkpoint (with the recipes that
+    fit), and every shipped recipe it does not list for an available target is one export
+    refuses, in one line, before any work."""
+    r = CliRunner().invoke(main, ["inspect", str(whisper_checkpoint), "--json"])
+    assert r.exit_code == 0, r.output
+    targets = {t["target"]: t for t in _json(r.output)["targets"]}
+    for name in ("executorch-ethos-u55", "executorch-ethos-u65", "executorch-ethos-u85"):
+        assert targets[name]["fits"] and targets[name]["recipes"] == ["int8", "static-int8"], targets[name]
+    # Refused for this family although the targets take it from a text family (encode_lengths).
+    assert "int8-long" not in targets["executorch-xnnpack"]["recipes"]
+    text = CliRunner().invoke(main, ["inspect", str(whisper_checkpoint)]).output
+    assert re.search(r"target executorch-ethos-u85 +ok \(recipes int8, static-int8\)", text), text
+    from toolchain.specs import RECIPE_DIR, available
+
+    refused = [(t["target"], recipe) for t in targets.values() if t["available"]
+               for recipe in available(RECIPE_DIR) if recipe not in t["recipes"]]
+    assert ("executorch-xnnpack", "int8-long") in refused and ("executorch-ethos-u85", "fp32") in refused
+    for i, (target, recipe) in enumerate(refused):
+        r = CliRunner().invoke(main, ["export", str(whisper_checkpoint), "-r", recipe, "-t", target,
+                                      "-o", str(tmp_path / f"x{i}")])
+        assert r.exit_code == 2 and r.output.count("\n") == 1, (target, recipe, r.output)
+        assert not (tmp_path / f"x{i}").exists()

@@ -23,7 +23,7 @@ TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 def _session(path):
     art = open_artifact(path)
-    return art, backends.get("executorch").open(art, threads=2)
+    return art, backends.get("executorch").open_session(art, threads=2)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -50,12 +50,14 @@ def quantized(checkpoints, tmp_path_factory):
 def test_scheme_runs_close_to_eager(quantized, checkpoints, scheme):
     _, rel_tol, min_top1 = SCHEMES[scheme]
     art = open_artifact(quantized[scheme])
-    session = backends.get("executorch").open(art, threads=2)
+    session = backends.get("executorch").open_session(art, threads=2)
     model = load_checkpoint(checkpoints["v1.1"]).load_model()
     ids = [int(x) for x in np.random.default_rng(7).integers(3, 45, size=15)] + [1]
     ref_tokens, ref_logits = reference(model, ids, 12)
 
     class TeacherForced:  # feed eager's tokens so every step is comparable
+        runs_loop = False  # greedy runs the loop, calling decode per step
+
         def encode(self, a, m):
             return session.encode(a, m)
 

@@ -64,14 +64,27 @@ def input_spec(source: SourceModel, parts) -> dict[str, Any]:
     return codec_for(parts.input.get("kind")).manifest_spec(source.path, parts.input)
 
 
+def check_fits(source: SourceModel, recipe: Recipe, target: Target) -> backends.Backend:
+    """Every refusal export makes before loading the model, as one InputError: what the target's
+    backend cannot honour (its check: schemes, options, capabilities) and what the family's input
+    rules out (encode_lengths needs padded token inputs). `inspect` asks the same question, so a
+    target it lists as fitting is one export accepts. Returns the backend."""
+    backend = backends.for_target(target)
+    backend.check(recipe, target)
+    kind = source.describe().get("input", "text")
+    if recipe.encode_lengths and kind != "text":
+        raise InputError(f"recipe {recipe.name}: encode_lengths needs a text family (padded token inputs); "
+                         f"{source.adapter.family} encodes {kind}")
+    return backend
+
+
 def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False):
     """Export one artifact, atomically. Returns the opened Artifact."""
     if Path(out).exists() or Path(out).is_symlink():  # fail before minutes of work, not after
         if not force:
             raise InputError(f"{out} already exists; pass --force to replace it")
         check_replaceable(Path(out))
-    backend = backends.for_target(target)
-    backend.check(recipe, target)  # a recipe the target cannot honour fails here, before any work
+    backend = check_fits(source, recipe, target)  # what the target cannot honour fails here, before any work
     t0 = time.time()
     with progress.stage(f"export: loading {source.name} ({source.model_type})"):
         model = source.load_model()

@@ -25,16 +25,37 @@ def _param_count(weights) -> int:
     return total
 
 
-def _targets_fit() -> list[dict[str, Any]]:
+def _targets_fit(source: Any) -> list[dict[str, Any]]:
+    """Each shipped target, and whether export would accept this checkpoint there: its backend is
+    installed here and at least one shipped recipe passes every check export makes before any
+    work (export.check_fits, the same function). `recipes`: the shipped recipes that pass; `why`:
+    what stops it (the backend missing, else the first refusal)."""
     from . import backends
-    from .specs import TARGET_DIR, available, load_target
+    from .errors import InputError
+    from .export import check_fits
+    from .specs import RECIPE_DIR, TARGET_DIR, available, load_recipe, load_target
 
+    recipes = [load_recipe(name) for name in available(RECIPE_DIR)]
     out = []
     for name in available(TARGET_DIR):
         t = load_target(name)
         ok, why = backends.for_target(t).available()
-        out.append({"target": t.name, "runtime": t.runtime, "available": ok, "why": why})
+        fits, refusals = [], []
+        for recipe in recipes if ok else []:
+            try:
+                check_fits(source, recipe, t)
+                fits.append(recipe.name)
+            except InputError as e:
+                refusals.append(str(e))
+        out.append({"target": t.name, "runtime": t.runtime, "available": ok, "fits": bool(fits),
+                    "recipes": fits, "why": why or ("" if fits else f"no shipped recipe fits: {refusals[0]}")})
     return out
+
+
+def _fit_line(t: dict[str, Any]) -> str:
+    if t["fits"]:
+        return f"  target {t['target']:<22} ok (recipes {', '.join(t['recipes'])})"
+    return f"  target {t['target']:<22} {'does not fit' if t['available'] else 'unavailable'}: {t['why']}"
 
 
 def inspect_checkpoint(path: Path, allow_pickle: bool) -> tuple[dict, str]:
@@ -44,14 +65,13 @@ def inspect_checkpoint(path: Path, allow_pickle: bool) -> tuple[dict, str]:
     d = src.describe()
     if not allow_pickle or all(w.suffix == ".safetensors" for w in src.weights):
         d["params"] = _param_count(src.weights)
-    d["targets"] = _targets_fit()
+    d["targets"] = _targets_fit(src)
     lines = [f"{src.name}: {d['family']} {d['variant']}, {d.get('params', 0):,} params, "
              f"{d['weights_bytes'] / 1e6:.2f} MB weights",
              f"  encoder {d['encoder_layers']} layers, decoder {d['decoder_layers']} layers, {d['heads']} heads, "
              f"d_model {d['d_model']}, d_ff {d['d_ff']}, head_dim {d['head_dim']}, vocab {d['vocab_size']}, "
              f"{d['activation']}"]
-    for t in d["targets"]:
-        lines.append(f"  target {t['target']:<22} {'ok' if t['available'] else 'unavailable: ' + t['why']}")
+    lines += [_fit_line(t) for t in d["targets"]]
     return d, "\n".join(lines)
 
 

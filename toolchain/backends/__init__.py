@@ -53,10 +53,6 @@ def get(runtime: str) -> Backend:
         module, attr = _RUNTIMES[runtime].split(":")
         mod = importlib.import_module(module)
         backend: Any = getattr(mod, attr, None)
-        if backend is None:  # a runtime not yet moved onto the Backend class (transition)
-            from ._legacy import ModuleBackend
-
-            backend = ModuleBackend(mod)
         if not isinstance(backend, Backend):
             raise RuntimeError(f"{_RUNTIMES[runtime]} is not a Backend")
         _LOADED[runtime] = backend
@@ -73,10 +69,3 @@ def runtimes_with(capability: str) -> list[str]:
     """The registered runtimes whose Capabilities have `capability` set."""
     return [r for r in runtimes() if getattr(get(r).capabilities, capability)]
 
-
-def check_schemes(recipe: Any, target: Any, supported: dict[str, str]) -> None:
-    """Transition: the old module interface's scheme check (one table for every component)."""
-    from ..schemes import QuantScheme, same_for_all
-    from ..schemes import check_schemes as check
-
-    check(recipe, target, same_for_all({QuantScheme(k): v for k, v in supported.items()}))

@@ -1,0 +1,153 @@
+"""executorch-xnnpack lowering: the split's programs -> ``model.pte`` + ``weights.ptd``.
+
+Why the split into .pte + .ptd: the embedding is used by a portable kernel (the gather
+in both methods) *and* by the XNNPACK lm_head (tied weights). In a single .pte the
+portable copy lives in the program's constant buffer and the delegate's copy in the
+delegate's named data, so the largest tensor of the model is stored twice (seen: +27% on
+a t5-small-sized model). Tagging every constant, delegated or not, for one external file
+puts them all in one NamedDataStore, which deduplicates by content: each tensor once.
+
+The self-attention cache is mutable buffers inside ``decode`` (initialised to zeros with
+InitializedMutableBufferPass: an uninitialised buffer can hold NaN, and NaN * 0 attention
+weight is still NaN).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ... import progress
+from ..base import Lowered
+from . import PTD, PTE, quantize
+
+if TYPE_CHECKING:
+    from ...specs import Recipe
+    from ...split import Seq2SeqParts
+
+_DATA_TAG = "weights"
+# Nodes that are bookkeeping, not compute: they never reach a kernel.
+_NON_COMPUTE = {"getitem"}
+
+
+def _export(name: str, module: Any, args: tuple) -> Any:
+    """torch.export, then tag every constant for the shared external weights file.
+
+    Constants are keyed by their fully qualified name in the weights file, so the two
+    programs must not share names for different tensors (encode's `layers.0.q.weight`
+    is not decode's): each program is exported under its own prefix. A tensor that
+    really is shared (the embedding) gets two names and one stored copy, because the
+    data store deduplicates by content.
+    """
+    import torch
+    from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
+
+    class Prefixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_module(name, module)  # parameters and buffers now live under `name.`
+
+        def forward(self, *inputs):
+            return getattr(self, name)(*inputs)
+
+    with torch.no_grad():
+        ep = torch.export.export(Prefixed(), args, strict=False)
+        gm = ep.module()
+        delegate_external_constants_pass_unlifted(gm, lambda _node: _DATA_TAG)
+        return torch.export.export(gm, args, strict=False)
+
+
+def count_delegation(graph_module: Any) -> tuple[Any, int, Counter]:
+    """ExecuTorch's delegation info for a lowered graph: (info, delegated compute nodes, Counter of
+    the compute nodes left outside every delegate, by op type as get_delegation_info names them)."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    outside: Counter = Counter()
+    delegated = 0
+    for op, stats in info.delegation_by_operator.items():
+        if op in _NON_COMPUTE:
+            continue
+        delegated += stats.delegated
+        if stats.non_delegated:
+            outside[op] += stats.non_delegated
+    return info, delegated, outside
+
+
+def delegation(graph_module: Any, delegate: str) -> dict[str, Any]:
+    """The manifest's per-program delegation summary (ExecuTorch delegates: XNNPACK, Core ML)."""
+    info, delegated, portable = count_delegation(graph_module)
+    total = delegated + sum(portable.values())
+    return {
+        "delegate": delegate,
+        "delegated_subgraphs": info.num_delegated_subgraphs,
+        "delegated_nodes": delegated,
+        "portable_nodes": sum(portable.values()),
+        "delegated_fraction": round(delegated / total, 4) if total else 1.0,
+        "portable_ops": dict(sorted(portable.items())),
+    }
+
+
+def runtime_ops(et: Any, report: dict[str, Any]) -> None:
+    """Kernels the runtime calls outside the delegate, per method, after ExecuTorch's own
+    fusions (e.g. dequantize+embedding -> quantized_decomposed::embedding_byte)."""
+    for plan in et.executorch_program.execution_plan:
+        report[plan.name]["runtime_ops"] = sorted(o.name for o in plan.operators)
+
+
+def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dict[str, str]) -> Lowered:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from ...split import text_inputs
+
+    with progress.stage("  quantize (torchao)") if recipe.quantization else nullcontext():
+        quant = quantize.apply(parts, recipe)
+    with progress.stage("  torch.export"):
+        programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
+                    "decode": _export("decode", parts.decode, parts.decode_inputs())}
+        for n, module in sorted(parts.encode_buckets.items()):
+            programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
+    with progress.stage("  partition and lower to XNNPACK"):
+        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+    report = {name: delegation(edge.exported_program(name).graph_module, "XnnpackBackend") for name in programs}
+    with progress.stage("  serialize model.pte + weights.ptd"):
+        et = _to_executorch(edge, programs, quant)
+        (out_dir / PTE).write_bytes(et.buffer)
+        et.write_tensor_data_to_file(str(out_dir))
+    runtime_ops(et, report)
+    written = out_dir / f"{_DATA_TAG}.ptd"
+    if written.name != PTD:
+        written.rename(out_dir / PTD)
+    sig = parts.describe()
+    sig["encode"].update(file=PTE, method="encode")
+    if parts.encode_buckets:  # inputs [1, L] each; outputs as the full encode's
+        sig["encode"]["lengths"] = [{"length": n, "method": f"encode_{n}"} for n in sorted(parts.encode_buckets)]
+    sig["decode"].update(file=PTE, method="decode",
+                         kv_cache="in-program mutable buffers (cache_k_*, cache_v_*), zero-initialised")
+    schemes = quantize.program_schemes(quant)
+    for name in sig:
+        sig[name]["data_file"] = PTD
+        sig[name]["quantization"] = schemes[name]
+    return Lowered(files=[PTE, PTD], programs=sig, report={"delegation": report, "quantization": quant},
+                   tool_versions=tool_versions)
+
+
+def _to_executorch(edge: Any, programs: dict, quant: dict) -> Any:
+    """The edge programs as one ExecuTorch program, every constant tagged for weights.ptd."""
+    from executorch.exir import ExecutorchBackendConfig
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+    return edge.to_executorch(ExecutorchBackendConfig(
+        external_constants=lambda _node: _DATA_TAG,
+        passes=[InitializedMutableBufferPass(["cache_"])],
+        # decode's inputs are not memory-planned: the runtime reads the caller's tensors in
+        # place instead of copying them into its arena on every step (the cross K/V are
+        # 2 x layers x [1, H, Dh, S] floats: 1.5 MB per token on a t5-small-sized model).
+        # encode keeps planned inputs (a few KB, and callers may hand it temporaries).
+        memory_planning_pass={name: MemoryPlanningPass(alloc_graph_input=name != "decode") for name in programs},
+        # Fuses torchao's dequantize->embedding into quantized_decomposed::embedding_byte/4bit.
+        do_quant_fusion_and_const_prop=quant["embeddings"]["scheme"] != "none"))

@@ -1,0 +1,102 @@
+"""The ExecuTorch runtime from Python: load a program, run its methods, and the Session over an
+executorch-xnnpack (or executorch-coreml) artifact. Imports nothing of the exporter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...logs import native_logs
+from ..base import Session
+from ..inputs import choose_encode
+
+if TYPE_CHECKING:
+    from ...artifact import Artifact
+
+
+def runtime_lib() -> Any:
+    """ExecuTorch's runtime extension module, with the quantized kernels registered
+    (embedding_byte/4bit, quantize/dequantize_per_tensor), and nothing of the exporter.
+
+    Why not `executorch.runtime` / `portable_lib`: portable_lib, which both import, is a
+    re-export of this `_C` extension, but first imports `executorch.exir._warnings` for a
+    warning class, and that loads all of `executorch.exir` (torch._dynamo, torch._inductor,
+    torchao, networkx): `edgeseq run` of the demo took 6.9 s with it, 1.8 s without (median of
+    5, AMD EPYC, 2 cores); what is left is mostly `import torch` (~1.2 s), the one part of its
+    prelude the extension needs (it links libtorch_python, takes and returns torch tensors).
+    `executorch.kernels.quantized` loads the quantized kernels library (a torch.ops.load_library;
+    its static initialisers register the ExecuTorch kernels too) and imports only torch."""
+    import executorch.kernels.quantized  # noqa: F401
+    import torch  # noqa: F401  (before the extension: it links libtorch_python, returns torch tensors)
+    from executorch.extension.pybindings import _C
+
+    return _C
+
+
+class Method:
+    """One loaded method: `execute(inputs) -> outputs`, as executorch.runtime.Method."""
+
+    __slots__ = ("_method",)
+
+    def __init__(self, method: Any) -> None:
+        self._method = method
+
+    def execute(self, inputs: list) -> Any:
+        return self._method(inputs)
+
+
+class Program:
+    """A loaded program: `load_method(name) -> Method`, as executorch.runtime.Program."""
+
+    def __init__(self, program: Any) -> None:
+        self._program = program
+
+    def load_method(self, name: str) -> Method:
+        with native_logs():  # XNNPACK's init logs cpuinfo lines here
+            return Method(self._program.load_method(name))
+
+
+def load_program(path: str | Path, data_path: str | Path | None = None, threads: int | None = None) -> Program:
+    """An ExecuTorch program from disk (see runtime_lib), the shared threadpool sized to `threads`.
+    The runtime's C++ log lines (cpuinfo_utils.cpp ...) go to stderr only with --verbose."""
+    lib = runtime_lib()
+    with native_logs():
+        if threads and lib._threadpool_get_thread_count() != int(threads):
+            lib._unsafe_reset_threadpool(int(threads))
+        return Program(lib._load_program(str(path), program_verification=lib.Verification.InternalConsistency,
+                                         data_path=str(data_path) if data_path is not None else None))
+
+
+class ExecuTorchSession(Session):
+    """encode/decode methods of one .pte; the decode cache lives in the program (mutable
+    buffers, reset by the encode method). State: encode's outputs (cross_bias and the per-layer
+    cross K/V, torch tensors as the runtime returns them), fed back to every decode step."""
+
+    def __init__(self, artifact: Artifact, threads: int | None = None) -> None:
+        import torch
+
+        self._torch = torch
+        progs = artifact.manifest["programs"]
+        data = progs["encode"].get("data_file")  # None when all weights live in the .pte (Core ML delegate)
+        program = load_program(artifact.file(progs["encode"]["file"]), artifact.file(data) if data else None,
+                               threads)
+        self._encode = program.load_method(progs["encode"]["method"])
+        self._decode = program.load_method(progs["decode"]["method"])
+        # Shorter encode programs (recipe encode_lengths): length -> method, shortest first.
+        self._lengths = {e["length"]: program.load_method(e["method"]) for e in progs["encode"].get("lengths", [])}
+        self._token = torch.zeros(1, 1, dtype=torch.long)
+        self._pos = torch.zeros(1, dtype=torch.long)
+        self._encode_inputs = progs["encode"]["inputs"]
+
+    def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> list:
+        method, self.encode_length, arrays = choose_encode(self._encode_inputs, inputs, self._encode, self._lengths)
+        return list(method.execute([self._torch.from_numpy(a) for a in arrays]))
+
+    def decode(self, token: int, position: int, state: list) -> np.ndarray:
+        # token [1, 1] and position [1] int64, written in place: decode's inputs are not
+        # memory-planned, so the runtime reads these tensors (and the cross K/V) where they are.
+        self._token[0, 0] = token
+        self._pos[0] = position
+        return self._decode.execute([self._token, self._pos, *state])[0].reshape(-1).float().numpy()
