@@ -26,12 +26,15 @@ def generate_text(path: str, text: str, max_new_tokens: int | None = None, min_n
         from .audio import wav_features
 
         ids, inputs = None, (wav_features(text, art.manifest["input"], truncate=truncate),)
+        prompt_counts = False  # Whisper's prompt is decoder input: generate's max_new_tokens excludes it
     else:
         ids, inputs = tokenize(tok, text, recipe.max_input_len, truncate=truncate, allow_unknown=allow_unknown), None
-    check_new_tokens(max_new_tokens, recipe.max_output_len - len(kw["prompt"]), min_new_tokens)
+        prompt_counts = True  # a text family's prompt is its forced BOS: a generated token for generate
+    check_new_tokens(max_new_tokens, recipe.max_output_len - (0 if prompt_counts else len(kw["prompt"])),
+                     min_new_tokens)
     session = session_for(art, threads or target.threads, runner, device)  # --runner / --device (native.py)
     gen = greedy(session, ids, inputs=inputs, max_input_len=recipe.max_input_len, max_output_len=recipe.max_output_len,
-                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, **kw)
+                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, prompt_counts=prompt_counts, **kw)
     note = None
     if gen.stopped == "cache":
         note = (f"stopped at the artifact's cache size ({recipe.max_output_len} tokens, recipe max_output_len) "
