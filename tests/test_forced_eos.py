@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import tiny_checkpoint
 
 from toolchain.cli import main
+
+from helpers import tiny_checkpoint
 
 T = 12  # small_recipe's max_output_len
 TEXTS = ["the 3rd of March, 2021", "5/6/1999"]

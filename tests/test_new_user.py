@@ -28,9 +28,7 @@ from click.testing import CliRunner
 from toolchain.cli import main
 from toolchain.progress import PREFIX_RE as PROGRESS
 
-from conftest import DEMO, ROOT
-from helpers import tiny_t5
-
+from helpers import DEMO, ROOT, tiny_t5
 
 
 def invoke(*args):

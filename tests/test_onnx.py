@@ -15,8 +15,7 @@ from toolchain.checkpoint import load_checkpoint
 from toolchain.errors import InputError
 from toolchain.generate import greedy
 
-from conftest import DEMO, VARIANTS
-from test_split import reference
+from helpers import DEMO, VARIANTS, reference
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
