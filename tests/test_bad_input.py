@@ -564,6 +564,7 @@ def test_existing_output_needs_force(artifact, checkpoint):
     open_artifact(artifact)
 
 
+@pytest.mark.slow
 def test_export_killed_at_random_points_leaves_no_partial_artifact(checkpoint, small_recipe, tmp_path):
     """Four exports in real processes, each sent a signal at a random (seeded) moment: SIGKILL,
     SIGTERM and SIGINT 0-2 s after its staging dir appears (inside lowering), SIGKILL 1-3 s after
@@ -747,6 +748,7 @@ def _one_cell_matrix(tmp_path: Path, checkpoint) -> Path:
     return m
 
 
+@pytest.mark.slow
 def test_two_builds_on_one_cache(checkpoint, tmp_path):
     """A build process and an in-process build, same matrix, cache and output, at the same time:
     one builds the cell, the other waits on the entry's lock and reuses it; both end with a

@@ -14,6 +14,8 @@ from toolchain.generate import greedy
 
 from helpers import reference
 
+pytestmark = pytest.mark.slow  # trains and exports tiny BART/Marian checkpoints
+
 S, T = 24, 12
 FAMILY_VARIANTS = ["bart", "marian"]
 

@@ -54,6 +54,7 @@ def _features(path: Path, out: Path):
     return WhisperFeatureExtractor.from_pretrained(out)(x, sampling_rate=16000, return_tensors="pt").input_features
 
 
+@pytest.mark.slow
 def test_convert_real_whisper_tiny_en(ct2_whisper_dir, tmp_path):
     import torch
     from transformers import AutoTokenizer, WhisperForConditionalGeneration

@@ -23,6 +23,8 @@ from toolchain.checkpoint import load_checkpoint
 
 from helpers import ROOT
 
+pytestmark = pytest.mark.slow  # converts tiny checkpoints and the demo to Core ML
+
 pytest.importorskip("coremltools", reason="coremltools not installed")
 
 ON_MAC = sys.platform == "darwin"

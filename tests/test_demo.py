@@ -14,6 +14,8 @@ from toolchain.errors import InputError
 
 from helpers import DEMO
 
+pytestmark = pytest.mark.slow  # exports the demo and probes it
+
 
 def edgeseq(*args, check=True):
     proc = subprocess.run([sys.executable, "-m", "toolchain.cli", *map(str, args)], capture_output=True, text=True)

@@ -20,6 +20,8 @@ from toolchain.specs import load_recipe, load_target
 
 from helpers import reference
 
+pytestmark = pytest.mark.slow  # exports several encode programs per runtime
+
 TOL = {"atol": 1e-4, "rtol": 1e-4}  # fp32 runtime vs eager: kernels and summation order only
 
 

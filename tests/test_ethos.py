@@ -22,6 +22,8 @@ from toolchain.generate import greedy
 
 from helpers import reference
 
+pytestmark = pytest.mark.slow  # compiles int8 programs with Vela
+
 INT8 = ("format_version: 1\nname: small-int8\ndescription: t\nmax_input_len: 24\nmax_output_len: 12\n"
         "quantization: {encoder: 8da8w, decoder: 8da8w, embeddings: int8-weight, lm_head: 8da8w}\n"
         "tolerance: {max_abs_logit_diff: 1.0e+9, min_sequence_match: 0.0, max_accuracy_drop: 1.0}\n")

@@ -16,6 +16,8 @@ from toolchain.generate import greedy
 
 from helpers import VARIANTS, reference
 
+pytestmark = pytest.mark.slow  # exports every tiny T5 variant
+
 # fp32 ExecuTorch/XNNPACK vs eager: different kernels and summation order only.
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 

@@ -40,6 +40,8 @@ from toolchain.generate import greedy
 
 from helpers import ROOT, reference
 
+pytestmark = pytest.mark.slow  # trains and exports every family to every target
+
 S, T = 24, 12  # the small recipe's lengths
 # Family row -> (model_type, tiny_config variant, config overrides, seed, training steps). One
 # layer per stack (T5Gemma's is a sliding-window layer, whose window of 4 is shorter than both

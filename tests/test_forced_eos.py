@@ -19,6 +19,8 @@ from toolchain.cli import main
 
 from helpers import tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # exports tiny Marian and mBART checkpoints
+
 T = 12  # small_recipe's max_output_len
 TEXTS = ["the 3rd of March, 2021", "5/6/1999"]
 # family -> (model_type, variant, generation config overrides). <unk> (2) as mBART's forced BOS:

@@ -23,6 +23,8 @@ from toolchain.generate import greedy, pad, tokenize
 
 from helpers import DEMO, ROOT, reference
 
+pytestmark = pytest.mark.slow  # converts tiny checkpoints and the demo to LiteRT
+
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert not installed")
 pytest.importorskip("litert_torch", reason="litert-torch not installed")
 

@@ -20,6 +20,8 @@ from toolchain.report import REQUIRED
 
 from helpers import invoke, probe_json
 
+pytestmark = pytest.mark.slow  # probes in fresh processes, over ssh
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 

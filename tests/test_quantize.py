@@ -18,6 +18,8 @@ from toolchain.verify import verify
 
 from helpers import DEMO, reference
 
+pytestmark = pytest.mark.slow  # exports each quantization scheme
+
 # Per scheme: max |logit error| relative to the largest |logit|, and min top-1 agreement
 # (teacher-forced on eager's tokens, so one flip does not cascade).
 SCHEMES = {
