@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: lint install demo whisper-tiny demo-whisper test test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64 bench-native
+.PHONY: lint install demo whisper-tiny demo-whisper test test-fast test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64 bench-native
 
 install: $(VENV)/.installed
 
@@ -60,8 +60,15 @@ demo-whisper: whisper-tiny
 	$(VENV)/bin/edgeseq verify $(WHISPER_OUT) --eval demo/speech/eval.jsonl
 	$(VENV)/bin/edgeseq run $(WHISPER_OUT) demo/speech/03.wav
 
+# Every test (what .ci/run runs).
 test: install test-deps runner
 	$(VPY) -m pytest -q
+
+# The edit-test loop: every test not marked slow (`pytestmark = pytest.mark.slow` on the modules
+# that export models to the runtimes, build matrices or probe in other processes; a few single
+# tests elsewhere). Eager split parity, CLI and bad-input handling on one tiny export.
+test-fast: install
+	$(VPY) -m pytest -q -m "not slow"
 
 # The native C++ runner (runtime/) for the host, built with CMake against the installed executorch
 # wheel into build/runner-host (incremental: seconds when up to date). Without a C++ compiler or

@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 
-from helpers import tiny_t5  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "demo" / "date-t5"
-VARIANTS = ["v1.0", "v1.1", "v1.1-untied", "mt5"]
-
-# Bad inputs tried by tests/test_bad_input.py, by section (every fuzzed example counts): the
-# session ends with the total, so a CI log shows how much was tried and that none escaped.
-BAD_INPUTS: Counter = Counter()
+from helpers import BAD_INPUTS, DEMO, VARIANTS, tiny_t5  # noqa: E402
 
 
 def pytest_terminal_summary(terminalreporter):

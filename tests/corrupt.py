@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from hypothesis import strategies as st
 
+from toolchain.backends.base import Session
+
 # --- files ---------------------------------------------------------------------------------
 
 
@@ -98,7 +100,7 @@ def default_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-class Recorder:
+class Recorder(Session):
     """A fake runtime Session: records every decode position, emits EOS at step `eos_at`."""
 
     def __init__(self, vocab: int, eos_id: int, eos_at: int | None):

@@ -1,10 +1,51 @@
-"""Tiny random checkpoints for tests: fixed seeds, written with save_pretrained."""
+"""Helpers shared by the tests (test files import from here, never from each other or from
+conftest): paths, the eager transformers reference, the CLI, and tiny random checkpoints
+(fixed seeds, written with save_pretrained)."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo" / "date-t5"
+VARIANTS = ["v1.0", "v1.1", "v1.1-untied", "mt5"]
+
+# Bad inputs tried by tests/test_bad_input.py, by section (every fuzzed example counts): the
+# session ends with the total (conftest's terminal summary), so a CI log shows how much was
+# tried and that none escaped.
+BAD_INPUTS: Counter = Counter()
+
+
+def reference(model: Any, ids: list[int], steps: int) -> tuple[list[int], np.ndarray]:
+    """transformers' greedy generate for exactly `steps` tokens (EOS suppressed until then):
+    (tokens after the decoder start, logits [steps, V])."""
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=steps, min_new_tokens=steps,
+                             do_sample=False, output_logits=True, return_dict_in_generate=True)
+    return out.sequences[0, 1:].tolist(), np.stack([step[0].numpy() for step in out.logits])
+
+
+def invoke(*args: Any) -> tuple[int, str]:
+    """`edgeseq ARGS` in process: (exit code, output)."""
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+def probe_json(*args: Any) -> dict[str, Any]:
+    """`edgeseq probe ARGS --json`, which must succeed, as a dict."""
+    code, out = invoke("probe", *args, "--json")
+    assert code == 0, out
+    return json.loads(out)
 
 
 def tiny_t5(out: Path, variant: str = "v1.0", seed: int = 0, train_steps: int = 40, untie: bool = False,

@@ -47,9 +47,23 @@ from toolchain.errors import InputError
 from toolchain.progress import PREFIX_RE as PROGRESS_LINE
 from toolchain.specs import Target
 
-from conftest import BAD_INPUTS, DEMO, ROOT
-from corrupt import (YAML_TEXT, Recorder, bigger_tokenizer, default_sigint, edit_json, edit_manifest, enospc, erofs,
-                     fake_lower, flip_a_bit, mutated, to_pickle, truncate, unlisted_program)
+from corrupt import (
+    YAML_TEXT,
+    Recorder,
+    bigger_tokenizer,
+    default_sigint,
+    edit_json,
+    edit_manifest,
+    enospc,
+    erofs,
+    fake_lower,
+    flip_a_bit,
+    mutated,
+    to_pickle,
+    truncate,
+    unlisted_program,
+)
+from helpers import BAD_INPUTS, DEMO, ROOT
 
 FUZZ = settings(max_examples=120, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -102,10 +116,12 @@ CHECKPOINT_CASES = {
                                   "expected a JSON object", True),
     "config size not a number": (lambda ck: edit_json(ck / "config.json", d_model="abc"), "config.json",
                                  "'d_model' must be a positive integer", True),
-    "config size zero": (lambda ck: edit_json(ck / "config.json", num_heads=0), "config.json", "'num_heads' must be a positive", True),
+    "config size zero": (lambda ck: edit_json(ck / "config.json", num_heads=0), "config.json",
+                         "'num_heads' must be a positive", True),
     "unsupported architecture": (lambda ck: edit_json(ck / "config.json", model_type="llama"), "config.json",
                                  "unsupported architecture 'llama'; supported model_type values: ", True),
-    "no model_type": (lambda ck: edit_json(ck / "config.json", model_type=None), "config.json", "unsupported architecture None", True),
+    "no model_type": (lambda ck: edit_json(ck / "config.json", model_type=None), "config.json",
+                      "unsupported architecture None", True),
     "safetensors truncated": (lambda ck: truncate(ck / "model.safetensors"), "model.safetensors",
                               "corrupt or truncated safetensors", True),
     "safetensors empty": (lambda ck: (ck / "model.safetensors").write_bytes(b""), "model.safetensors",
@@ -116,13 +132,15 @@ CHECKPOINT_CASES = {
     "pickle weights": (to_pickle, "pytorch_model.bin", "pickle weights can execute code when loaded; refusing", True),
     "weights narrower than config.json": (lambda ck: edit_json(ck / "config.json", d_ff=48), "model.safetensors",
                                           "is [64, 32] in the file, config.json implies [48, 32]", False),
-    "config.json has more layers than the weights": (lambda ck: edit_json(ck / "config.json", num_layers=3), "model.safetensors",
+    "config.json has more layers than the weights": (lambda ck: edit_json(ck / "config.json", num_layers=3),
+                                                     "model.safetensors",
                                                      "weights do not match config.json: no tensor 'encoder.block.2",
                                                      False),
-    "config.json has fewer layers than the weights": (lambda ck: edit_json(ck / "config.json", num_layers=1), "model.safetensors",
+    "config.json has fewer layers than the weights": (lambda ck: edit_json(ck / "config.json", num_layers=1),
+                                                      "model.safetensors",
                                                       "is not part of the model config.json describes", False),
-    "vocab_size differs from the embedding": (lambda ck: edit_json(ck / "config.json", vocab_size=50), "model.safetensors",
-                                              "'shared.weight' is [45, 32] in the file", False),
+    "vocab_size differs from the embedding": (lambda ck: edit_json(ck / "config.json", vocab_size=50),
+                                              "model.safetensors", "'shared.weight' is [45, 32] in the file", False),
     "no tokenizer.json": (lambda ck: (ck / "tokenizer.json").unlink(), "ck", "no tokenizer.json", True),
     "tokenizer.json corrupt": (lambda ck: (ck / "tokenizer.json").write_text("{"), "tokenizer.json",
                                "invalid tokenizer", True),
@@ -546,6 +564,7 @@ def test_existing_output_needs_force(artifact, checkpoint):
     open_artifact(artifact)
 
 
+@pytest.mark.slow
 def test_export_killed_at_random_points_leaves_no_partial_artifact(checkpoint, small_recipe, tmp_path):
     """Four exports in real processes, each sent a signal at a random (seeded) moment: SIGKILL,
     SIGTERM and SIGINT 0-2 s after its staging dir appears (inside lowering), SIGKILL 1-3 s after
@@ -729,6 +748,7 @@ def _one_cell_matrix(tmp_path: Path, checkpoint) -> Path:
     return m
 
 
+@pytest.mark.slow
 def test_two_builds_on_one_cache(checkpoint, tmp_path):
     """A build process and an in-process build, same matrix, cache and output, at the same time:
     one builds the cell, the other waits on the entry's lock and reuses it; both end with a

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from toolchain.calibrate import EagerSession
 from toolchain.checkpoint import load_checkpoint
 from toolchain.generate import greedy
 
-from test_split import EagerSession, reference
+from helpers import reference
+
+pytestmark = pytest.mark.slow  # trains and exports tiny BART/Marian checkpoints
 
 S, T = 24, 12
 FAMILY_VARIANTS = ["bart", "marian"]

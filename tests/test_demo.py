@@ -12,7 +12,9 @@ import pytest
 from toolchain.artifact import open_artifact
 from toolchain.errors import InputError
 
-from conftest import DEMO
+from helpers import DEMO
+
+pytestmark = pytest.mark.slow  # exports the demo and probes it
 
 
 def edgeseq(*args, check=True):
@@ -26,7 +28,7 @@ def test_demo_checkpoint_is_trained_and_small():
     info = json.loads((DEMO / "training.json").read_text())
     assert info["held_out_exact_match"] >= 0.95
     assert (DEMO / "model.safetensors").stat().st_size < 8_000_000
-    rows = [json.loads(l) for l in (DEMO / "eval.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (DEMO / "eval.jsonl").read_text().splitlines()]
     assert len(rows) >= 200 and all({"input", "target"} <= set(r) for r in rows)
 
 
@@ -60,7 +62,8 @@ def test_inspect_and_probe(demo_artifact):
     assert "XnnpackBackend" in out and "model.pte" in out
     ck = json.loads(edgeseq("inspect", DEMO, "--json").stdout)
     assert ck["family"] == "t5" and ck["params"] == json.loads((DEMO / "training.json").read_text())["params"]
-    r = json.loads(edgeseq("probe", demo_artifact, "--runs", "2", "--warmup", "1", "--output-len", "8", "--json").stdout)
+    r = json.loads(edgeseq("probe", demo_artifact, "--runs", "2", "--warmup", "1", "--output-len", "8",
+                           "--json").stdout)
     assert r["output_len"] == 8 and r["runs"] == 2
     for key in ("load_ms", "ttft_ms", "decode_ms_per_token", "tokens_per_s", "peak_rss_mb", "artifact_bytes"):
         assert r[key], key

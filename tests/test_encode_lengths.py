@@ -18,7 +18,9 @@ from toolchain.export import export
 from toolchain.generate import greedy
 from toolchain.specs import load_recipe, load_target
 
-from test_split import reference
+from helpers import reference
+
+pytestmark = pytest.mark.slow  # exports several encode programs per runtime
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}  # fp32 runtime vs eager: kernels and summation order only
 
@@ -84,7 +86,7 @@ def test_other_targets_refuse(target, tmp_path):
 def test_probe_and_inspect_show_the_lengths(pair):
     """probe --input-len N measures the encode an N-token input really runs, and says which;
     inspect lists the shorter encodes."""
-    from test_probe import invoke, probe_json
+    from helpers import invoke, probe_json
 
     for n, ran in [(5, 8), (12, 16), (20, 24)]:
         r = probe_json(pair[1], "--runs", 1, "--warmup", 0, "--input-len", n, "--output-len", 2)

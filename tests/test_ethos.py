@@ -22,7 +22,9 @@ from toolchain.artifact import open_artifact
 from toolchain.cli import main
 from toolchain.generate import greedy
 
-from test_split import reference
+from helpers import reference
+
+pytestmark = pytest.mark.slow  # compiles int8 programs with Vela
 
 INT8 = ("format_version: 1\nname: small-int8\ndescription: t\nmax_input_len: 24\nmax_output_len: 12\n"
         "quantization: {encoder: 8da8w, decoder: 8da8w, embeddings: int8-weight, lm_head: 8da8w}\n"
@@ -153,7 +155,7 @@ def test_demo_int8_on_ethos_u85(tmp_path):
     """Acceptance on the bundled demo: recipe int8 -> executorch-ethos-u85; >= 90% of each
     program's operators on the NPU, estimated ms per program, and the int8 graph (host
     reference) within 3 accuracy points of fp32 eager on the first 100 held-out rows."""
-    from conftest import DEMO
+    from helpers import DEMO
 
     out = tmp_path / "demo-u85"
     r = CliRunner().invoke(main, ["export", str(DEMO), "--recipe", "int8", "--target", "executorch-ethos-u85",

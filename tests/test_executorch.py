@@ -14,8 +14,9 @@ from toolchain.artifact import open_artifact
 from toolchain.checkpoint import load_checkpoint
 from toolchain.generate import greedy
 
-from conftest import VARIANTS
-from test_split import reference
+from helpers import VARIANTS, reference
+
+pytestmark = pytest.mark.slow  # exports every tiny T5 variant
 
 # fp32 ExecuTorch/XNNPACK vs eager: different kernels and summation order only.
 TOL = {"atol": 1e-4, "rtol": 1e-4}

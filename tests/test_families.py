@@ -33,12 +33,14 @@ import torch
 from numpy.testing import assert_allclose
 
 from toolchain import audio, backends
+from toolchain.calibrate import EagerSession
 from toolchain.checkpoint import load_checkpoint
 from toolchain.errors import InputError
 from toolchain.generate import greedy
 
-from conftest import ROOT
-from test_split import EagerSession, reference
+from helpers import ROOT, reference
+
+pytestmark = pytest.mark.slow  # trains and exports every family to every target
 
 S, T = 24, 12  # the small recipe's lengths
 # Family row -> (model_type, tiny_config variant, config overrides, seed, training steps). One
@@ -178,16 +180,6 @@ def family_checkpoints(tmp_path_factory) -> dict[str, Path]:
 # -- eager split ------------------------------------------------------------------------------
 
 
-class AudioSession(EagerSession):
-    """EagerSession for any encode inputs (the split modules behind the Session interface)."""
-
-    def encode(self, *inputs):
-        self.parts.reset_cache()
-        with torch.no_grad():
-            cross = list(self.parts.encode(*(torch.from_numpy(np.asarray(a)) for a in inputs)))
-        return {"cross": cross, "cache": self.parts.empty_cache()}
-
-
 def _decoding(parts) -> dict:
     return {"start_id": parts.decoder_start_token_id, "eos_id": parts.eos_token_id, "pad_id": parts.pad_token_id,
             "prompt": parts.decoder_prompt, "language_ids": parts.language_token_ids,
@@ -264,7 +256,7 @@ def test_whisper_split_matches_generate(tmp_path, language):
         assert parts.encode_input_names() == ["input_features"] and not parts.cross_bias
         for kind in audio.SYNTHETIC:
             feats = audio.log_mel(audio.synthetic(kind, settings), settings)
-            gen = greedy(AudioSession(parts), None, inputs=(feats,), max_input_len=S, max_output_len=16,
+            gen = greedy(EagerSession(parts), None, inputs=(feats,), max_input_len=S, max_output_len=16,
                          keep_logits=True, **_decoding(parts))
             with torch.no_grad():
                 x = torch.from_numpy(feats)
@@ -394,7 +386,7 @@ def support_results():
     if len(cells) == len(FAMILIES) * len(TARGETS):
         SUPPORT_JSON.parent.mkdir(parents=True, exist_ok=True)
         data = {"generated_by": "pytest tests/test_families.py", "complete": True,
-                "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+                "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d"),
                 "platform": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
                 "versions": _versions(), "families": list(FAMILIES), "targets": TARGETS,
                 "recipe": f"fp32, max_input_len {S}, max_output_len {T} (Whisper: 1 s of audio)",

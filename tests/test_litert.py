@@ -21,8 +21,9 @@ from toolchain.artifact import open_artifact
 from toolchain.checkpoint import load_checkpoint
 from toolchain.generate import greedy, pad, tokenize
 
-from conftest import DEMO, ROOT
-from test_split import reference
+from helpers import DEMO, ROOT, reference
+
+pytestmark = pytest.mark.slow  # converts tiny checkpoints and the demo to LiteRT
 
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert not installed")
 pytest.importorskip("litert_torch", reason="litert-torch not installed")

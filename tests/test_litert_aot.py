@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+pytestmark = pytest.mark.slow  # exports LiteRT vendor AOT artifacts
+
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert not installed")
 pytest.importorskip("litert_torch", reason="litert-torch not installed")
 

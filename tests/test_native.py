@@ -20,6 +20,8 @@ from toolchain.errors import InputError
 from toolchain.generate import decoding, greedy
 from toolchain.report import REQUIRED
 
+pytestmark = pytest.mark.slow  # builds the native runner and exports
+
 TOL = {"atol": 1e-5, "rtol": 1e-5}  # the same program and kernels: only threading noise
 
 

@@ -18,6 +18,8 @@ from toolchain.cli import main
 from toolchain.generate import decoding, greedy
 from toolchain.report import REQUIRED
 
+pytestmark = pytest.mark.slow  # cross-builds the native runner, runs it under qemu
+
 
 @pytest.fixture(scope="session")
 def arm64_runner():

@@ -28,9 +28,7 @@ from click.testing import CliRunner
 from toolchain.cli import main
 from toolchain.progress import PREFIX_RE as PROGRESS
 
-from conftest import DEMO, ROOT
-from helpers import tiny_t5
-
+from helpers import DEMO, ROOT, tiny_t5
 
 
 def invoke(*args):
@@ -80,6 +78,7 @@ def test_force_replaces_only_an_earlier_artifact(artifact, checkpoint, small_rec
 # 2 --------------------------------------------------------------------------- wheel install
 
 
+@pytest.mark.slow
 def test_wheel_install_exports_the_demo_from_anywhere(tmp_path):
     """A wheel built from the repo, installed into a fresh venv (its dependencies borrowed from
     this venv through a .pth line, so nothing is downloaded), lists the shipped recipes and
@@ -135,6 +134,7 @@ def test_folders_named_like_targets_or_recipes_do_not_hide_them(tmp_path, monkey
 # 4 ---------------------------------------------------- verify with transformers' cache broken
 
 
+@pytest.mark.slow
 def test_verify_t5_with_more_decoder_than_encoder_layers(small_recipe, tmp_path):
     """transformers' own cache fails in `generate` for num_decoder_layers != num_layers; the eager
     reference does not use it, so verify compares and passes (it raised a traceback, exit 1)."""
@@ -163,6 +163,7 @@ def test_a_failing_reference_is_one_line(artifact, monkeypatch):
 # 8 ------------------------------------------------------- tolerance relative to logit scale
 
 
+@pytest.mark.slow
 def test_logit_tolerance_is_relative_to_the_logit_scale(small_recipe, tmp_path):
     """A correct fp32 export of a model with large logits (the lm head scaled by 2^14, an exact
     power of two) differs from eager by more than 1e-3 in absolute terms, at float32's relative
@@ -303,6 +304,7 @@ def test_import_edgeseq_api(artifact, tmp_path):
 # 6 ------------------------------------------------------------------------------- progress
 
 
+@pytest.mark.slow
 def test_export_and_verify_show_progress(artifact, checkpoint, small_recipe, tmp_path):
     """Not a terminal (a CI log): plain `[  1.2s] ...` lines for export stages and verify rows;
     --quiet: none. (Before: minutes of silence.)"""

@@ -15,8 +15,9 @@ from toolchain.checkpoint import load_checkpoint
 from toolchain.errors import InputError
 from toolchain.generate import greedy
 
-from conftest import DEMO, VARIANTS
-from test_split import reference
+from helpers import DEMO, VARIANTS, reference
+
+pytestmark = pytest.mark.slow  # exports every tiny T5 variant and quantized ONNX
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -15,23 +15,14 @@ import time
 import venv
 
 import pytest
-from click.testing import CliRunner
 
-from toolchain.cli import main
 from toolchain.report import REQUIRED
 
+from helpers import invoke, probe_json
+
+pytestmark = pytest.mark.slow  # probes in fresh processes, over ssh
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def invoke(*args):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    return res.exit_code, res.output
-
-
-def probe_json(*args):
-    code, out = invoke("probe", *args, "--json")
-    assert code == 0, out
-    return json.loads(out)
 
 
 def _free_port() -> int:

@@ -16,8 +16,9 @@ from toolchain.generate import greedy
 from toolchain.specs import load_recipe, load_target
 from toolchain.verify import verify
 
-from conftest import DEMO
-from test_split import reference
+from helpers import DEMO, reference
+
+pytestmark = pytest.mark.slow  # exports each quantization scheme
 
 # Per scheme: max |logit error| relative to the largest |logit|, and min top-1 agreement
 # (teacher-forced on eager's tokens, so one flip does not cascade).

@@ -16,7 +16,7 @@ import pytest
 
 from toolchain import logs
 
-from conftest import ROOT
+from helpers import ROOT
 
 DATE = "the 3rd of March, 2021"
 # Modules of the exporter side, none of which `run`, `verify`'s runtime side or the probe need.

@@ -30,6 +30,8 @@ from toolchain.checkpoint import load_checkpoint
 from toolchain.cli import main
 from toolchain.errors import InputError
 
+pytestmark = pytest.mark.slow  # trains SentencePiece models, exports Marian and T5
+
 EN = ["the quick brown fox jumps over the lazy dog", "a small frog sat on the log by the river",
       "Tom asked his teacher for advice, and she gave it.", "I am a small frog. We like rivers and lakes!",
       "the house is wonderful and the garden is green", "where is the train station? it is near the old bridge.",

@@ -7,42 +7,13 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
+from toolchain.calibrate import EagerSession
 from toolchain.checkpoint import load_checkpoint
 from toolchain.generate import greedy, pad
 
-from conftest import VARIANTS
+from helpers import VARIANTS, reference
 
 S, T = 24, 12
-
-
-class EagerSession:
-    """The split modules behind the runtime Session interface (either cache mode)."""
-
-    runs_loop = False  # generate.greedy runs the loop here (Session.runs_loop)
-
-    def __init__(self, parts):
-        self.parts = parts
-
-    def encode(self, ids, mask):
-        self.parts.reset_cache()
-        with torch.no_grad():
-            cross = list(self.parts.encode(torch.from_numpy(ids), torch.from_numpy(mask)))
-        return {"cross": cross, "cache": self.parts.empty_cache()}
-
-    def decode(self, token, position, state):
-        with torch.no_grad():
-            out = self.parts.decode(torch.tensor([[token]]), torch.tensor([position]), *state["cross"],
-                                    *(state["cache"] if self.parts.cache_mode == "io" else []))
-        if self.parts.cache_mode == "io":
-            out, state["cache"] = out[0], list(out[1:])
-        return out[0].numpy()
-
-
-def reference(model, ids, steps):
-    with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=steps, min_new_tokens=steps,
-                             do_sample=False, output_logits=True, return_dict_in_generate=True)
-    return out.sequences[0, 1:].tolist(), np.stack([l[0].numpy() for l in out.logits])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import InputError
 from .tokenizer import as_text_tokenizer
+
+if TYPE_CHECKING:
+    from .backends.base import Session
 
 
 @dataclass
@@ -22,7 +26,7 @@ class Generation:
     prompt: list[int] = field(default_factory=list)  # the forced decoder prompt as fed (language resolved)
 
 
-def tokenize(tokenizer, text: str, max_input_len: int, truncate: bool = False,
+def tokenize(tokenizer: Any, text: str, max_input_len: int, truncate: bool = False,
              allow_unknown: bool = True) -> list[int]:
     """Text -> token ids (with the tokenizer's own specials, e.g. T5's </s>). `tokenizer`: a
     tokenizer.TextTokenizer (a bare `tokenizers.Tokenizer` is taken as one).
@@ -83,11 +87,12 @@ def check_probe_lengths(input_len: int | None, output_len: int | None, max_input
             raise InputError(f"{flag} must be between 1 and {cap} (the artifact's recipe {key}), got {value}")
 
 
-def greedy(session, ids: list[int] | None, *, max_input_len: int, max_output_len: int, start_id: int, eos_id: int,
-           pad_id: int, max_new_tokens: int | None = None, min_new_tokens: int = 0,
-           keep_logits: bool = False, force_length: bool = False, inputs=None,
+def greedy(session: Session, ids: list[int] | None, *, max_input_len: int, max_output_len: int, start_id: int,
+           eos_id: int, pad_id: int, max_new_tokens: int | None = None, min_new_tokens: int = 0,
+           keep_logits: bool = False, force_length: bool = False, inputs: Any = None,
            prompt: Sequence[int | None] = (), language_ids: Sequence[int] = (), suppress: Sequence[int] = (),
-           begin_suppress: Sequence[int] = (), forced_eos: int | None = None) -> Generation:
+           begin_suppress: Sequence[int] = (), forced_eos: int | None = None,
+           prompt_counts: bool = False) -> Generation:
     """Encode once, then decode one token per step on the static cache.
 
     The encode inputs are `ids` right-padded to max_input_len with their mask (text), or
@@ -99,25 +104,40 @@ def greedy(session, ids: list[int] | None, *, max_input_len: int, max_output_len
     forced decoder prompt instead of their prediction (a None entry: the best of
     `language_ids` in that step's logits, Whisper's language detection), so at most
     T - len(prompt) tokens come out; `tokens` holds only those, `prompt` the resolved
-    prompt. As in transformers' logits processors: `suppress` ids are never chosen,
-    `begin_suppress` ids not as the first generated token, and `forced_eos` is forced at
-    the last allowed step. `force_length` suppresses EOS for the whole run, like
-    transformers' `min_new_tokens` (probes need comparable lengths).
+    prompt.
+
+    `max_new_tokens` and `min_new_tokens` count the tokens after the prompt, or, with
+    `prompt_counts`, the prompt too: transformers counts a forced BOS (a logits processor's
+    choice: the text families' prompt, mBART's language code) as a generated token, while
+    Whisper's prompt is decoder input and does not count. `run --max-new-tokens N` then ends
+    where `generate(max_new_tokens=N)` ends.
+
+    As in transformers' logits processors, in their order: EOS is not chosen before
+    `min_new_tokens`; `forced_eos` is forced at the step that ends generation (the limit, or
+    the last cache slot), over `min_new_tokens`; `suppress` ids are never chosen and
+    `begin_suppress` ids not as the first generated token. `force_length` suppresses EOS for
+    the whole run and forces none (probes need comparable lengths).
     """
+    counted = len(prompt) if prompt_counts else 0  # prompt tokens the limits count
     room = max_output_len - len(prompt)
-    limit = room if max_new_tokens is None else max_new_tokens
+    limit = room if max_new_tokens is None else max_new_tokens - counted
+    min_new_tokens = max(0, min_new_tokens - counted)
     if force_length:
         min_new_tokens = limit
     if limit > room:
-        raise InputError(f"--max-new-tokens {limit} exceeds the artifact's cache of {max_output_len} "
+        raise InputError(f"--max-new-tokens {max_new_tokens} exceeds the artifact's cache of {max_output_len} "
                          f"positions (recipe max_output_len)" + (f" minus the {len(prompt)} forced prompt tokens"
-                                                                 if prompt else ""))
+                                                                 if prompt and not counted else ""))
+    if limit < 1:  # the limit ends inside a counted prompt (mBART, --max-new-tokens 1): no token after it
+        return Generation(tokens=[], stopped="max_new_tokens")
     if session.runs_loop:  # the native runner: this same loop, run in C++ (toolchain/native.py)
         return session.generate(ids, inputs=inputs, max_new_tokens=limit, min_new_tokens=min_new_tokens,
                                 keep_logits=keep_logits, force_length=force_length, start_id=start_id,
                                 eos_id=eos_id, pad_id=pad_id, prompt=prompt, language_ids=language_ids,
                                 suppress=suppress, begin_suppress=begin_suppress, forced_eos=forced_eos)
-    encode_in = pad(ids, max_input_len, pad_id) if inputs is None else inputs
+    if inputs is None and ids is None:
+        raise ValueError("greedy: give the token ids or the encode inputs")
+    encode_in = pad(ids, max_input_len, pad_id) if ids is not None and inputs is None else inputs
     t0 = time.perf_counter()
     state = session.encode(encode_in) if isinstance(encode_in, dict) else session.encode(*encode_in)
     out = Generation(tokens=[], encode_s=time.perf_counter() - t0)
@@ -130,24 +150,24 @@ def greedy(session, ids: list[int] | None, *, max_input_len: int, max_output_len
         if keep_logits:  # raw logits, before any suppression
             out.logits.append(np.asarray(logits, dtype=np.float32).copy())
         if position < len(prompt):  # a forced prompt token (or the detected language)
-            token = prompt[position]
-            if token is None:
-                token = int(language_ids[int(np.argmax(np.asarray(logits)[list(language_ids)]))])
+            forced = prompt[position]
+            token = (int(language_ids[int(np.argmax(np.asarray(logits)[list(language_ids)]))]) if forced is None
+                     else forced)
             out.prompt.append(token)
             out.step_s.append(time.perf_counter() - t)
             continue
         k = len(out.tokens)  # index of the token this step generates
-        if suppress or (begin_suppress and k == 0) or k < min_new_tokens or \
-                (forced_eos is not None and k == limit - 1 and not force_length):
+        last = forced_eos is not None and k == limit - 1 and not force_length  # the step that ends generation
+        if suppress or (begin_suppress and k == 0) or k < min_new_tokens or last:
             logits = np.array(logits, dtype=np.float32)
+            if k < min_new_tokens:
+                logits[eos_id] = -np.inf
+            if last:  # transformers' ForcedEOSTokenLogitsProcessor: only forced_eos is left (min_new_tokens too)
+                logits[:] = -np.inf
+                logits[forced_eos] = 0.0
             logits[suppress] = -np.inf
             if k == 0:
                 logits[begin_suppress] = -np.inf
-            if k < min_new_tokens:
-                logits[eos_id] = -np.inf
-            elif forced_eos is not None and k == limit - 1 and not force_length:
-                logits[:] = -np.inf
-                logits[forced_eos] = 0.0
         token = int(np.argmax(logits))
         out.step_s.append(time.perf_counter() - t)
         if token == eos_id:
@@ -157,7 +177,7 @@ def greedy(session, ids: list[int] | None, *, max_input_len: int, max_output_len
     return out
 
 
-def decoding(tokens: dict) -> dict:
+def decoding(tokens: dict[str, Any]) -> dict[str, Any]:
     """greedy()'s token keywords from a manifest's "tokens" section, as manifest.Tokens reads it
     (older artifacts have no prompt or suppression entries: none)."""
     from . import schema

@@ -26,11 +26,15 @@ def generate_text(path: str, text: str, max_new_tokens: int | None = None, min_n
     # TEXT is what the artifact's input codec reads: a text, or for audio families (Whisper) a WAV file.
     ctx = Context(meta.input.as_dict(), recipe.max_input_len, lambda: tok)
     encoded = meta.input.codec.read(text, ctx, truncate=truncate, allow_unknown=allow_unknown)
-    check_new_tokens(max_new_tokens, recipe.max_output_len - len(kw["prompt"]), min_new_tokens)
+    # A text family's prompt is its forced BOS, a generated token for generate(max_new_tokens=N);
+    # Whisper's prompt is decoder input, which generate's max_new_tokens excludes.
+    prompt_counts = meta.input.codec.prompt_is_output
+    check_new_tokens(max_new_tokens, recipe.max_output_len - (0 if prompt_counts else len(kw["prompt"])),
+                     min_new_tokens)
     session = session_for(art, threads or target.threads, runner, device)  # --runner / --device (native.py)
     gen = greedy(session, encoded.ids, inputs=encoded.arrays, max_input_len=recipe.max_input_len,
                  max_output_len=recipe.max_output_len, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                 **kw)
+                 prompt_counts=prompt_counts, **kw)
     note = None
     if gen.stopped == "cache":
         note = (f"stopped at the artifact's cache size ({recipe.max_output_len} tokens, recipe max_output_len) "

@@ -9,8 +9,9 @@
 // each token by argmax over the logits in the program's own output buffer. It prints one
 // JSON object on stdout. The loop mirrors toolchain/generate.py greedy() step for step:
 // forced decoder prompt (a null entry = the best of language_ids), suppress_tokens,
-// begin_suppress_tokens, min_new_tokens (EOS suppressed), forced_eos_token_id at the last
-// allowed step, and force_length (EOS suppressed for the whole run, as probes do).
+// begin_suppress_tokens, min_new_tokens (EOS suppressed), forced_eos_token_id at the step
+// that ends generation (max_new_tokens or the last cache slot; it wins over min_new_tokens, as
+// in transformers), and force_length (EOS suppressed for the whole run, none forced: probes).
 //
 // Exit codes: 0 ok; 2 bad input (request, files, a program the request does not fit);
 // 3 the runtime failed while executing; 70 the runtime aborted (a signal). Every failure is
@@ -348,16 +349,17 @@ class Runner {
         continue;
       }
       const int64_t k = static_cast<int64_t>(g.tokens.size());  // index of the token this step makes
+      // transformers' logits processors in their order: min_new_tokens, forced EOS (only it is
+      // left, whatever min_new_tokens said), suppress, begin-suppress.
       const float neg = -INFINITY;
+      if (k < min_new) logits[req_.eos] = neg;
+      if (req_.forced_eos >= 0 && k == limit - 1 && !req_.force_length) {  // the step that ends generation
+        std::fill(logits, logits + vocab_, neg);
+        logits[req_.forced_eos] = 0.0f;
+      }
       for (int64_t id : req_.suppress) logits[id] = neg;
       if (k == 0) {
         for (int64_t id : req_.begin_suppress) logits[id] = neg;
-      }
-      if (k < min_new) {
-        logits[req_.eos] = neg;
-      } else if (req_.forced_eos >= 0 && k == limit - 1 && !req_.force_length) {
-        std::fill(logits, logits + vocab_, neg);
-        logits[req_.forced_eos] = 0.0f;
       }
       next = argmax(logits);
       g.step_s.push_back(std::chrono::duration<double>(Clock::now() - t).count());

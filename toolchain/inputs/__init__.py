@@ -69,6 +69,9 @@ class Codec(ABC):
     builtin_source: ClassVar[str]  # how verify names the built-in rows it fell back to
     # Right-padded token inputs, so a shorter encode program (recipe encode_lengths) can serve them.
     padded: ClassVar[bool] = False
+    # Whether a forced decoder prompt counts as generated output (a text family's forced BOS does,
+    # for transformers' max_new_tokens; Whisper's start/language/task prompt is decoder input).
+    prompt_is_output: ClassVar[bool] = False
 
     @abstractmethod
     def manifest_spec(self, checkpoint: Path, parts_input: Mapping[str, Any]) -> dict[str, Any]:

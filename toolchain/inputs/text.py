@@ -22,6 +22,7 @@ class TextCodec(Codec):
     metric = "exact"
     builtin_source = "built-in inputs"
     padded = True
+    prompt_is_output = True
 
     def manifest_spec(self, checkpoint: Path, parts_input: Mapping[str, Any]) -> dict[str, Any]:
         return dict(parts_input)
