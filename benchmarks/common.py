@@ -84,7 +84,6 @@ def fresh_export(out: Path) -> dict | None:
 
 def build(ckpt: Path, recipe: str, target: str, out: Path) -> float | None:
     """Export (or reuse) one artifact; returns its export seconds, None if the target rejects the recipe."""
-    from toolchain.artifact import open_artifact
     from toolchain.checkpoint import load_checkpoint
     from toolchain.export import export
     from toolchain.specs import load_recipe, load_target
@@ -159,7 +158,7 @@ def generate_once(model, ids, new_tokens: int, processor, stamps: list[float]) -
                        min_new_tokens=new_tokens, do_sample=False, num_beams=1,
                        logits_processor=LogitsProcessorList([processor]))
     s = [t0, *stamps]
-    return s[1] - s[0], [b - a for a, b in zip(s[1:], s[2:])]
+    return s[1] - s[0], [b - a for a, b in zip(s[1:], s[2:], strict=False)]
 
 
 class EagerRunner:

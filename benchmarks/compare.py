@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import roofline  # noqa: E402
-from common import ROOT, artifact_dir, build, fresh_export, cpu_model, rejects, summarize, t5_small_random  # noqa: E402
+from common import ROOT, artifact_dir, build, cpu_model, fresh_export, rejects, summarize, t5_small_random  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PEERS = ("optimum-onnx", "optimum-executorch")
@@ -392,9 +392,9 @@ def acceptance(rows: list[Row], bw_gbs: float) -> tuple[list[str], dict]:
 
 
 def paper_table(pairs: list[tuple[int, Row, Row]], recipe: str) -> list[str]:
-    out = [f"| input tokens | enc-dec TTFT ms p50 (p10-p90) | decoder-only TTFT ms | enc-dec TTFT lower by (paper: 47%) | "
-           f"enc-dec decode tok/s | decoder-only decode tok/s | decode throughput ratio (paper: 4.7x) | "
-           f"64-token generation tok/s enc-dec / dec-only | ratio | roofline ms/step enc-dec / dec-only |",
+    out = ["| input tokens | enc-dec TTFT ms p50 (p10-p90) | decoder-only TTFT ms | enc-dec TTFT lower by (paper: 47%) | "
+           "enc-dec decode tok/s | decoder-only decode tok/s | decode throughput ratio (paper: 4.7x) | "
+           "64-token generation tok/s enc-dec / dec-only | ratio | roofline ms/step enc-dec / dec-only |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for s, t5, do in pairs:
         if not (t5.stats and do.stats):
@@ -535,6 +535,7 @@ def main() -> int:
     pairs: list[tuple[int, Row, Row]] = []
     if "paper" in sections:
         import decoder_only
+
         from toolchain.specs import load_recipe
 
         t5 = t5_small_random(ckpts["t5-small"])
@@ -590,7 +591,7 @@ def main() -> int:
     load1 = os.getloadavg()
     wall = time.time() - started
     # ---- report
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["## edgeseq vs every other way to run the model (`benchmarks/compare.py`)", "",
              f"{date}; {cpu_model()}, {os.cpu_count()} cores; every row 2 threads (but the 1-thread reference row), in its own process; "
              f"`compare.py{' --quick' if a.quick else ''} --runs {a.runs} --warmup {a.warmup}`; "

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common import input_ids  # noqa: F401  (re-exported for the worker)
+from torch import nn
 
 LLAMA_60M = dict(vocab_size=32128, hidden_size=512, intermediate_size=1696, num_hidden_layers=12,
                  num_attention_heads=8, num_key_value_heads=8, head_dim=64, max_position_embeddings=4096,

@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import generate_once, input_ids, stamping_processor  # noqa: E402
 
+
 def _versions(*names: str) -> dict[str, str]:
     from importlib.metadata import version
 
@@ -168,7 +169,7 @@ class OptimumExecuTorchRunner:
             row[self.eos] = -float("inf")
             token = int(row.argmax())
             stamps.append(time.perf_counter())
-        return stamps[1] - stamps[0], [b - a for a, b in zip(stamps[1:], stamps[2:])]
+        return stamps[1] - stamps[0], [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]
 
 
 def main() -> int:

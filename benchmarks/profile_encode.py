@@ -41,11 +41,10 @@ def encoder_gemm_flops(manifest: dict, cfg: dict) -> float:
 def etdump_profile(path: Path, runs: int, threads: int, method: str = "encode") -> dict:
     import json
 
+    import executorch.kernels.quantized  # noqa: F401
     import torch
     from executorch.devtools import Inspector
     from executorch.extension.pybindings import portable_lib
-
-    import executorch.kernels.quantized  # noqa: F401
 
     if portable_lib._threadpool_get_thread_count() != threads:
         portable_lib._unsafe_reset_threadpool(threads)

@@ -72,7 +72,7 @@ def main() -> None:
         export_s[f"{m}/eager-transformers/fp32"] = export_s[f"{m}/eager-transformers/int8-dynamic"] = 0.0
     runners.update({key: ArtifactRunner(p) for key, p in paths.items()})
     res = measure(runners, a.runs, a.warmup)
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [MARK_BEGIN, "## edgeseq targets x recipes vs eager transformers (ratios to eager `generate` fp32 of the same model)", "",
              f"{date}; {cpu_model()}, {os.cpu_count()} cores, 2 runtime threads; "
              f"`benchmarks/targets.py --runs {a.runs}` (all artifacts in one process, interleaved "
@@ -87,7 +87,7 @@ def main() -> None:
                 if key not in res:
                     continue
                 x = res[key]
-                ratio = (lambda k: f"{x[k] / base[k]:.2f}x") if base else (lambda k: "-")
+                ratio = (lambda k, x=x, base=base: f"{x[k] / base[k]:.2f}x") if base else (lambda k: "-")
                 lines.append(f"| {m} | {tg} | {r} | {x['ttft_p50']:.2f} ({x['ttft_p90']:.2f}) | {x['tok_p50']:.3f} "
                              f"({x['tok_p90']:.3f}) | {x['mb']:.2f} | {ratio('ttft_p50')} | {ratio('tok_p50')} | "
                              f"{ratio('mb')} | {export_s[key]:.0f} |".replace("nanx", "-").replace("nan", "-"))

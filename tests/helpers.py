@@ -64,11 +64,12 @@ def tiny_checkpoint(out: Path, model_type: str, variant: str, seed: int = 0, tra
     `untie` stores an lm_head different from the embedding (as T5 v1.1/Flan
     checkpoints do); transformers then loads the two untied.
     """
-    from tiny_configs import tiny_config
     from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
     from toolchain.demo.dates import stream
     from toolchain.demo.train import _batch, build_tokenizer
+
+    from tiny_configs import tiny_config
 
     tok = build_tokenizer()
     cfg = tiny_config(model_type, variant, vocab_size=tok.get_vocab_size(), **overrides)

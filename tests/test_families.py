@@ -108,8 +108,9 @@ def _whisper_generation(v: dict[str, int], language: str | None = "en", **extra)
 def tiny_whisper(out: Path, seed: int = 0, train_steps: int = 12, language: str | None = "en", **overrides) -> Path:
     """A tiny Whisper (8 mel bins, 1 s of 16 kHz audio) trained a few steps on synthetic signals
     labelled with text, with a multilingual generation config (language, task, suppression)."""
-    from tiny_configs import tiny_config
     from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from tiny_configs import tiny_config
 
     tok = _whisper_tokenizer()
     v = tok.get_vocab()

@@ -78,8 +78,9 @@ def marian_dir(tmp_path_factory) -> Path:
 def build_marian(d: Path, spms: Path) -> Path:
     """A tiny random MarianMTModel with opus-mt's tokenizer files and no tokenizer.json."""
     import sentencepiece as spm
-    from tiny_configs import tiny_config
     from transformers import GenerationConfig, MarianMTModel, MarianTokenizer
+
+    from tiny_configs import tiny_config
 
     _train(EN, spms / "source.spm", 120)
     _train(DE, spms / "target.spm", 120)
@@ -109,8 +110,9 @@ def build_marian(d: Path, spms: Path) -> Path:
 @pytest.fixture(scope="module")
 def t5_dir(tmp_path_factory) -> Path:
     """A tiny random T5 with only spiece.model (T5's ids: <pad> 0, </s> 1, <unk> 2)."""
-    from tiny_configs import tiny_config
     from transformers import T5ForConditionalGeneration
+
+    from tiny_configs import tiny_config
 
     d = tmp_path_factory.mktemp("t5") / "t5-spiece"
     d.mkdir()

@@ -307,7 +307,7 @@ def build(matrix_path: str, out: str, cache_dir: str | None, jobs: int, baseline
         import multiprocessing
 
         with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for row in pool.map(run_cell, *zip(*args)):
+            for row in pool.map(run_cell, *zip(*args, strict=True)):
                 done(row)
     else:
         from . import progress as live
@@ -315,7 +315,7 @@ def build(matrix_path: str, out: str, cache_dir: str | None, jobs: int, baseline
         for i, a in enumerate(args, 1):
             live.note(f"build: cell {i}/{len(args)}: {Path(a[0]).name} {Path(a[2]).stem}/{Path(a[1]).stem}")
             done(run_cell(*a))
-    summary = {"matrix": str(Path(matrix_path).resolve()), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(
+    summary = {"matrix": str(Path(matrix_path).resolve()), "date": _dt.datetime.now(_dt.UTC).isoformat(
         timespec="seconds"), "seconds": round(time.time() - t0, 2), "cache_dir": str(cache),
         "thresholds": thresholds, "cells": rows, "ok": all(r["verdict"] == "pass" for r in rows)}
     from .artifact import write_json_atomic, write_text_atomic

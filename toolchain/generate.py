@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -131,7 +131,7 @@ def greedy(session: Session, ids: list[int] | None, *, max_input_len: int, max_o
     if limit < 1:  # the limit ends inside a counted prompt (mBART, --max-new-tokens 1): no token after it
         return Generation(tokens=[], stopped="max_new_tokens")
     if session.runs_loop:  # the native runner: this same loop, run in C++ (toolchain/native.py)
-        return session.generate(ids, inputs=inputs, max_new_tokens=limit, min_new_tokens=min_new_tokens,
+        return cast(Any, session).generate(ids, inputs=inputs, max_new_tokens=limit, min_new_tokens=min_new_tokens,
                                 keep_logits=keep_logits, force_length=force_length, start_id=start_id,
                                 eos_id=eos_id, pad_id=pad_id, prompt=prompt, language_ids=language_ids,
                                 suppress=suppress, begin_suppress=begin_suppress, forced_eos=forced_eos)

@@ -28,9 +28,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any
 
 import numpy as np
 
@@ -210,7 +211,7 @@ class NativeSession(Session):
         self.base["threads"] = self.threads
         self._tmp = tempfile.TemporaryDirectory(prefix="edgeseq-native-")
         self._proc: subprocess.Popen | None = None
-        self._err = None
+        self._err: IO[str] | None = None
         atexit.register(self.close)
 
     # The Session interface's per-step calls do not exist here: greedy() calls generate().
@@ -229,7 +230,7 @@ class NativeSession(Session):
         if rules is not None:  # greedy()'s keywords, which may differ from the manifest's
             req["tokens"] = {**req["tokens"], **rules}
         if inputs is None:
-            req["ids"] = [int(i) for i in ids]
+            req["ids"] = [int(i) for i in ids or ()]
         else:  # the encode program's float input (log-mel features) as a raw float32 file
             arrays = list(inputs[0].values()) if isinstance(inputs[0], dict) else list(inputs)
             if len(arrays) != 1:
@@ -241,7 +242,7 @@ class NativeSession(Session):
                    logits=str(logits) if logits else None)
         return req
 
-    def _serve(self) -> subprocess.Popen:
+    def _serve(self) -> subprocess.Popen[str]:
         if self._proc is None or self._proc.poll() is not None:
             self._err = tempfile.TemporaryFile("w+")
             self._proc = subprocess.Popen(self.argv("--serve"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -250,6 +251,7 @@ class NativeSession(Session):
 
     def call(self, req: dict[str, Any]) -> dict[str, Any]:
         proc = self._serve()
+        assert proc.stdin is not None and proc.stdout is not None and self._err is not None  # PIPEs, set by _serve
         try:
             proc.stdin.write(json.dumps(req) + "\n")
             proc.stdin.flush()
@@ -266,7 +268,8 @@ class NativeSession(Session):
             raise cls(f"native runner: {out['error']}")
         return out
 
-    def generate(self, ids, *, inputs=None, max_new_tokens: int | None, min_new_tokens: int, keep_logits: bool,
+    def generate(self, ids: Sequence[int] | None, *, inputs: Any = None, max_new_tokens: int | None,
+                 min_new_tokens: int, keep_logits: bool,
                  force_length: bool, start_id: int, eos_id: int, pad_id: int, prompt=(), language_ids=(),
                  suppress=(), begin_suppress=(), forced_eos=None):
         from .generate import Generation
@@ -287,7 +290,7 @@ class NativeSession(Session):
         return gen
 
     def close(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None and self._proc.stdin is not None:
             self._proc.stdin.close()
             try:
                 self._proc.wait(timeout=10)

@@ -76,7 +76,8 @@ class Session(ABC):
     # The input length the last encode ran at (shorter encode programs); None: the recipe's.
     encode_length: int | None = None
     # True when the session runs the whole greedy loop itself (the native runner): then
-    # generate.greedy hands the loop to `generate` instead of calling decode per token.
+    # generate.greedy hands the loop to its `generate` method (same keywords as greedy's, see
+    # native.NativeSession) instead of calling decode per token.
     runs_loop: ClassVar[bool] = False
 
     @abstractmethod
@@ -84,9 +85,6 @@ class Session(ABC):
 
     @abstractmethod
     def decode(self, token: int, position: int, state: Any) -> np.ndarray: ...
-
-    def generate(self, ids: list[int] | None, **kw: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} runs decode per step (runs_loop is False)")
 
 
 class Backend(ABC):

@@ -159,7 +159,8 @@ def stage_remote(t: SSHTransport, artifact_dir: Path, manifest: dict) -> tuple[s
     remote_zip = f"{base}/runner-{zhash}.zip"
     remote_art = f"{base}/artifacts/{key}"
     check = t.run(f"mkdir -p {shlex.quote(base)}/artifacts && "
-                  f"test -f {shlex.quote(remote_zip)} && echo zip; test -f {shlex.quote(remote_art)}/.complete && echo art")
+                  f"test -f {shlex.quote(remote_zip)} && echo zip; "
+                  f"test -f {shlex.quote(remote_art)}/.complete && echo art")
     have = set(check.stdout.split())
     with tempfile.TemporaryDirectory() as tmp:
         if "zip" not in have:

@@ -93,7 +93,7 @@ class LiteRTAotBackend(Backend):
         """Everything this target needs, before any model work: vendor, options, AOT tool, SoC
         (check_target), the recipe's schemes, then the vendor SDK (the slowest to find out)."""
         super().check(recipe, target)
-        problem = self.vendor.sdk_problem(target.name, target.options["soc_model"])
+        problem = self.vendor.sdk_problem(target.name, str(target.options["soc_model"]))
         if problem:
             raise InputError(problem)
 
@@ -121,7 +121,7 @@ class LiteRTAotBackend(Backend):
         self.check(recipe, target)
         # The CPU flatbuffer exactly as litert-cpu writes it, then compiled from the file.
         cpu = export.lower_cpu(parts, recipe, out)
-        lowered = lower_npu(cpu, self.vendor, target.options["soc_model"], target.name, out)
+        lowered = lower_npu(cpu, self.vendor, str(target.options["soc_model"]), target.name, out)
         lowered.tool_versions = self.versions()
         return lowered
 
