@@ -20,6 +20,7 @@ Session tensors (numpy, what `run`, `verify` and `probe` share):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +35,19 @@ if TYPE_CHECKING:
     from ..artifact import Artifact
     from ..specs import Recipe, Target
     from ..split import Seq2SeqParts
+
+
+def check_options(target: Target, allowed: Mapping[str, str], choices: Mapping[str, Sequence[str]]) -> None:
+    """A target's `options`: only the `allowed` keys, and each key of `choices` one of its values
+    (a missing one included). One-line InputErrors naming the key."""
+    unknown = sorted(set(target.options) - set(allowed))
+    if unknown:
+        raise InputError(f"target {target.name}: unknown option {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    for key, values in choices.items():
+        value = target.options.get(key)
+        if value not in values:
+            raise InputError(f"target {target.name}: option {key!r} must be one of {', '.join(values)}, "
+                             f"got {value!r}")
 
 
 class CacheMode(StrEnum):

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
 from ...schemes import QuantScheme, same_for_all
-from ..base import Backend, CacheMode, Capabilities, Lowered
+from ..base import Backend, CacheMode, Capabilities, Lowered, check_options
 from ..executorch import has_modules
 
 if TYPE_CHECKING:
@@ -85,13 +85,7 @@ class EthosUBackend(Backend):
         if target.backend != "ethos-u":
             raise InputError(f"target {target.name}: the Ethos-U backend needs backend: ethos-u, "
                              f"got {target.backend!r}")
-        unknown = sorted(set(target.options) - set(OPTIONS))
-        if unknown:
-            raise InputError(f"target {target.name}: unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
-        acc = target.options.get("accelerator")
-        if acc not in ACCELERATORS:
-            raise InputError(f"target {target.name}: option 'accelerator' must be one of "
-                             f"{', '.join(ACCELERATORS)}, got {acc!r}")
+        check_options(target, OPTIONS, {"accelerator": ACCELERATORS})
 
     def lower(self, parts: Seq2SeqParts, recipe: Recipe, target: Target, out: Path,
               calibration: list[Any] | None = None) -> Lowered:

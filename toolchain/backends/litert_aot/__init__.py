@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
-from ..base import Backend, Lowered, Session
+from ..base import Backend, Lowered, Session, check_options
 from ..litert import BACKEND as LITERT
 from ..litert import CAPABILITIES, DISTRIBUTIONS, preload_interpreter, tools_available
 from .vendors import VENDORS, Vendor, installed_version, resource
@@ -101,17 +101,11 @@ class LiteRTAotBackend(Backend):
         if target.backend != self.vendor.name:
             raise InputError(f"target {target.name}: litert NPU backend {target.backend!r} is not available; "
                              f"available: {', '.join(VENDORS)}")
-        unknown = sorted(set(target.options) - set(OPTIONS))
-        if unknown:
-            raise InputError(f"target {target.name}: unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
+        check_options(target, OPTIONS, {})
         ok, why = _tools()
         if not ok:
             raise InputError(f"target {target.name}: {why}")
-        socs = self.vendor.soc_models()
-        soc = target.options.get("soc_model")
-        if soc not in socs:
-            raise InputError(f"target {target.name}: option 'soc_model' must be one of {', '.join(socs)}, "
-                             f"got {soc!r}")
+        check_options(target, OPTIONS, {"soc_model": self.vendor.soc_models()})
 
     def lower(self, parts: Seq2SeqParts, recipe: Recipe, target: Target, out: Path,
               calibration: list[Any] | None = None) -> Lowered:
