@@ -109,3 +109,5 @@ class CoreMLBackend(Backend):
 
 
 BACKEND = CoreMLBackend()
+# The registry (backends/__init__.py) finds this package by these names.
+RUNTIMES = {"coreml": BACKEND}

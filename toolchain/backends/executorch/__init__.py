@@ -93,3 +93,5 @@ class ExecuTorchBackend(Backend):
 
 
 BACKEND = ExecuTorchBackend()
+# The registry (backends/__init__.py) finds this package by these names.
+RUNTIMES = {"executorch": BACKEND}

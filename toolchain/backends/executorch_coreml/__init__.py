@@ -84,3 +84,5 @@ class ExecuTorchCoreMLBackend(Backend):
 
 
 BACKEND = ExecuTorchCoreMLBackend()
+# The registry (backends/__init__.py) finds this package by these names.
+RUNTIMES = {"executorch-coreml": BACKEND}

@@ -114,3 +114,5 @@ class EthosUBackend(Backend):
 
 
 BACKEND = EthosUBackend()
+# The registry (backends/__init__.py) finds this package by these names.
+RUNTIMES = {"executorch-ethos-u": BACKEND}

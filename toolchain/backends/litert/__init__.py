@@ -106,3 +106,5 @@ class LiteRTBackend(Backend):
 
 
 BACKEND = LiteRTBackend()
+# The registry (backends/__init__.py) finds this package by these names.
+RUNTIMES = {"litert": BACKEND}

@@ -140,3 +140,5 @@ class LiteRTAotBackend(Backend):
 
 QUALCOMM = LiteRTAotBackend(VENDORS["qualcomm"])
 MEDIATEK = LiteRTAotBackend(VENDORS["mediatek"])
+# The registry (backends/__init__.py) finds this package by these names.
+RUNTIMES = {"litert-qualcomm": QUALCOMM, "litert-mediatek": MEDIATEK}

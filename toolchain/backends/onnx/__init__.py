@@ -95,3 +95,5 @@ class OnnxBackend(Backend):
 
 
 BACKEND = OnnxBackend()
+# The registry (backends/__init__.py) finds this package by these names.
+RUNTIMES = {"onnx": BACKEND}
