@@ -84,10 +84,11 @@ class _Recorder(EagerSession):
 
 
 def trace(parts: Any, calibration: list[Any], max_decode: int = MAX_DECODE_SAMPLES) -> Samples:
-    """Both programs' inputs over `calibration`: token id lists (text; cut to max_input_len
-    and padded) or the encode arrays themselves (audio). At most `max_decode` decode steps
+    """Both programs' inputs over `calibration`: the input codec's calibration items (text:
+    token id lists, cut to max_input_len and padded; audio: the encode arrays). At most `max_decode` decode steps
     are kept, spread evenly over all positions (not the first sentences only)."""
     from .generate import greedy
+    from .inputs import codec_for
 
     samples = Samples()
     session = _Recorder(parts, samples)
@@ -95,11 +96,9 @@ def trace(parts: Any, calibration: list[Any], max_decode: int = MAX_DECODE_SAMPL
           "start_id": parts.decoder_start_token_id, "eos_id": parts.eos_token_id, "pad_id": parts.pad_token_id,
           "prompt": list(parts.decoder_prompt), "language_ids": list(parts.language_token_ids),
           "suppress": list(parts.suppress_tokens), "begin_suppress": list(parts.begin_suppress_tokens)}
+    codec = codec_for(parts.input["kind"])  # token ids -> padded arrays (text); audio: the arrays as given
     for item in calibration:
-        if isinstance(item, list | tuple) and item and isinstance(item[0], int | np.integer):
-            greedy(session, list(item)[: parts.max_input_len], **kw)
-        else:
-            greedy(session, None, inputs=tuple(item), **kw)
+        greedy(session, None, inputs=codec.encode_arrays(item, parts.max_input_len, parts.pad_token_id), **kw)
     if len(samples.decode) > max_decode:
         keep = np.linspace(0, len(samples.decode) - 1, max_decode).round().astype(int)
         samples.decode = [samples.decode[i] for i in keep]

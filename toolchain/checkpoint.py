@@ -88,7 +88,7 @@ class SourceModel:
         return model.eval()
 
     def load_tokenizer(self) -> TextTokenizer:
-        return self.tokenizer.open()
+        return self.tokenizer.load()
 
 
 def _check_loading_info(info: dict, label: Path) -> None:
@@ -133,7 +133,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 def _check_tokenizer(tok: CheckpointTokenizer, cfg_path: Path, vocab_size: Any) -> None:
     """Every id the tokenizer can produce must index the model's embedding: a tokenizer from
     another checkpoint would otherwise read past it (or, in a runtime, read garbage)."""
-    top = tok.open().max_id()
+    top = tok.load().max_id()
     if isinstance(vocab_size, int) and top >= vocab_size:
         raise InputError(f"{tok.label}: has token ids up to {top}, but the model's vocabulary "
                          f"({cfg_path.name} vocab_size) is {vocab_size}: the tokenizer does not match the model")

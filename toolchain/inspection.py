@@ -97,10 +97,9 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
     m = art.manifest
     lines = [f"artifact {path}: {m['checkpoint']['name']} -> {m['target']['name']} / {m['recipe']['name']}",
              f"  model bytes {m['sizes']['model_bytes']:,} ({m['sizes']['ratio_to_fp32_params']}x params*4)"]
-    inp = m.get("input") or {"kind": "text"}
-    if inp["kind"] == "log_mel":
-        lines.append(f"  input: WAV audio -> log-mel [1, {inp['feature_size']}, {inp['frames']}] "
-                     f"({inp['sampling_rate']} Hz, {inp['chunk_length']} s per input)")
+    said = art.meta.input.codec.describe(art.meta.input.as_dict())  # e.g. Whisper's log-mel input
+    if said:
+        lines.append(f"  input: {said}")
     prompt = (m.get("tokens") or {}).get("decoder_prompt")
     if prompt:
         lines.append("  decoder prompt: " + ", ".join("detected language" if t is None else str(t) for t in prompt))

@@ -278,7 +278,7 @@ class CheckpointTokenizer(ABC):
     label: Path  # the file an error about its ids names
 
     @abstractmethod
-    def open(self) -> TextTokenizer: ...
+    def load(self) -> TextTokenizer: ...
 
     @abstractmethod
     def save(self, out: Path) -> tuple[str | dict[str, Any], list[str]]:
@@ -289,7 +289,7 @@ class JSONFile(CheckpointTokenizer):
     def __init__(self, path: Path) -> None:
         self.label = path
 
-    def open(self) -> TextTokenizer:
+    def load(self) -> TextTokenizer:
         return HFTokenizer.from_file(self.label)
 
     def save(self, out: Path) -> tuple[str, list[str]]:
@@ -314,7 +314,7 @@ class T5SentencePiece(CheckpointTokenizer):
         except Exception as e:  # transformers' conversion: anything is this checkpoint's input
             raise InputError(f"{self.label}: cannot convert it to a tokenizer: {_first_line(e)}") from None
 
-    def open(self) -> TextTokenizer:
+    def load(self) -> TextTokenizer:
         from tokenizers import Tokenizer
 
         return HFTokenizer(Tokenizer.from_str(self.json))
@@ -371,7 +371,7 @@ class MarianFiles(CheckpointTokenizer):
             "split_special_tokens": bool(mt.split_special_tokens),
         }
 
-    def open(self) -> TextTokenizer:
+    def load(self) -> TextTokenizer:
         return self.tokenizer
 
     def save(self, out: Path) -> tuple[dict[str, Any], list[str]]:
