@@ -133,6 +133,13 @@ class Backend(ABC):
     def check_target(self, recipe: Recipe, target: Target) -> None:  # noqa: B027 (optional hook)
         """Backend-specific refusals (delegates, options, group sizes)."""
 
+    def check_parts(self, parts: Seq2SeqParts) -> None:
+        """Parts built for another cache mode are a caller's bug (export builds them from
+        `capabilities.cache_mode`): a ValueError, not an input error."""
+        if parts.cache_mode != self.capabilities.cache_mode:
+            raise ValueError(f"{type(self).__name__} needs parts built with cache_mode="
+                             f"{self.capabilities.cache_mode.value!r}, got {parts.cache_mode!r}")
+
     @abstractmethod
     def lower(self, parts: Seq2SeqParts, recipe: Recipe, target: Target, out: Path,
               calibration: list[Any] | None = None) -> Lowered:

@@ -88,9 +88,7 @@ class CoreMLBackend(Backend):
               calibration: list[Any] | None = None) -> Lowered:
         from .convert import lower
 
-        if parts.cache_mode != self.capabilities.cache_mode:
-            raise ValueError(f"coreml needs parts built with cache_mode={self.capabilities.cache_mode.value!r}, "
-                             f"got {parts.cache_mode!r}")
+        self.check_parts(parts)
         self.check(recipe, target)
         return lower(parts, recipe, target, out, self.versions())
 

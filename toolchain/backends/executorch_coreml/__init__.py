@@ -58,9 +58,7 @@ class ExecuTorchCoreMLBackend(Backend):
               calibration: list[Any] | None = None) -> Lowered:
         from .export import lower
 
-        if parts.cache_mode != self.capabilities.cache_mode:
-            raise ValueError(f"executorch-coreml needs cache_mode={self.capabilities.cache_mode.value!r}, "
-                             f"got {parts.cache_mode!r}")
+        self.check_parts(parts)
         self.check(recipe, target)
         return lower(parts, out, self.versions())
 

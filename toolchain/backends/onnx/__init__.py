@@ -78,9 +78,7 @@ class OnnxBackend(Backend):
         from .export import lower
 
         self.check(recipe, target)
-        if parts.cache_mode != self.capabilities.cache_mode:
-            raise ValueError(f"onnx needs parts built with cache_mode={self.capabilities.cache_mode.value!r}, "
-                             f"got {parts.cache_mode!r}")
+        self.check_parts(parts)
         return lower(parts, recipe, PROVIDERS[target.backend], out, calibration, self.versions())
 
     def open_session(self, artifact: Artifact, threads: int | None = None) -> Session:
