@@ -128,7 +128,7 @@ def test_fp16_build_keeps_masks_finite_and_notes_the_neural_engine(cml):
     """-1e9 mask tables are clamped for fp16, so decode has no fp32 op (which would leave the ANE)."""
     c = open_artifact(cml["ane"]).manifest["coreml"]
     assert c["compute_precision"] == "float16" and c["compute_units"] == "CPU_AND_NE"
-    assert c["fp16_clamped_buffers"] == ["decode.step_bias_table"]
+    assert c["fp16_clamped_buffers"] == ["decode.self_bias_full"]  # the per-step bias + causal mask table
     notes = c["ane_notes"]
     assert not any(n.startswith("decode: fp32 compute") for n in notes), notes
     assert any("gather" in n for n in notes)

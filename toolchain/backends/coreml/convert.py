@@ -60,7 +60,7 @@ def fp16_safe_masks(parts: Seq2SeqParts) -> list[str]:
     """Clamp -1e9 mask entries of constant buffers to -3e4, in place; returns the buffers changed.
 
     The converter keeps any op with a constant beyond fp16 range in fp32 (e.g. T5's
-    `F.linear(onehot(position), step_bias_table)` whose table holds the -1e9 causal mask),
+    `F.linear(onehot(position), self_bias_full)` whose table holds the -1e9 causal mask),
     and an fp32 op cannot run on the Neural Engine: each decode step would bounce to the
     CPU and back. -3e4 is finite in fp16 and still gives exp() == 0 after softmax, so the
     attention is unchanged; 0 * -3e4 stays 0 (0 * -inf would be NaN). Caches are skipped.
