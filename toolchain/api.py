@@ -37,25 +37,31 @@ def export(checkpoint: str | Path, target: str, recipe: str = "fp32", output: st
 
 def verify(artifact: str | Path, *, checkpoint: str | None = None, eval_file: str | None = None,
            limit: int | None = None, allow_pickle: bool = False, runner: str | None = None,
-           device: str | None = None, metric: str | None = None) -> dict[str, Any]:
+           device: str | None = None, metric: str | None = None, language: str | None = None,
+           task: str | None = None) -> dict[str, Any]:
     """Parity of the artifact against eager transformers (or its structure, where the runtime
     cannot execute here); recorded in the manifest and returned. `runner="native"` executes it
     with the C++ edgeseq-runner, `device="qemu-aarch64"` on emulated ARM64. `metric` (exact, wer,
-    cer, chrf, bleu) overrides the recipe's task metric."""
+    cer, chrf, bleu) overrides the recipe's task metric. `language`/`task` (Whisper) choose the
+    decoder prompt for eval rows without their own "language"/"task"."""
     from .verify import verify_artifact
 
     return verify_artifact(open_artifact(artifact), checkpoint=checkpoint, eval_file=eval_file, limit=limit,
-                           allow_pickle=allow_pickle, runner=runner, device=device, metric=metric)
+                           allow_pickle=allow_pickle, runner=runner, device=device, metric=metric,
+                           language=language, task=task)
 
 
 def run(artifact: str | Path, text: str, *, max_new_tokens: int | None = None, min_new_tokens: int = 0,
         truncate: bool = False, allow_unknown: bool = False, threads: int | None = None,
-        runner: str | None = None, device: str | None = None) -> str:
-    """Greedy generation from `text` (a WAV path for audio artifacts); returns the output text."""
+        runner: str | None = None, device: str | None = None, language: str | None = None,
+        task: str | None = None) -> str:
+    """Greedy generation from `text` (a WAV path for audio artifacts); returns the output text.
+    `language`/`task` (Whisper): as generate(language=..., task=...); `toolchain.runner.generate`
+    also returns the ids, the prompt and the language it detected."""
     from .runner import generate_text
 
     out, _note = generate_text(str(artifact), text, max_new_tokens, min_new_tokens, truncate, threads, allow_unknown,
-                               runner, device)
+                               runner, device, language, task)
     return out
 
 

@@ -26,10 +26,13 @@ from typing import Annotated, Any
 
 from . import schema
 from .errors import InputError
+from .prompt import TaskPrompt, build, check_choice
 from .schema import AtLeast, KeyRule, NonEmpty, Pattern, Phrase, Rest, Says
 from .specs import Recipe, Target
 
-FORMAT_VERSION = 2  # 2: "tokens.tokenizer" may be a Marian SentencePiece description (an object)
+# 2: "tokens.tokenizer" may be a Marian SentencePiece description (an object)
+# 3: "tokens.task_prompt" (Whisper: the language/task prompt is chosen at run time; prompt.TaskPrompt)
+FORMAT_VERSION = 3
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 Facts = Annotated[dict[str, Any], Rest()]
 
@@ -134,13 +137,37 @@ class Tokens:
     suppress_tokens: tuple[int, ...] = ()
     begin_suppress_tokens: tuple[int, ...] = ()
     forced_eos_token_id: int | None = None
+    # Whisper (format 3): what building the prompt for another language/task takes; None: a text
+    # family, or an artifact exported before run-time language choice.
+    task_prompt: TaskPrompt | None = None
 
-    def decoding(self) -> dict[str, Any]:
-        """generate.greedy's token keywords."""
+    def decoding(self, language: str | None = None, task: str | None = None) -> dict[str, Any]:
+        """generate.greedy's token keywords; with a `language` and/or `task` (run/verify
+        --language/--task, an eval row's keys), the prompt generate(language=..., task=...) feeds."""
+        prompt, language_ids = self.prompt_for(language, task)
         return {"start_id": self.decoder_start_token_id, "eos_id": self.eos_token_id, "pad_id": self.pad_token_id,
-                "prompt": self.decoder_prompt, "language_ids": self.language_token_ids,
+                "prompt": prompt, "language_ids": language_ids,
                 "suppress": self.suppress_tokens, "begin_suppress": self.begin_suppress_tokens,
                 "forced_eos": self.forced_eos_token_id}
+
+    def choice(self, language: str | None, task: str | None) -> tuple[str | None, str | None]:
+        """A run-time (language, task) as generate(language=..., task=...) takes it for this model;
+        (None, None): the exported default (nothing chosen, or English on an English-only model)."""
+        if language is None and task is None:
+            return None, None
+        if self.task_prompt is None:
+            what = "--language" if language is not None else "--task"
+            raise InputError(f"{what}: this artifact has no language/task prompt to choose (only Whisper "
+                             f"artifacts have one, from edgeseq with manifest format_version >= 3; re-export)")
+        return check_choice(self.task_prompt, language, task)
+
+    def prompt_for(self, language: str | None, task: str | None) -> tuple[tuple[int | None, ...], tuple[int, ...]]:
+        """(decoder prompt, language token ids) for a run-time choice; none: the exported default."""
+        language, task = self.choice(language, task)
+        if language is None and task is None or self.task_prompt is None:
+            return self.decoder_prompt, self.language_token_ids
+        prompt, ids = build(self.task_prompt, language, task)
+        return tuple(prompt), tuple(ids)
 
 
 @dataclass(frozen=True)

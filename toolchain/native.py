@@ -185,7 +185,9 @@ def base_request(artifact) -> dict[str, Any]:
                    "lengths": [{"length": e.length, "method": e.method} for e in enc.lengths]},
         "decode": {"method": dec.method},
         # The runner reads the manifest's own "tokens" section (start/eos/pad, prompt, suppression).
-        "tokens": artifact.manifest["tokens"],
+        # generate.greedy() sends the prompt it runs (a run-time --language/--task included) in its
+        # rules, a language to detect as null; what builds prompts (task_prompt) stays here.
+        "tokens": {k: v for k, v in artifact.manifest["tokens"].items() if k != "task_prompt"},
         "max_output_len": meta.recipe.max_output_len,
     }
 

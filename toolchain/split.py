@@ -100,6 +100,8 @@ class Seq2SeqParts:
     suppress_tokens: list[int] = field(default_factory=list)
     begin_suppress_tokens: list[int] = field(default_factory=list)
     forced_eos_token_id: int | None = None  # forced at the last allowed step (transformers' forced_eos)
+    # Whisper: what building the prompt for another language/task at run time takes (prompt.TaskPrompt).
+    task_prompt: dict[str, Any] | None = None
     # Shorter encode programs (recipe encode_lengths): length L -> padded_encode.PaddedEncode
     # taking [1, L] inputs and returning the max_input_len shapes; filled by export.build_parts.
     encode_buckets: dict[int, nn.Module] = field(default_factory=dict)
@@ -155,7 +157,8 @@ class Seq2SeqParts:
         return {"decoder_prompt": list(self.decoder_prompt), "language_token_ids": list(self.language_token_ids),
                 "suppress_tokens": list(self.suppress_tokens),
                 "begin_suppress_tokens": list(self.begin_suppress_tokens),
-                "forced_eos_token_id": self.forced_eos_token_id}
+                "forced_eos_token_id": self.forced_eos_token_id,
+                **({} if self.task_prompt is None else {"task_prompt": self.task_prompt})}
 
     def weight_components(self, buckets: bool = False) -> dict[str, dict[str, Component]]:
         """Per program ("encode", "decode"; with `buckets` also "encode_<L>", the shorter encode

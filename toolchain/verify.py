@@ -12,10 +12,15 @@ differs from num_layers), the eager side runs the same greedy search without it
 (use_cache=False); a reference that fails anyway is a one-line error, never a traceback.
 An eval "input" is what the artifact's input codec reads (toolchain.inputs: a text; for audio
 artifacts a WAV file whose log-mel features both sides get); forced prompt tokens are compared too.
+Whisper: an eval row may say its "language" and "task" (else --language/--task, else the
+artifact's default prompt); the eager side is generate(language=..., task=...) with the same
+choice, and a detected language must be the one generate's detect_language picks. The report's
+`languages` says, per row, the language run in and whether it was detected.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from .inputs import Codec, Context, Encoded
 from .manifest import Tokens
 from .native import resolve_runner, session_for
 from .progress import stage
+from .prompt import resolved
 
 __all__ = ["VerifyReport", "eval_examples", "load_eval", "verify", "verify_artifact"]
 
@@ -57,6 +63,9 @@ class VerifyReport:
     scores: dict[str, float] | None = None
     reference_scores: dict[str, float] | None = None
     normalizer: str | None = None  # what wer/cer normalized the texts with
+    # Whisper: per row, the language it ran in, whether it was detected, and the task
+    # (prompt.Resolved.as_dict); None for artifacts without a language prompt.
+    languages: list[dict[str, Any]] | None = None
     decided_by: str = "parity"  # "parity" (logits, sequence match, task metric no worse) or "task_metric"
     advisory: list[str] = field(default_factory=list)  # parity misses that did not decide (task_metric)
 
@@ -64,16 +73,20 @@ class VerifyReport:
         return asdict(self)
 
 
-def reference(model, codec: Codec, eager_in: dict, tokens: Tokens, max_output_len: int, prompt_len: int,
+def reference(model, codec: Codec, eager_in: dict, tokens: Tokens, max_output_len: int,
+              prompt: Sequence[int | None], choice: Mapping[str, str | None] | None = None,
               use_cache: bool = True) -> tuple[list[int] | None, list[int]]:
-    """Eager transformers greedy `generate`, as a user runs it: (the prompt it forced, or None
-    where generate does not return it, and the tokens it generated after it, up to EOS). How
-    generate is called and read depends on the input kind: its codec's `reference`."""
-    return codec.reference(model, eager_in, tokens, max_output_len, prompt_len, use_cache=use_cache)
+    """Eager transformers greedy `generate`, as a user runs it (with `choice`: its language and
+    task keywords): (the prompt it forced, or None where that cannot be read, and the tokens it
+    generated after it, up to EOS). How generate is called and read depends on the input kind:
+    its codec's `reference`."""
+    given = {k: v for k, v in (choice or {}).items() if v is not None}
+    return codec.reference(model, eager_in, tokens, max_output_len, prompt, given, use_cache=use_cache)
 
 
-def _eager(model, codec: Codec, encoded: Encoded, tokens: Tokens, max_output_len: int, prompt_len: int,
-           fed: list[int], what: str) -> tuple[list[int] | None, list[int], np.ndarray]:
+def _eager(model, codec: Codec, encoded: Encoded, tokens: Tokens, max_output_len: int, prompt: Sequence[int | None],
+           choice: Mapping[str, str | None], fed: list[int],
+           what: str) -> tuple[list[int] | None, list[int], np.ndarray]:
     """The eager side of one row: generate's (prompt, tokens) as the input codec runs it, and the
     teacher-forced logits [len(fed), V]. transformers failing here is not the artifact's fault:
     one line, exit 2."""
@@ -83,17 +96,27 @@ def _eager(model, codec: Codec, encoded: Encoded, tokens: Tokens, max_output_len
     try:
         with torch.no_grad():
             try:
-                prompt, out = reference(model, codec, eager_in, tokens, max_output_len, prompt_len)
+                ref_prompt, out = reference(model, codec, eager_in, tokens, max_output_len, prompt, choice)
             except (IndexError, ValueError, RuntimeError, AttributeError):
                 # transformers' own KV cache breaks for some valid configs (a T5 whose
                 # num_decoder_layers differs from num_layers): the same greedy search without it.
-                prompt, out = reference(model, codec, eager_in, tokens, max_output_len, prompt_len, use_cache=False)
+                ref_prompt, out = reference(model, codec, eager_in, tokens, max_output_len, prompt, choice,
+                                            use_cache=False)
             eager = _teacher_forced(model, eager_in, fed)
     except Exception as e:  # noqa: BLE001 (any failure of the reference model is reported, not raised)
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise InputError(f"the eager reference (transformers) failed on input {what[:40]!r}: "
                          f"{type(e).__name__}: {first}; nothing to compare against (--debug for the traceback)") from e
-    return prompt, out, eager
+    return ref_prompt, out, eager
+
+
+def _row_choice(row: dict[str, Any], n: int, source: str, language: str | None,
+                task: str | None) -> tuple[str | None, str | None]:
+    """An eval row's own "language"/"task" (Whisper), else the command's --language/--task."""
+    for key in ("language", "task"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise InputError(f"{source}: row {n}: {key!r} must be a string, got {row[key]!r}")
+    return row.get("language") or language, row.get("task") or task
 
 
 def _teacher_forced(model, eager_in: dict, fed: list[int]) -> np.ndarray:
@@ -126,8 +149,10 @@ def _native_note(runner: str | None, device: str | None) -> str:
 
 def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | None = None,
            limit: int | None = None, allow_pickle: bool = False, progress=None, runner: str | None = None,
-           device: str | None = None, metric: str | None = None) -> VerifyReport:
+           device: str | None = None, metric: str | None = None, language: str | None = None,
+           task: str | None = None) -> VerifyReport:
     meta = artifact.meta
+    meta.tokens.decoding(language, task)  # a language/task the artifact or model cannot take: refused first
     ck_path = checkpoint or meta.checkpoint.path
     source = load_checkpoint(ck_path, allow_pickle=allow_pickle)
     if checkpoint is None and source.file_hashes() != meta.checkpoint.sha256:
@@ -141,20 +166,26 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
     codec = meta.input.codec  # text, or log-mel audio (Whisper): what an eval "input" is
     evals = evalset.choose(eval_file, source.path, codec, limit)
     ctx = Context(meta.input.as_dict(), recipe.max_input_len, lambda: tok)
-    kw = tokens.decoding()
     metric = metrics.choose(metric, recipe.metric, meta.input.kind)
     hyps, ref_texts, targets = [], [], []
 
     diffs, agree, steps, seq_hits, task_hits, ref_hits, n_targets = [], 0, 0, 0, 0, 0, 0
     scale = 0.0
+    languages: list[dict[str, Any]] = []
     for i, row in enumerate(evals.rows):
+        row_language, row_task = _row_choice(row, i + 1, evals.source, language, task)
+        kw = tokens.decoding(row_language, row_task)
+        choice = dict(zip(("language", "task"), tokens.choice(row_language, row_task), strict=True))
         encoded = codec.read(row["input"], ctx, base=evals.base)
         gen = greedy(session, encoded.ids, inputs=encoded.arrays, max_input_len=recipe.max_input_len,
                      max_output_len=recipe.max_output_len, keep_logits=True, **kw)
+        said = resolved(tokens.task_prompt, kw["prompt"], gen.prompt)
+        if said is not None:
+            languages.append(said.as_dict())
         # Teacher-forced on the artifact's own steps (prompt included, and the EOS step, if any).
         fed = [tokens.decoder_start_token_id, *gen.prompt, *gen.tokens][: len(gen.logits)]
         ref_prompt, ref_tokens, eager = _eager(model, codec, encoded, tokens, recipe.max_output_len,
-                                               len(kw["prompt"]), fed, row["input"])
+                                               kw["prompt"], choice, fed, row["input"])
         art = np.stack(gen.logits)
         diffs.append(float(np.abs(art - eager).max()))
         scale = max(scale, float(np.abs(eager).max()))
@@ -179,7 +210,8 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
         sequence_match=seq_hits / len(evals.rows),
         task_accuracy=task_hits / n_targets if n_targets else None,
         reference_accuracy=ref_hits / n_targets if n_targets else None,
-        eval_source=evals.source, runtime=_executed(target) + _native_note(runner, device), passed=True, failures=[])
+        eval_source=evals.source, runtime=_executed(target) + _native_note(runner, device), passed=True, failures=[],
+        languages=languages if tokens.task_prompt is not None else None)
     if report.max_abs_logit_diff > allowed:
         report.failures.append(f"max_abs_logit_diff {report.max_abs_logit_diff:.3g} > {allowed:.3g} "
                                f"({tol.max_abs_logit_diff:g} + {tol.max_rel_logit_diff:g} x logit scale {scale:.3g})")
@@ -221,17 +253,19 @@ def _task_check(report: VerifyReport, metric: str, hyps: list[str], ref_texts: l
 
 def verify_artifact(artifact: Artifact, checkpoint: str | None = None, eval_file: str | None = None,
                     limit: int | None = None, allow_pickle: bool = False, progress=None,
-                    runner: str | None = None, device: str | None = None, metric: str | None = None) -> dict[str, Any]:
+                    runner: str | None = None, device: str | None = None, metric: str | None = None,
+                    language: str | None = None, task: str | None = None) -> dict[str, Any]:
     """Verify what can be verified here and record it in the manifest: the numerics (`verify`)
     where this machine can execute the runtime, else the artifact's structure, with
     `why_not_executed` saying why (Core ML off macOS). Returns the report as a dict, whose
     `passed` and `failures` say the outcome; "structure_only" is true in the second case."""
+    artifact.meta.tokens.decoding(language, task)  # refused in one line even where only the structure is checked
     backend = backends.for_target(artifact.target)
     ok, why = backend.can_execute()
     if ok:
         rep = verify(artifact, checkpoint=checkpoint, eval_file=eval_file, limit=limit,
                      allow_pickle=allow_pickle, progress=progress, runner=runner, device=device,
-                     metric=metric).to_dict()
+                     metric=metric, language=language, task=task).to_dict()
     else:
         rep = {**backend.verify_structure(artifact), "why_not_executed": why, "structure_only": True}
     artifact.update("verify", rep)

@@ -22,6 +22,7 @@ What differs from BART (toolchain/arch/bart.py):
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..prompt import TaskPrompt
+from ..prompt import build as build_prompt
 from ..split import TensorSpec
 from .bart import causal_table, decoder_layer, encoder_layer
 from .base import Adapter, Model, SpecialTokens, first_id, register, tied_head
@@ -66,69 +69,36 @@ class WhisperEncoder(EncoderStack):
         return self.encode(x.transpose(1, 2) + self.enc_pos, None)  # [1, S, D], no encoder mask
 
 
-def _language_id(language: str, lang_to_id: dict[str, int]) -> int:
-    """generation_config.language ("en", "english" or "<|en|>") -> its token id, as Whisper's generate."""
+def task_prompt(gen, cfg) -> TaskPrompt:
+    """The generation config's prompt fields (the manifest's tokens.task_prompt): what building
+    the prompt for any language and task takes at run time, without transformers."""
     from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
-    lang = language.lower()
-    if lang in lang_to_id:
-        token = lang
-    elif lang in TO_LANGUAGE_CODE:
-        token = f"<|{TO_LANGUAGE_CODE[lang]}|>"
-    elif lang in TO_LANGUAGE_CODE.values():
-        token = f"<|{lang}|>"
-    else:
-        raise InputError(f"generation_config.language {language!r} is not a Whisper language")
-    if token not in lang_to_id:
-        raise InputError(f"generation_config.language {language!r}: {token} is not in generation_config.lang_to_id")
-    return int(lang_to_id[token])
+    language = getattr(gen, "language", None)
+    if isinstance(language, (list, tuple)):
+        raise InputError("generation_config.language is a list (one per batch item); give one language")
+    lang_to_id = {str(k): int(v) for k, v in (getattr(gen, "lang_to_id", None) or {}).items()}
+    forced = getattr(gen, "forced_decoder_ids", None) or getattr(cfg, "forced_decoder_ids", None) or []
+    multilingual = getattr(gen, "is_multilingual", None)
+    no_ts = getattr(gen, "no_timestamps_token_id", None)
+    return TaskPrompt(
+        lang_to_id=lang_to_id, task_to_id={str(k): int(v) for k, v in (getattr(gen, "task_to_id", None) or {}).items()},
+        no_timestamps_token_id=None if no_ts is None else int(no_ts),
+        is_multilingual=None if multilingual is None else bool(multilingual), language=language,
+        task=getattr(gen, "task", None),
+        forced_decoder_ids=tuple((int(p), None if t is None else int(t)) for p, t in forced),
+        language_names={name: code for name, code in TO_LANGUAGE_CODE.items() if f"<|{code}|>" in lang_to_id})
 
 
 def decoder_prompt(gen, cfg) -> tuple[list[int | None], list[int]]:
     """The tokens WhisperForConditionalGeneration.generate feeds after decoder_start (its
     `_retrieve_init_tokens`, for one language): (prompt, language token ids). A None entry is
-    the language it detects from the first step's logits (argmax over the language tokens)."""
+    the language it detects from the first step's logits (argmax over the language tokens).
+    toolchain/prompt.py builds it; `run --language/--task` builds others the same way."""
     if getattr(gen, "return_timestamps", False):
         raise InputError("generation_config.return_timestamps is set: timestamp decoding is not supported "
                          "by the exported greedy loop; set it to false")
-    task, language = getattr(gen, "task", None), getattr(gen, "language", None)
-    if isinstance(language, (list, tuple)):
-        raise InputError("generation_config.language is a list (one per batch item); give one language")
-    lang_to_id = getattr(gen, "lang_to_id", None) or {}
-    task_ids = {int(v) for v in (getattr(gen, "task_to_id", None) or {}).values()}
-    detect = object()  # placeholder: the language generate detects
-    prompt: list[Any] = []
-    if task is None and language is None:  # the deprecated forced_decoder_ids, as generate reads them
-        forced = getattr(gen, "forced_decoder_ids", None) or getattr(cfg, "forced_decoder_ids", None) or []
-        if forced and forced[0][0] == 1:  # entries for positions 1, 2, ... (others are ignored, as generate does)
-            i = 1
-            while forced and forced[0][0] == i:
-                prompt.append(forced[0][1])
-                forced, i = forced[1:], i + 1
-            if forced:
-                raise InputError(f"generation_config.forced_decoder_ids {forced} do not follow Whisper's prompt "
-                                 f"pattern (one entry per position 1, 2, ...)")
-    lang_undefined = not prompt or prompt[0] is None
-    lang = _language_id(language, lang_to_id) if language is not None else (
-        detect if lang_to_id and lang_undefined else None)
-    if lang is not None:
-        if prompt:
-            prompt[0] = lang
-        else:
-            prompt.append(lang)
-    if task is not None:
-        task_to_id = getattr(gen, "task_to_id", None) or {}
-        if task not in task_to_id:
-            raise InputError(f"generation_config.task {task!r} is not in generation_config.task_to_id")
-        tid = int(task_to_id[task])
-        prompt = [tid if t in task_ids else t for t in prompt + [tid]]
-    elif language is not None and task_ids and not any(t in task_ids for t in prompt):
-        prompt.append(int(gen.task_to_id["transcribe"]))
-    no_ts = getattr(gen, "no_timestamps_token_id", None)
-    if no_ts is not None and (prompt[-1] if prompt else None) != no_ts:
-        prompt.append(int(no_ts))
-    prompt = [None if t is detect else int(t) for t in prompt if t is not None]
-    return prompt, sorted(int(i) for i in lang_to_id.values()) if None in prompt else []
+    return build_prompt(task_prompt(gen, cfg), label="generation_config.language")
 
 
 @register
@@ -189,5 +159,6 @@ class Whisper(Adapter):
             raise InputError(f"max_output_len {max_output_len} leaves no room after the {len(prompt) + 1} "
                              f"prompt tokens")
         return {"decoder_prompt": prompt, "language_token_ids": languages,
+                "task_prompt": asdict(task_prompt(gen, model.config)),
                 "suppress_tokens": [int(t) for t in (gen.suppress_tokens or [])],
                 "begin_suppress_tokens": [int(t) for t in (gen.begin_suppress_tokens or [])]}

@@ -21,6 +21,13 @@ device_option = click.option(
     "--device", help="Where the native runner executes: local (default) or qemu-aarch64 (emulated ARM64, "
                      "built by `make runner-aarch64`; implies --runner native).")
 
+language_option = click.option(
+    "--language", help="Whisper: the spoken language (en, english or <|en|>), as generate(language=...); "
+                       "default: the generation config's, else detected from the audio (and reported).")
+task_option = click.option(
+    "--task", type=click.Choice(["transcribe", "translate"]),
+    help="Whisper: transcribe, or translate to English, as generate(task=...); default: the generation config's.")
+
 
 def emit(data: Any, as_json: bool, text: str) -> None:
     """Print `data` as JSON (--json) or the human `text`."""

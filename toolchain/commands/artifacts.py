@@ -8,7 +8,7 @@ import click
 
 from .. import progress
 from ..errors import CheckFailed
-from . import device_option, emit, runner_option
+from . import device_option, emit, language_option, runner_option, task_option
 
 
 @click.command()
@@ -23,21 +23,30 @@ from . import device_option, emit, runner_option
 @click.option("--metric", type=click.Choice(["auto", "exact", "wer", "cer", "chrf", "bleu"]),
               help="Task metric for rows with a target (default: the recipe's `metric`; auto: wer for speech, "
                    "exact match otherwise).")
+@language_option
+@task_option
 @click.option("--json", "as_json", is_flag=True, help="Print the verify report as JSON.")
 def verify(artifact: str, checkpoint: str | None, eval_file: str | None, limit: int | None,
-           allow_pickle: bool, runner: str | None, device: str | None, metric: str | None, as_json: bool) -> None:
+           allow_pickle: bool, runner: str | None, device: str | None, metric: str | None, language: str | None,
+           task: str | None, as_json: bool) -> None:
     """Compare ARTIFACT with eager PyTorch: logits, greedy tokens, task accuracy.
 
     Exits 1 when the recipe's tolerance is not met. The result is stored in the manifest.
+    Whisper: --language/--task apply to eval rows without their own "language"/"task" keys; the
+    eager side is generate(language=..., task=...) with the same choice.
 
-    Example: edgeseq verify build/a --json
+    \b
+    Examples:
+      edgeseq verify build/a --json
+      edgeseq verify build/whisper --eval clips.jsonl --language fr --task translate
     """
     from ..artifact import open_artifact
     from ..verify import verify_artifact
 
     art = open_artifact(artifact)
     rep = verify_artifact(art, checkpoint=checkpoint, eval_file=eval_file, limit=limit, allow_pickle=allow_pickle,
-                          progress=progress.Counter("verify: rows", 0), runner=runner, device=device, metric=metric)
+                          progress=progress.Counter("verify: rows", 0), runner=runner, device=device, metric=metric,
+                          language=language, task=task)
     progress.clear()
     emit(rep, as_json, verify_text(artifact, rep))
     if not rep["passed"]:
@@ -57,12 +66,23 @@ def verify_text(artifact: str, rep: dict[str, Any]) -> str:
     if rep.get("scores") and rep.get("metric") != "exact":
         acc += "  " + "  ".join(f"{k} {v:.4f} (eager {rep['reference_scores'][k]:.4f})"
                                 for k, v in rep["scores"].items()) + f"  [decided by {rep['decided_by']}]\n"
+    if rep.get("languages"):  # Whisper: the language each row ran in, and whether it was detected
+        acc += "  languages: " + ", ".join(f"{k} x{n}" for k, n in _language_counts(rep["languages"]).items()) + "\n"
     if rep.get("advisory"):
         acc += "  advisory (parity, not deciding): " + "; ".join(rep["advisory"]) + "\n"
     return (f"verify {artifact} ({rep['runtime']}, {rep['examples']} examples from {rep['eval_source']})\n"
             f"  sequence_match {rep['sequence_match']:.4f}  top1_agreement {rep['top1_agreement']:.4f}  "
             f"max_abs_logit_diff {rep['max_abs_logit_diff']:.3g} (allowed {rep['allowed_logit_diff']:.3g} at "
             f"logit scale {rep['logit_scale']:.3g})\n{acc}  {verdict}")
+
+
+def _language_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Per-row languages -> "en (detected)": count, in first-seen order."""
+    out: dict[str, int] = {}
+    for r in rows:
+        key = f"{r['language']}{' (detected)' if r['language_detected'] else ''}{' ' + r['task'] if r['task'] else ''}"
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 @click.command()
@@ -77,21 +97,31 @@ def verify_text(artifact: str, rep: dict[str, Any]) -> str:
 @click.option("--threads", type=int, help="Runtime threads (default: the target's).")
 @runner_option
 @device_option
+@language_option
+@task_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the text, token ids, decoder prompt, stop reason and (Whisper) language and task as JSON.")
 def run(artifact: str, text: str, max_new_tokens: int | None, min_new_tokens: int, truncate: bool,
-        allow_unknown: bool, threads: int | None, runner: str | None, device: str | None) -> None:
+        allow_unknown: bool, threads: int | None, runner: str | None, device: str | None, language: str | None,
+        task: str | None, as_json: bool) -> None:
     """Generate greedily from TEXT with ARTIFACT; prints only the output text.
 
-    A note on stderr says when the output stopped at the artifact's cache size.
+    Notes on stderr say when the output stopped at the artifact's cache size, and (Whisper) which
+    language was detected when none was given.
 
-    Example: edgeseq run build/a "the 3rd of March, 2021"
+    \b
+    Examples:
+      edgeseq run build/a "the 3rd of March, 2021"
+      edgeseq run build/whisper clip.wav --language fr --task translate
     """
-    from ..runner import generate_text
+    from ..runner import generate
 
-    out, note = generate_text(artifact, text, max_new_tokens, min_new_tokens, truncate, threads, allow_unknown,
-                              runner, device)
-    click.echo(out)
-    if note:
-        click.echo(f"note: {note}", err=True)
+    r = generate(artifact, text, max_new_tokens, min_new_tokens, truncate, threads, allow_unknown, runner, device,
+                 language, task)
+    emit(r.as_dict(), as_json, r.text)
+    for note in (r.note, f"detected language: {r.language}" if r.language_detected else None):
+        if note:
+            click.echo(f"note: {note}", err=True)
 
 
 COMMANDS = [verify, run]

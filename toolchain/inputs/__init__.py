@@ -101,11 +101,14 @@ class Codec(ABC):
         """The same input as keyword arguments of the transformers model (torch tensors)."""
 
     @abstractmethod
-    def reference(self, model: Any, kwargs: dict[str, Any], tokens: Any, max_output_len: int, prompt_len: int,
+    def reference(self, model: Any, kwargs: dict[str, Any], tokens: Any, max_output_len: int,
+                  prompt: Sequence[int | None], choice: Mapping[str, str] | None = None,
                   use_cache: bool = True) -> tuple[list[int] | None, list[int]]:
-        """transformers' greedy `generate` as a user runs it: (the forced prompt, or None where
-        generate does not return it; the tokens after it, EOS and what follows cut off).
-        `tokens`: the manifest's typed tokens section (manifest.Tokens)."""
+        """transformers' greedy `generate` as a user runs it: (the forced prompt as generate feeds
+        it, or None where it cannot be read; the tokens after it, EOS and what follows cut off).
+        `tokens`: the manifest's typed tokens section (manifest.Tokens); `prompt`: the artifact's
+        prompt for this input (None = a language to detect); `choice`: generate's `language`/`task`
+        keywords for it (Whisper)."""
 
     @abstractmethod
     def calibration(self, rows: Sequence[Mapping[str, Any]], ctx: Context, base: Path | None,

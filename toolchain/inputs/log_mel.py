@@ -73,16 +73,22 @@ class LogMelCodec(Codec):
         assert encoded.arrays is not None
         return {"input_features": torch.from_numpy(encoded.arrays[0])}
 
-    def reference(self, model: Any, kwargs: dict[str, Any], tokens: Tokens, max_output_len: int, prompt_len: int,
+    def reference(self, model: Any, kwargs: dict[str, Any], tokens: Tokens, max_output_len: int,
+                  prompt: Sequence[int | None], choice: Mapping[str, str] | None = None,
                   use_cache: bool = True) -> tuple[list[int] | None, list[int]]:
-        # Whisper's generate builds the prompt from the generation config, feeds it as decoder
-        # input ids and returns only what follows, so max_new_tokens excludes it.
-        seq = model.generate(**kwargs, max_new_tokens=max_output_len - prompt_len, do_sample=False,
-                             num_beams=1, use_cache=use_cache)[0].tolist()
-        prompt = None
+        # Whisper's generate builds the prompt from the generation config and `choice` (language,
+        # task), feeds it as decoder input ids and returns only what follows, so max_new_tokens
+        # excludes it. The prompt it fed: the artifact's (built as generate builds it, tested
+        # against its _retrieve_init_tokens) with a language to detect as its detect_language says.
+        choice = {k: v for k, v in (choice or {}).items() if v is not None}
+        seq = model.generate(**kwargs, max_new_tokens=max_output_len - len(prompt), do_sample=False,
+                             num_beams=1, use_cache=use_cache, **choice)[0].tolist()
         if seq[:1] == [tokens.decoder_start_token_id]:  # a version that returns the prompt too
-            prompt, seq = seq[1: 1 + prompt_len], seq[1 + prompt_len:]
-        return prompt, until_eos(seq, tokens.eos_token_id)
+            return seq[1: 1 + len(prompt)], until_eos(seq[1 + len(prompt):], tokens.eos_token_id)
+        fed: list[int] = []
+        for t in prompt:
+            fed.append(int(model.detect_language(input_features=kwargs["input_features"])[0]) if t is None else t)
+        return fed, until_eos(seq, tokens.eos_token_id)
 
     def calibration(self, rows: Sequence[Mapping[str, Any]], ctx: Context, base: Path | None,
                     limit: int) -> list[Any]:

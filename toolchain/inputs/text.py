@@ -54,14 +54,15 @@ class TextCodec(Codec):
 
         return {"input_ids": torch.tensor([encoded.ids])}
 
-    def reference(self, model: Any, kwargs: dict[str, Any], tokens: Tokens, max_output_len: int, prompt_len: int,
+    def reference(self, model: Any, kwargs: dict[str, Any], tokens: Tokens, max_output_len: int,
+                  prompt: Sequence[int | None], choice: Mapping[str, str] | None = None,
                   use_cache: bool = True) -> tuple[list[int] | None, list[int]]:
         # The prompt (a forced BOS) is generated here, so it counts in max_new_tokens.
+        prompt_len = len(prompt)
         seq = model.generate(**kwargs, max_new_tokens=max_output_len, do_sample=False, num_beams=1,
                              decoder_start_token_id=tokens.decoder_start_token_id, eos_token_id=tokens.eos_token_id,
                              pad_token_id=tokens.pad_token_id, use_cache=use_cache)[0, 1:].tolist()
-        prompt, seq = seq[:prompt_len], seq[prompt_len:]
-        return prompt, until_eos(seq, tokens.eos_token_id)
+        return seq[:prompt_len], until_eos(seq[prompt_len:], tokens.eos_token_id)
 
     def calibration(self, rows: Sequence[Mapping[str, Any]], ctx: Context, base: Path | None,
                     limit: int) -> list[Any]:
