@@ -15,7 +15,7 @@ tokens.task_prompt (`TaskPrompt`), what building another one takes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import InputError
@@ -35,6 +35,10 @@ class TaskPrompt:
     task: str | None = None
     forced_decoder_ids: tuple[tuple[int | None, ...], ...] = ()  # [position, id or None] pairs (deprecated)
     language_names: dict[str, str] = field(default_factory=dict)  # "english" -> "en", this model's languages
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's JSON form (lists, not tuples)."""
+        return {**asdict(self), "forced_decoder_ids": [list(f) for f in self.forced_decoder_ids]}
 
     @property
     def english_only(self) -> bool:

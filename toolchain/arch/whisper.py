@@ -22,7 +22,6 @@ What differs from BART (toolchain/arch/bart.py):
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -159,6 +158,6 @@ class Whisper(Adapter):
             raise InputError(f"max_output_len {max_output_len} leaves no room after the {len(prompt) + 1} "
                              f"prompt tokens")
         return {"decoder_prompt": prompt, "language_token_ids": languages,
-                "task_prompt": asdict(task_prompt(gen, model.config)),
+                "task_prompt": task_prompt(gen, model.config).to_dict(),
                 "suppress_tokens": [int(t) for t in (gen.suppress_tokens or [])],
                 "begin_suppress_tokens": [int(t) for t in (gen.begin_suppress_tokens or [])]}
