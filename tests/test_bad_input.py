@@ -428,6 +428,10 @@ RUN_CASES = [
     (["abc", "--min-new-tokens", "-1"], "--min-new-tokens must be between 0 and 12"),
     (["abc", "--threads", "0"], "--threads must be >= 1"),
     (["abc", "--max-new-tokens", "many"], "Invalid value for '--max-new-tokens'"),
+    # A language/task on a text artifact (Whisper's cases: tests/test_whisper_language.py).
+    (["abc", "--language", "fr"], "--language: this artifact has no language/task prompt to choose"),
+    (["abc", "--task", "translate"], "--task: this artifact has no language/task prompt to choose"),
+    (["abc", "--task", "summarize"], "Invalid value for '--task'"),
 ]
 
 
@@ -466,6 +470,8 @@ def test_bad_probe_options(args, needle, artifact):
 
 def test_bad_verify_options(artifact, tmp_path):
     refused(invoke("verify", artifact, "--limit", "0"), "Invalid value for '--limit'", "run time")
+    refused(invoke("verify", artifact, "--language", "en"), "--language: this artifact has no language/task prompt",
+            "run time")
     (tmp_path / "e.jsonl").write_text('{"input": "a"}\n{"inp')
     refused(invoke("verify", artifact, "--eval", tmp_path / "e.jsonl"), "e.jsonl:2: invalid JSON", "run time")
 

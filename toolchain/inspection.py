@@ -103,6 +103,11 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
     prompt = (m.get("tokens") or {}).get("decoder_prompt")
     if prompt:
         lines.append("  decoder prompt: " + ", ".join("detected language" if t is None else str(t) for t in prompt))
+    choices = art.meta.tokens.task_prompt  # Whisper: what run/verify --language/--task may pick
+    if choices is not None:
+        lines.append("  languages: English only" if choices.english_only else
+                     f"  languages ({len(choices.codes())}, --language): {', '.join(choices.codes()[:20])}"
+                     f"{' ...' if len(choices.codes()) > 20 else ''}; tasks (--task): {', '.join(choices.task_to_id)}")
     for name, e in m["files"].items():
         lines.append(f"  file {name:<16} {e['bytes']:>12,d} B")
     for name, p in m["programs"].items():
