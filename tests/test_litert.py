@@ -37,9 +37,11 @@ DEMO_LIMIT = 100
 VARIANTS = ["v1.0", "v1.1-untied", "mt5"]
 
 
-def _recipe(base: Path, name: str, scheme: str | None, max_in: int, max_out: int) -> Path:
-    quant = "{}" if scheme is None else "{" + ", ".join(
-        f"{c}: {scheme}" for c in ("encoder", "decoder", "embeddings", "lm_head")) + "}"
+def _recipe(base: Path, name: str, scheme: str | dict[str, str] | None, max_in: int, max_out: int) -> Path:
+    """A recipe file: one scheme for every component, or a component -> scheme dict."""
+    schemes = scheme if isinstance(scheme, dict) else {} if scheme is None else dict.fromkeys(
+        ("encoder", "decoder", "embeddings", "lm_head"), scheme)
+    quant = "{" + ", ".join(f"{c}: {s}" for c, s in schemes.items()) + "}"
     p = base / f"{name}.yaml"
     p.write_text(f"format_version: 1\nname: {name}\ndescription: test\nmax_input_len: {max_in}\n"
                  f"max_output_len: {max_out}\nquantization: {quant}\n"
@@ -59,7 +61,8 @@ def lite(checkpoints, small_recipe, tmp_path_factory) -> dict[str, Path]:
     """The tested tiny variants exported once in fp32, plus v1.0 in int8 and fp16."""
     base = tmp_path_factory.mktemp("litert")
     out = {v: _export(checkpoints[v], small_recipe, base / checkpoints[v].name) for v in VARIANTS}
-    for name, scheme in (("int8", "8da8w"), ("fp16", "fp16")):
+    int4 = {"encoder": "8da4w", "decoder": "8da4w", "embeddings": "int8-weight", "lm_head": "8da4w"}
+    for name, scheme in (("int8", "8da8w"), ("fp16", "fp16"), ("int4", int4)):
         out[name] = _export(checkpoints["v1.0"], _recipe(base, name, scheme, 24, 12), base / f"v1_0-{name}")
     return out
 
@@ -191,16 +194,20 @@ def _teacher_forced(model, ids, tokens):
 
 # The size bounds are loose because fixed fp32 position-bias tables dominate a tiny model;
 # the demo test holds int8 to a third of fp32.
+# int4: 8da4w linears as int4 blocks of 32 along the input dim (XNNPACK's blockwise kernels), the
+# embedding int8 (no int4 lookup kernel in LiteRT).
 @pytest.mark.parametrize("kind, stored, max_ratio, max_diff, min_agree", [("fp16", "float16", 0.75, 1e-2, 1.0),
-                                                                           ("int8", "int8", 0.6, 0.25, 0.9)])
+                                                                           ("int8", "int8", 0.6, 0.25, 0.9),
+                                                                           ("int4", "int4", 0.6, 0.5, 0.8)])
 def test_quantized_artifacts_stay_close(lite, checkpoints, kind, stored, max_ratio, max_diff, min_agree):
     art, session = _session(lite[kind])
     m = art.manifest
     fp32_bytes = open_artifact(lite["v1.0"]).manifest["sizes"]["model_bytes"]
     assert m["sizes"]["model_bytes"] < max_ratio * fp32_bytes
     # Every component the recipe names is stored in the scheme's dtype, the bias tables are not.
+    emb = "int8" if kind == "int4" else stored
     assert m["litert"]["weights"] == {"encoder": {stored: 16}, "decoder": {stored: 16},
-                                      "lm_head": {stored: 1}, "embeddings": {stored: 2}}
+                                      "lm_head": {stored: 1}, "embeddings": {emb: 2}}
     model = load_checkpoint(checkpoints["v1.0"]).load_model()
     r = art.recipe
     for length in (4, 24):

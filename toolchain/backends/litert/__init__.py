@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
-from ...schemes import QuantScheme, same_for_all
+from ...schemes import Component, QuantScheme, same_for_all
 from ..base import Backend, CacheMode, Capabilities, Lowered, Session
 
 if TYPE_CHECKING:
@@ -51,9 +51,15 @@ DISTRIBUTIONS = ("ai-edge-litert", "litert-torch", "ai-edge-quantizer")
 #   int8: dynamic-range quantization (int8 per-channel symmetric weights; FULLY_CONNECTED
 #         activations quantized per row at runtime; embeddings stored as int8 rows)
 #   fp16: fp16 weights, dequantized to fp32 once at load, fp32 compute
+#   int4: 8da4w on FULLY_CONNECTED ops: int4 symmetric weights in blocks of group_size along the
+#         input dim, activations quantized to int8 per row at runtime (XNNPACK's blockwise qb4w
+#         kernels); linears only (no int4 EMBEDDING_LOOKUP kernel)
 SCHEMES: dict[QuantScheme, str] = {QuantScheme.NONE: "fp32", QuantScheme.W8A8_DYNAMIC: "int8",
-                                   QuantScheme.INT8_WEIGHT: "int8", QuantScheme.FP16: "fp16"}
-CAPABILITIES = Capabilities(cache_mode=CacheMode.IO, schemes=same_for_all(SCHEMES))
+                                   QuantScheme.INT8_WEIGHT: "int8", QuantScheme.FP16: "fp16",
+                                   QuantScheme.W4A8_DYNAMIC: "int4"}
+_NOT_4BIT = {k: v for k, v in SCHEMES.items() if k != QuantScheme.W4A8_DYNAMIC}
+CAPABILITIES = Capabilities(cache_mode=CacheMode.IO,
+                            schemes={**same_for_all(SCHEMES), Component.EMBEDDINGS: _NOT_4BIT})
 
 
 def tools_available() -> tuple[bool, str]:
@@ -82,6 +88,9 @@ class LiteRTBackend(Backend):
         if target.backend != "xnnpack":
             raise InputError(f"target {target.name}: litert backend {target.backend!r} is not available; "
                              f"available: xnnpack")
+        if QuantScheme.W4A8_DYNAMIC in recipe.quantization.values() and recipe.group_size < 32:
+            raise InputError(f"recipe {recipe.name}: LiteRT quantizes 8da4w in blocks of 32, 64, 128 or 256, "
+                             f"got group_size {recipe.group_size}")
 
     def lower(self, parts: Seq2SeqParts, recipe: Recipe, target: Target, out: Path,
               calibration: list[Any] | None = None) -> Lowered:

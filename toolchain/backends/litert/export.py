@@ -107,7 +107,7 @@ def lower_cpu(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path) -> Lowered:
         raise RuntimeError(f"converted model has signatures {sorted(sigs)}, expected {list(SIGNATURES)}")
     selectors = quantize.selectors(parts, sigs["decode"]["outputs"]["output_0"]["name"])
     t1 = time.time()
-    data = quantize.quantize(fp32, recipe.quantization, selectors)
+    data = quantize.quantize(fp32, recipe.quantization, selectors, recipe.group_size)
     quantize_s = time.time() - t1
     (out_dir / TFLITE).write_bytes(data)
 

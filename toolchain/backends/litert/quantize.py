@@ -145,7 +145,7 @@ def unselected(model_bytes: bytes, parts: Seq2SeqParts, sel: Selectors) -> dict[
     return out
 
 
-def quantize(model_bytes: bytes, quantization: dict[str, str], sel: Selectors) -> bytes:
+def quantize(model_bytes: bytes, quantization: dict[str, str], sel: Selectors, group_size: int = 32) -> bytes:
     """The recipe's schemes on the fp32 flatbuffer (unchanged when every scheme is fp32)."""
     import contextlib
     import io
@@ -162,6 +162,9 @@ def quantize(model_bytes: bytes, quantization: dict[str, str], sel: Selectors) -
             name = qtyping.TFLOperationName(op)
             if kind == "int8":
                 rm.add_dynamic_config(regex=regex, operation_name=name, num_bits=8)
+            elif kind == "int4":  # blockwise along the input dim, as the recipe's group_size
+                rm.add_dynamic_config(regex=regex, operation_name=name, num_bits=4,
+                                      granularity=qtyping.QuantGranularity(f"BLOCKWISE_{group_size}"))
             else:  # fp16: weight-only float casting
                 rm.add_weight_only_config(regex=regex, operation_name=name, num_bits=16,
                                           algorithm_key=AlgorithmName.FLOAT_CASTING)
