@@ -57,7 +57,7 @@ DISTRIBUTIONS = ("ai-edge-litert", "litert-torch", "ai-edge-quantizer")
 SCHEMES: dict[QuantScheme, str] = {QuantScheme.NONE: "fp32", QuantScheme.W8A8_DYNAMIC: "int8",
                                    QuantScheme.INT8_WEIGHT: "int8", QuantScheme.FP16: "fp16",
                                    QuantScheme.W4A8_DYNAMIC: "int4"}
-_NOT_4BIT = {k: v for k, v in SCHEMES.items() if k != QuantScheme.W4A8_DYNAMIC}
+_NOT_4BIT: dict[QuantScheme, str] = {k: v for k, v in SCHEMES.items() if k != QuantScheme.W4A8_DYNAMIC}
 CAPABILITIES = Capabilities(cache_mode=CacheMode.IO,
                             schemes={**same_for_all(SCHEMES), Component.EMBEDDINGS: _NOT_4BIT})
 
