@@ -366,6 +366,32 @@ def test_inspect_recognises_every_family(family_checkpoints):
         assert data["model_type"] == FAMILIES[family][0]
 
 
+def test_whisper_keeps_its_encoder_8bit(family_checkpoints, tmp_path):
+    """A family's quantization defaults (Adapter.keep_8bit): Whisper's encoder is exported at 8 bits
+    where a recipe asks 4 (the speech-set study in benchmarks/RESULTS.md), recorded in the manifest;
+    `family_defaults: false` exports the recipe as written; text families are untouched."""
+    from toolchain.artifact import open_artifact
+    from toolchain.checkpoint import load_checkpoint
+    from toolchain.export import export, family_recipe
+    from toolchain.specs import load_recipe, load_target, recipe_from_dict
+
+    whisper, t5 = load_checkpoint(family_checkpoints["whisper"]), load_checkpoint(family_checkpoints["t5"])
+    int4 = load_recipe("int4")
+    used, kept = family_recipe(whisper, int4)
+    assert used.quantization["encoder"] == "8da8w" and used.quantization["decoder"] == "8da4w"
+    assert kept == {"encoder": {"asked": "8da4w", "used": "8da8w", "why": kept["encoder"]["why"]}}
+    assert family_recipe(whisper, load_recipe("int8")) == (load_recipe("int8"), {})
+    assert family_recipe(t5, int4) == (int4, {})
+    as_written = recipe_from_dict({**int4.to_dict(), "family_defaults": False})
+    assert family_recipe(whisper, as_written) == (as_written, {})
+    small = recipe_from_dict({**int4.to_dict(), "max_output_len": 12})
+    m = export(whisper, small, load_target("executorch-xnnpack"), tmp_path / "w").manifest
+    assert m["family_defaults"]["encoder"]["used"] == "8da8w"
+    assert m["recipe"]["quantization"]["encoder"] == "8da8w"
+    assert m["quantization"]["encoder"]["scheme"] == "8da8w" and m["quantization"]["decoder"]["scheme"] == "8da4w"
+    assert open_artifact(tmp_path / "w").manifest == m
+
+
 # -- the family x target matrix ----------------------------------------------------------------
 
 

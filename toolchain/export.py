@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import platform
 import time
@@ -9,7 +10,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import backends, evalset, progress
+from . import backends, evalset, progress, schemes
 from .artifact import MANIFEST, check_replaceable, file_entries, open_artifact, staging_dir, write_json_atomic
 from .checkpoint import SourceModel
 from .errors import InputError
@@ -78,12 +79,29 @@ def check_fits(source: SourceModel, recipe: Recipe, target: Target) -> backends.
     return backend
 
 
+def family_recipe(source: SourceModel, recipe: Recipe) -> tuple[Recipe, dict[str, dict[str, str]]]:
+    """The recipe with the family's quantization defaults applied (Adapter.keep_8bit: a component the
+    family keeps at 8 bits where the recipe asks 4), and the changes made (component -> asked, used,
+    why; {} when none or the recipe says `family_defaults: false`)."""
+    if not recipe.family_defaults:
+        return recipe, {}
+    changes = schemes.keep_8bit(recipe.quantization, source.adapter.keep_8bit)
+    if not changes:
+        return recipe, {}
+    used = {**recipe.quantization, **{c: ch["used"] for c, ch in changes.items()}}
+    return dataclasses.replace(recipe, quantization=used), changes
+
+
 def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force: bool = False):
     """Export one artifact, atomically. Returns the opened Artifact."""
     if Path(out).exists() or Path(out).is_symlink():  # fail before minutes of work, not after
         if not force:
             raise InputError(f"{out} already exists; pass --force to replace it")
         check_replaceable(Path(out))
+    recipe, kept = family_recipe(source, recipe)
+    for comp, ch in kept.items():
+        progress.note(f"note: {source.adapter.family} keeps the {comp} at {ch['used']} (recipe {recipe.name} "
+                      f"asks {ch['asked']}): {ch['why']}; `family_defaults: false` in a recipe turns this off")
     backend = check_fits(source, recipe, target)  # what the target cannot honour fails here, before any work
     t0 = time.time()
     with progress.stage(f"export: loading {source.name} ({source.model_type})"):
@@ -121,6 +139,7 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
                       "ratio_to_fp32_params": round(model_bytes / (params * 4), 4)},
             "files": files,
             "tool_versions": {**base_versions(), **lowered.tool_versions},
+            **({"family_defaults": kept} if kept else {}),
             "export_seconds": round(time.time() - t0, 1),
             "verify": None,
         }

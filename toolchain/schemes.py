@@ -81,3 +81,20 @@ def check_schemes(recipe: Any, target: Any, table: SchemeTable, note: str = "") 
 def quantizes(recipe: Any) -> bool:
     """Whether the recipe changes any weight (anything but `none`)."""
     return any(s != QuantScheme.NONE for s in requested(recipe).values())
+
+
+# A 4-bit scheme -> its 8-bit counterpart: what a family's 4-bit-sensitive components get instead
+# (Adapter.keep_8bit; a recipe's `family_defaults: false` turns it off).
+EIGHT_BIT: dict[QuantScheme, QuantScheme] = {QuantScheme.W4A8_DYNAMIC: QuantScheme.W8A8_DYNAMIC,
+                                             QuantScheme.INT4_WEIGHT: QuantScheme.INT8_WEIGHT}
+
+
+def keep_8bit(quantization: Mapping[str, str], keep: Mapping[Component, str]) -> dict[str, dict[str, str]]:
+    """The changes a family's 8-bit defaults make to a recipe's `quantization`:
+    component -> {"asked", "used", "why"}, for each 4-bit component the family keeps at 8 bits."""
+    out: dict[str, dict[str, str]] = {}
+    for comp, why in keep.items():
+        asked = QuantScheme(quantization.get(comp.value, "none"))
+        if asked in EIGHT_BIT:
+            out[comp.value] = {"asked": asked.value, "used": EIGHT_BIT[asked].value, "why": why}
+    return out

@@ -102,6 +102,9 @@ class Recipe:
     # The task metric verify scores with (toolchain.metrics.METRICS); auto: the input kind's
     # (wer for speech, exact otherwise).
     metric: Annotated[str, OneOf(METRICS)] = "auto"
+    # Whether the family's quantization defaults apply (arch Adapter.keep_8bit: components a family
+    # keeps at 8 bits where the recipe asks 4, e.g. Whisper's encoder); false: the schemes as written.
+    family_defaults: bool = True
     format_version: Version = SPEC_FORMAT_VERSION
 
     def validate(self, where: str) -> None:

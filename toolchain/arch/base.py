@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 from torch import nn
 
 from ..errors import InputError
+from ..schemes import Component
 from ..split import Seq2SeqParts
 from .layers import frozen_linear
 from .programs import DecoderStep, EncoderStack
@@ -88,6 +89,9 @@ class Adapter(ABC):
     default_eos: ClassVar[int | None] = None  # EOS id when no config sets one (None: an error)
     # Parity tolerance on logits, eager split vs transformers, per runtime (fp32).
     tolerance: ClassVar[dict[str, float]] = {"eager": 1e-4, "executorch": 1e-3}
+    # Components whose weights this family keeps at 8 bits when a recipe asks 4 (schemes.EIGHT_BIT),
+    # with the measurement that says why; a recipe's `family_defaults: false` overrides it.
+    keep_8bit: ClassVar[dict[Component, str]] = {}
 
     @abstractmethod
     def describe(self, cfg: dict[str, Any]) -> dict[str, Any]:
