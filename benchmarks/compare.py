@@ -223,13 +223,16 @@ def worker_env() -> dict[str, str]:
 
 
 class Worker:
-    def __init__(self, row: Row, logdir: Path):
+    """A row's own process: `script` (worker.py, or whisper_rows.py) with the row's spec, speaking
+    one JSON line per command; its stderr goes to logdir/<section>-<row>.log."""
+
+    def __init__(self, row, logdir: Path, script: Path = HERE / "worker.py", env: dict[str, str] | None = None):
         logdir.mkdir(parents=True, exist_ok=True)
         slug = re.sub(r"[^a-z0-9]+", "-", f"{row.section} {row.name}".lower()).strip("-")
         self.logf = logdir / f"{slug}.log"
-        self.p = subprocess.Popen([row.python, str(HERE / "worker.py"), json.dumps(row.spec)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=open(self.logf, "w"), text=True, env=worker_env(),
-                                  cwd=ROOT)
+        self.p = subprocess.Popen([row.python, str(script), json.dumps(row.spec)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=open(self.logf, "w"), text=True,
+                                  env={**worker_env(), **(env or {})}, cwd=ROOT)
 
     def recv(self) -> dict:
         line = self.p.stdout.readline()
