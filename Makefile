@@ -114,7 +114,9 @@ PEER_PKG_optimum-executorch := optimum-executorch==1.1.0
 PEER_PKG_faster-whisper    := faster-whisper==1.2.1 ctranslate2==4.8.5
 # Peers that need no torch: their venv skips the torch pin (a CPU torch is ~200 MB of nothing here).
 PEERS_NO_TORCH := faster-whisper
-PEERS := optimum-onnx optimum-executorch faster-whisper
+# CTranslate2 on the t5-small-sized T5 (compare.py): its converter needs transformers and torch.
+PEER_PKG_ctranslate2       := ctranslate2==4.8.5 transformers==4.57.6
+PEERS := optimum-onnx optimum-executorch faster-whisper ctranslate2
 
 bench: install bench-peers runner whisper-tiny
 	$(VPY) benchmarks/compare.py $(BENCH_ARGS)

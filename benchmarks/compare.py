@@ -8,6 +8,8 @@ Rows (per model section), all greedy with a forced output length, 2 threads each
   2. eager transformers with torch.ao dynamic int8 linears
   3. ONNX Runtime through optimum-onnx's export, fp32 and dynamic int8 (own venv)
   4. optimum-executorch's own XNNPACK export of the same checkpoint (own venv)
+  4b. CTranslate2 float32 and int8: ct2-transformers-converter's conversion of the same
+     checkpoint, run with Translator.generate_tokens (own venv)
   5. every edgeseq target that runs here x recipe (executorch-xnnpack fp32/int8/int4/mixed,
      litert-cpu fp32/int8, onnx-cpu fp32/int8)
 Sections: demo (demo/date-t5, 64 in / 32 out), t5-small (random weights, t5-small's shape,
@@ -41,7 +43,7 @@ import roofline  # noqa: E402
 from common import ROOT, artifact_dir, build, cpu_model, fresh_export, rejects, summarize, t5_small_random  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PEERS = ("optimum-onnx", "optimum-executorch")
+PEERS = ("optimum-onnx", "optimum-executorch", "ctranslate2")
 STD_RECIPES = ("fp32", "int8", "int4", "mixed")
 TARGET_RECIPES = {"executorch-xnnpack": ["fp32", "int8", "int4", "mixed"], "litert-cpu": ["fp32", "int8"],
                   "onnx-cpu": ["fp32", "int8"]}
@@ -110,15 +112,18 @@ def run_peer_export(py: str, args: list[str], logf: Path) -> str | None:
     return f"export failed: {(errs or lines or ['?'])[-1].strip()[:240]}"
 
 
-def build_optimum_onnx(row_fp32: Row, row_int8: Row, ckpt: Path, out: Path, work: Path) -> None:
-    py, why = peer_python(work, "optimum-onnx")
-    if py and not (out / "int8" / "info.json").is_file():
-        log(f"export optimum-onnx {ckpt.name} (fp32 + int8)")
+def build_peer_pair(peer: str, rows: dict[str, Row], ckpt: Path, out: Path, work: Path) -> None:
+    """A peer whose one export writes OUT/<sub>/ per row (optimum-onnx: fp32 and int8; ctranslate2:
+    float32 and int8), each with its info.json; cached until the last one is there."""
+    py, why = peer_python(work, peer)
+    last = list(rows)[-1]
+    if py and not (out / last / "info.json").is_file():
+        log(f"export {peer} {ckpt.name} ({' + '.join(rows)})")
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
-        why = run_peer_export(py, ["optimum-onnx", str(ckpt), str(out)], work / "logs" / f"export-{out.parent.name}-optimum-onnx.log")
-    for row, sub in ((row_fp32, "fp32"), (row_int8, "int8")):
+        why = run_peer_export(py, [peer, str(ckpt), str(out)], work / "logs" / f"export-{out.parent.name}-{peer}.log")
+    for sub, row in rows.items():
         row.python = py or ""
         if why or not py:
             row.why = why
@@ -172,12 +177,15 @@ def section_rows(name: str, sec: dict, work: Path, ckpt: Path, peers: bool) -> l
     o32 = Row(name, "optimum-onnx (ORT)", "fp32", "fp32", spec=dict(kind="optimum-onnx", **base))
     o8 = Row(name, "optimum-onnx (ORT)", "int8-dynamic", "int8", spec=dict(kind="optimum-onnx", **base))
     oet = Row(name, "optimum-executorch", "fp32", "fp32", spec=dict(kind="optimum-executorch", **base))
-    rows += [o32, o8, oet]
+    c32 = Row(name, "CTranslate2", "float32", "fp32", spec=dict(kind="ctranslate2", **base))
+    c8 = Row(name, "CTranslate2", "int8", "int8", spec=dict(kind="ctranslate2", **base))
+    rows += [o32, o8, oet, c32, c8]
     if peers:
-        build_optimum_onnx(o32, o8, ckpt, work / model / "optimum-onnx", work)
+        build_peer_pair("optimum-onnx", {"fp32": o32, "int8": o8}, ckpt, work / model / "optimum-onnx", work)
         build_optimum_executorch(oet, ckpt, work / model / f"optimum-executorch-in{s_in}", work, s_in)
+        build_peer_pair("ctranslate2", {"float32": c32, "int8": c8}, ckpt, work / model / "ctranslate2", work)
     else:
-        for r in (o32, o8, oet):
+        for r in (o32, o8, oet, c32, c8):
             r.why = "peers skipped (--no-peers)"
     recipes = sec.get("recipes", TARGET_RECIPES)
     tail = [Row(name, "eager transformers", "fp32, 1 thread (reference)", "fp32",
@@ -423,7 +431,8 @@ def versions(work: Path) -> str:
         except PackageNotFoundError:
             pass
     for peer, pkgs in (("optimum-onnx", ("optimum-onnx", "optimum", "transformers", "onnxruntime")),
-                       ("optimum-executorch", ("optimum-executorch", "executorch", "transformers"))):
+                       ("optimum-executorch", ("optimum-executorch", "executorch", "transformers")),
+                       ("ctranslate2", ("ctranslate2", "transformers", "torch"))):
         py, _ = peer_python(work, peer)
         if py:
             code = ("from importlib.metadata import version as v;"

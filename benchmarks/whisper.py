@@ -244,7 +244,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the first 6 clips, one pass (development)")
     ap.add_argument("--clips", type=int, default=None, help="use the first N clips of the eval set (default: all)")
-    ap.add_argument("--passes", type=int, default=2, help="measured passes over the clips (WER from the last)")
+    ap.add_argument("--passes", type=int, default=1, help="measured passes over the clips (WER from the last)")
     ap.add_argument("--targets", default="executorch-xnnpack,litert-cpu", help="comma list of edgeseq targets")
     ap.add_argument("--recipes", default="fp32,int8", help="comma list of recipes (names or YAML paths)")
     ap.add_argument("--compute-types", default="int8,float32", help="CTranslate2 compute types (comma list)")
@@ -346,7 +346,7 @@ def main() -> int:
            "passes": passes, "rows": [{k: v for k, v in r.__dict__.items() if k != "spec"} | {"spec": r.spec}
                                       for r in rows]}
     (a.work / "whisper.json").write_text(json.dumps(raw, indent=1, default=str))
-    log(f"done in {(time.time() - started) / 60:.1f} min; wrote benchmarks/{a.out.name} and build/bench/whisper.json")
+    log(f"done in {(time.time() - started) / 60:.1f} min; wrote {clean(str(a.out))} and {clean(str(a.work / 'whisper.json'))}")
     return 0
 
 
