@@ -168,7 +168,12 @@ def build_edgeseq(row: Row, ckpt: Path, target: str, recipe: str, out: Path) -> 
     row.spec["path"] = str(out)
 
 
-def section_rows(name: str, sec: dict, work: Path, ckpt: Path, peers: bool) -> list[Row]:
+def section_rows(name: str, sec: dict, work: Path, ckpt: Path, peers: bool, only: list[str] | None = None) -> list[Row]:
+    """The section's rows, built (cached). `only`: keep row 1 (the baseline of every ratio) and
+    the rows whose name contains one of these strings; the others are neither built nor run."""
+    def want(*rs: Row) -> bool:
+        return not only or any(r is rows[0] or any(o in r.name for o in only) for r in rs)
+
     s_in, s_out, model = sec["input_len"], sec["output_len"], sec["model"]
     base = dict(input_len=s_in, output_len=s_out)
     rows = [Row(name, "eager transformers", "fp32", "fp32", spec=dict(kind="eager", checkpoint=str(ckpt), int8=False, **base)),
@@ -181,9 +186,12 @@ def section_rows(name: str, sec: dict, work: Path, ckpt: Path, peers: bool) -> l
     c8 = Row(name, "CTranslate2", "int8", "int8", spec=dict(kind="ctranslate2", **base))
     rows += [o32, o8, oet, c32, c8]
     if peers:
-        build_peer_pair("optimum-onnx", {"fp32": o32, "int8": o8}, ckpt, work / model / "optimum-onnx", work)
-        build_optimum_executorch(oet, ckpt, work / model / f"optimum-executorch-in{s_in}", work, s_in)
-        build_peer_pair("ctranslate2", {"float32": c32, "int8": c8}, ckpt, work / model / "ctranslate2", work)
+        if want(o32, o8):
+            build_peer_pair("optimum-onnx", {"fp32": o32, "int8": o8}, ckpt, work / model / "optimum-onnx", work)
+        if want(oet):
+            build_optimum_executorch(oet, ckpt, work / model / f"optimum-executorch-in{s_in}", work, s_in)
+        if want(c32, c8):
+            build_peer_pair("ctranslate2", {"float32": c32, "int8": c8}, ckpt, work / model / "ctranslate2", work)
     else:
         for r in (o32, o8, oet, c32, c8):
             r.why = "peers skipped (--no-peers)"
@@ -195,9 +203,10 @@ def section_rows(name: str, sec: dict, work: Path, ckpt: Path, peers: bool) -> l
             recipe = r + sec["suffix"]
             row = Row(name, f"edgeseq {target}", r, roofline.precision_of(r),
                       spec=dict(kind="edgeseq", **base))
-            build_edgeseq(row, ckpt, target, recipe, artifact_dir(work, model, target, recipe))
+            if want(row):
+                build_edgeseq(row, ckpt, target, recipe, artifact_dir(work, model, target, recipe))
             rows.append(row)
-    return rows + tail
+    return [r for r in rows + tail if want(r)]
 
 
 def rejected_cells() -> list[str]:
@@ -510,7 +519,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
     ap.add_argument("--paper-recipe", default="int8", help="recipe family of the enc-dec vs decoder-only runs "
                     "(benchmarks/recipes/<name>-in<N>.yaml must exist for 128, 512, 2048)")
-    ap.add_argument("--no-peers", action="store_true", help="skip the optimum rows")
+    ap.add_argument("--no-peers", action="store_true", help="skip the optimum and CTranslate2 rows")
+    ap.add_argument("--only", default="", help="comma list: run row 1 and the rows whose name contains one of these "
+                    "(e.g. 'CTranslate2,edgeseq executorch-xnnpack int8'); with --out elsewhere, as the block is replaced")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench", help="exports, venvs and logs")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="Markdown file to update")
     ap.add_argument("--chart", type=Path, default=HERE / "compare.png", help="PNG chart to write")
@@ -543,7 +554,8 @@ def main() -> int:
         sec = SECTIONS[name]
         ckpt = t5_small_random(ckpts["t5-small"]) if sec["model"] == "t5-small" else ckpts["demo"]
         log(f"{name}: building rows (cached exports are reused)")
-        results[name] = section_rows(name, sec, a.work, ckpt, not a.no_peers)
+        results[name] = section_rows(name, sec, a.work, ckpt, not a.no_peers,
+                                     [o.strip() for o in a.only.split(",") if o.strip()] or None)
     pairs: list[tuple[int, Row, Row]] = []
     if "paper" in sections:
         import decoder_only
@@ -658,7 +670,7 @@ def main() -> int:
     if results or pairs:
         chart(a.chart, results.get("t5-small") or next(iter(results.values()), []), pairs,
               "t5-small" if "t5-small" in results else next(iter(results), ""))
-    if readme and not a.quick:
+    if readme and not a.quick and not a.only:
         replace_block(a.readme, README_MARK, "\n".join(readme), "")
     raw = {name: [r.__dict__ for r in rows] for name, rows in results.items()}
     raw["paper"] = [{"input_len": s, "enc_dec": er.__dict__, "decoder_only": dr.__dict__} for s, er, dr in pairs]
@@ -666,7 +678,7 @@ def main() -> int:
     (a.work / "compare.json").write_text(json.dumps(raw, indent=1, default=str))
     rel = lambda p: p.relative_to(ROOT) if p.is_relative_to(ROOT) else p.name  # noqa: E731 (no machine paths in logs)
     log(f"done in {wall / 60:.1f} min; wrote {rel(a.out)}, {rel(a.chart)}"
-        f"{', README.md' if readme and not a.quick else ''}")
+        f"{', README.md' if readme and not a.quick and not a.only else ''}")
     return 0
 
 

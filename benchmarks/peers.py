@@ -121,9 +121,19 @@ def export_ctranslate2(ckpt: Path, out: Path) -> None:
 
     versions = _versions("ctranslate2", "transformers", "torch")
     cfg = json.loads((ckpt / "config.json").read_text())
+    # The converter reads the vocabulary through transformers 4's AutoTokenizer, which does not know
+    # the tokenizer class transformers 5 writes ("TokenizersBackend"): the same checkpoint, staged with
+    # links, and the tokenizer.json read as a PreTrainedTokenizerFast.
+    src = out / "source"
+    src.mkdir(parents=True, exist_ok=True)
+    for f in ckpt.iterdir():
+        if f.name != "tokenizer_config.json" and not (src / f.name).exists():
+            (src / f.name).symlink_to(f.resolve())
+    tok_cfg = json.loads((ckpt / "tokenizer_config.json").read_text()) if (ckpt / "tokenizer_config.json").is_file() else {}
+    (src / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "tokenizer_class": "PreTrainedTokenizerFast"}))
     for sub, quantization in (("float32", None), ("int8", "int8")):
         t0 = time.time()
-        TransformersConverter(str(ckpt)).convert(str(out / sub), quantization=quantization, force=True)
+        TransformersConverter(str(src)).convert(str(out / sub), quantization=quantization, force=True)
         _info(out / sub, t0, [out / sub / "model.bin"], versions=versions, quantization=quantization or "none",
               vocab_size=cfg["vocab_size"], eos_token_id=cfg["eos_token_id"])
 

@@ -127,12 +127,17 @@ def edgeseq_rows(ckpt: Path, work: Path, targets: list[str], recipes: list[str],
 
 
 def peer_rows(ct2_model: Path, compute_types: list[str], wavs: list[str], common: dict, work: Path,
-              transcribe: bool) -> list[Row]:
+              transcribe: bool, isas: list[str]) -> list[Row]:
     py, why = peer_python(work, PEER)
     out = []
     for ct in compute_types:
         out.append(Row("CTranslate2", ct, python=py or "", env={"CT2_VERBOSE": "1"}, why=why or None,
                        spec=dict(kind="ctranslate2", path=str(ct2_model), compute_type=ct, **common)))
+    for isa in isas:  # CTranslate2 picks its ISA by CPU vendor (AVX2 on AMD); these rows override it
+        for ct in compute_types:
+            out.append(Row("CTranslate2", f"{ct}, CT2_FORCE_CPU_ISA={isa}", python=py or "", why=why or None,
+                           env={"CT2_VERBOSE": "1", "CT2_FORCE_CPU_ISA": isa},
+                           spec=dict(kind="ctranslate2", path=str(ct2_model), compute_type=ct, **common)))
     if transcribe:
         for ct in compute_types:
             out.append(Row("faster-whisper transcribe()", ct, python=py or "", why=why or None,
@@ -251,6 +256,8 @@ def main() -> int:
     ap.add_argument("--forced", type=int, default=MAX_OUTPUT_LEN - 2,
                     help="tokens of the forced-length timing runs (EOS suppressed; <= 64 minus the 2-token prompt)")
     ap.add_argument("--threads", type=int, default=2, help="threads per row")
+    ap.add_argument("--ct2-isa", default="", help="comma list of CT2_FORCE_CPU_ISA values (e.g. AVX512): extra "
+                    "CTranslate2 rows with that ISA forced")
     ap.add_argument("--no-transcribe", action="store_true", help="skip the faster-whisper transcribe() rows")
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "whisper-tiny.en",
                     help="the save_pretrained checkpoint (make whisper-tiny)")
@@ -286,13 +293,14 @@ def main() -> int:
     rows = edgeseq_rows(a.checkpoint, a.work, [t for t in a.targets.split(",") if t],
                         [r for r in a.recipes.split(",") if r], common)
     rows += peer_rows(a.ct2_model, [c for c in a.compute_types.split(",") if c],
-                      [str(a.eval.parent / r["input"]) for r in evals], common, a.work, not a.no_transcribe)
+                      [str(a.eval.parent / r["input"]) for r in evals], common, a.work, not a.no_transcribe,
+                      [x for x in a.ct2_isa.split(",") if x])
     logdir = a.work / "logs"
     loads = measure(rows, list(range(n)), passes, logdir)
     from toolchain.metrics import normalizer
 
     norm, norm_note = normalizer(a.checkpoint)
-    base = next((r for r in rows if r.tool == "CTranslate2" and r.variant == "float32" and r.clips), None)
+    base = next((r for r in rows if r.name == "CTranslate2 float32" and r.clips), None)
     base_texts = {c: m[-1]["text"] for c, m in base.clips.items()} if base else None
     for r in rows:
         if r.clips and not r.why:
@@ -303,15 +311,18 @@ def main() -> int:
     date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     peer_versions = next((r.info.get("versions") for r in rows if r.spec.get("kind") == "faster-whisper" and r.info), None) \
         or next((r.info.get("versions") for r in rows if r.spec.get("kind") == "ctranslate2" and r.info), {})
-    es_versions = next((r.info.get("versions") for r in rows if r.spec.get("kind") == "edgeseq" and r.info), {})
+    es_versions: dict[str, str] = {}
+    for r in rows:
+        if r.spec.get("kind") == "edgeseq" and r.info:
+            es_versions.update(r.info.get("versions", {}))
     cts = ", ".join(f"`{r.variant}` -> `{r.info.get('compute_type')}`" for r in rows
-                    if r.spec.get("kind") == "ctranslate2" and r.info)
+                    if r.spec.get("kind") == "ctranslate2" and r.info and "ISA" not in r.variant)
     supported = next((r.info.get("supported_compute_types") for r in rows if r.info.get("supported_compute_types")), None)
     cmd = f"whisper.py{' --quick' if a.quick else ''}{'' if a.quick else f' --passes {passes}'}"
     busy = max(load0[0], load1[0], *(x[0] for x in loads)) > (os.cpu_count() or 1) + 0.5
     out = ["## Whisper tiny.en vs CTranslate2 / faster-whisper (`benchmarks/whisper.py`)", "",
            f"{date}; {cpu_model()}, {os.cpu_count()} cores, ISA flags: {', '.join(isa_flags()) or 'none read'}; "
-           f"`{cmd}`: {n} clips of `demo/speech` (espeak-ng), {passes} pass(es) after one warmup clip per row; "
+           f"`{cmd}`: {n} clips of `demo/speech` (espeak-ng), {passes} pass{'es' if passes > 1 else ''} after one warmup clip per row; "
            f"{a.threads} threads per row, each row in its own process; wall time {(time.time() - started) / 60:.0f} min.", "",
            f"Load average (1 min) at start / after each pass / end: {load0[0]:.1f} / "
            f"{' / '.join(f'{x[0]:.1f}' for x in loads)} / {load1[0]:.1f} on {os.cpu_count()} cores"
@@ -326,7 +337,7 @@ def main() -> int:
            "made from it. Same input: edgeseq's numpy log-mel (`toolchain/audio.py`) for the edgeseq and CTranslate2 "
            "rows; faster-whisper reads the WAV and computes its own. Greedy, no timestamps, English-only prompt "
            "(`<|startoftranscript|> <|notimestamps|>`), the model's suppressed tokens, at most 63 generated tokens "
-           f"(64 decoder positions). WER / CER: `toolchain/metrics.py` (jiwer after Whisper's English normalizer, "
+           f"(64 decoder positions). WER / CER: `toolchain/metrics.py` (jiwer after Whisper's English normalizer; "
            f"{norm_note}) on the last pass's transcripts, corpus-level; \"text = CT2 float32\": share of clips whose "
            "normalized transcript equals CTranslate2 float32's.", "",
            f"Timing: TTFT = encode + the prompt + the first token; per-token = each later step of a {a.forced}-token "

@@ -77,7 +77,7 @@ class EdgeseqRow:
         self.features = np.load(spec["features"])
         self.mb = self.art.model_bytes / 1e6
         self.info = {"versions": {k: v for k, v in self.art.manifest["tool_versions"].items()
-                                  if k in ("executorch", "torch", "torchao", "ai-edge-litert", "litert", "onnxruntime")},
+                                  if k in ("executorch", "torch", "torchao", "ai-edge-litert", "onnxruntime")},
                      "limit": self.limit}
 
     def _greedy(self, feats: np.ndarray, **kw):
