@@ -193,8 +193,11 @@ def measure(rows: list[Row], clips: list[int], passes: int, logdir: Path) -> lis
 
 
 def ct2_backend(logdir: Path) -> str:
-    """What CTranslate2 said about the CPU at load (CT2_VERBOSE=1 in its rows' logs)."""
+    """What CTranslate2 said about the CPU at load (CT2_VERBOSE=1 in its rows' logs), from a row
+    that left the ISA to CTranslate2 (not a CT2_FORCE_CPU_ISA row)."""
     for f in sorted(logdir.glob("whisper-ctranslate2-*.log")):
+        if "-isa-" in f.name:
+            continue
         said = [re.sub(r"^.*\[info\]\s*-?\s*", "", ln) for ln in f.read_text(errors="replace").splitlines()
                 if "[ctranslate2]" in ln and ("ISA" in ln or "backend" in ln or "MKL" in ln)]
         if said:
@@ -318,7 +321,7 @@ def main() -> int:
     cts = ", ".join(f"`{r.variant}` -> `{r.info.get('compute_type')}`" for r in rows
                     if r.spec.get("kind") == "ctranslate2" and r.info and "ISA" not in r.variant)
     supported = next((r.info.get("supported_compute_types") for r in rows if r.info.get("supported_compute_types")), None)
-    cmd = f"whisper.py{' --quick' if a.quick else ''}{'' if a.quick else f' --passes {passes}'}"
+    cmd = " ".join(["whisper.py", *sys.argv[1:]])
     busy = max(load0[0], load1[0], *(x[0] for x in loads)) > (os.cpu_count() or 1) + 0.5
     out = ["## Whisper tiny.en vs CTranslate2 / faster-whisper (`benchmarks/whisper.py`)", "",
            f"{date}; {cpu_model()}, {os.cpu_count()} cores, ISA flags: {', '.join(isa_flags()) or 'none read'}; "
