@@ -250,7 +250,7 @@ def table(rows: list[Row]) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the first 6 clips, one pass (development)")
+    ap.add_argument("--quick", action="store_true", help="6 clips (or --clips), one pass (development)")
     ap.add_argument("--clips", type=int, default=None, help="use the first N clips of the eval set (default: all)")
     ap.add_argument("--passes", type=int, default=1, help="measured passes over the clips (WER from the last)")
     ap.add_argument("--targets", default="executorch-xnnpack,litert-cpu", help="comma list of edgeseq targets")
@@ -284,7 +284,7 @@ def main() -> int:
     logging.disable(logging.WARNING)
     started, load0 = time.time(), os.getloadavg()
     evals = [json.loads(ln) for ln in a.eval.read_text().splitlines() if ln.strip()]
-    n = 6 if a.quick else (a.clips or len(evals))
+    n = min(a.clips or (6 if a.quick else len(evals)), len(evals))
     passes = 1 if a.quick else a.passes
     evals = evals[:n]
     refs = [r["target"] for r in evals]
@@ -321,7 +321,7 @@ def main() -> int:
     cts = ", ".join(f"`{r.variant}` -> `{r.info.get('compute_type')}`" for r in rows
                     if r.spec.get("kind") == "ctranslate2" and r.info and "ISA" not in r.variant)
     supported = next((r.info.get("supported_compute_types") for r in rows if r.info.get("supported_compute_types")), None)
-    cmd = " ".join(["whisper.py", *sys.argv[1:]])
+    cmd = clean(" ".join(["whisper.py", *sys.argv[1:]]))
     busy = max(load0[0], load1[0], *(x[0] for x in loads)) > (os.cpu_count() or 1) + 0.5
     out = ["## Whisper tiny.en vs CTranslate2 / faster-whisper (`benchmarks/whisper.py`)", "",
            f"{date}; {cpu_model()}, {os.cpu_count()} cores, ISA flags: {', '.join(isa_flags()) or 'none read'}; "
