@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: lint install demo whisper-tiny demo-whisper test test-fast test-deps clean bench bench-quick bench-peers support-table runner runner-aarch64 bench-native
+.PHONY: lint install demo whisper-tiny demo-whisper test test-fast test-deps clean bench bench-quick bench-peers bench-whisper support-table runner runner-aarch64 bench-native
 
 install: $(VENV)/.installed
 
@@ -110,11 +110,27 @@ BENCH_DIR  := build/bench
 BENCH_ARGS ?=
 PEER_PKG_optimum-onnx      := optimum-onnx[onnxruntime]==0.1.0
 PEER_PKG_optimum-executorch := optimum-executorch==1.1.0
-PEERS := optimum-onnx optimum-executorch
+# faster-whisper runs on CTranslate2 (its own C++ engine, no torch): Whisper tiny.en on the same
+# weights as edgeseq's Whisper rows (benchmarks/whisper.py). Both pinned: the engine is what is measured.
+PEER_PKG_faster-whisper    := faster-whisper==1.2.1 ctranslate2==4.8.5
+# Peers that need no torch: their venv skips the torch pin (a CPU torch is ~200 MB of nothing here).
+PEERS_NO_TORCH := faster-whisper
+# CTranslate2 on the t5-small-sized T5 (compare.py): its converter needs transformers and torch.
+PEER_PKG_ctranslate2       := ctranslate2==4.8.5 transformers==4.57.6
+PEERS := optimum-onnx optimum-executorch faster-whisper ctranslate2
 
-bench: install bench-peers runner
+bench: install bench-peers runner whisper-tiny
 	$(VPY) benchmarks/compare.py $(BENCH_ARGS)
 	$(VPY) benchmarks/native.py
+	$(VPY) benchmarks/whisper.py $(WHISPER_BENCH_ARGS)
+
+# Whisper tiny.en through edgeseq's targets vs CTranslate2 / faster-whisper on the same weights
+# (benchmarks/whisper.py; its exports take minutes each the first time, cached under build/bench).
+# WHISPER_BENCH_ARGS: e.g. --quick (6 clips, one pass), --recipes fp32,int8,<recipe or YAML>,
+# --targets executorch-xnnpack,litert-cpu, --compute-types int8,float32.
+WHISPER_BENCH_ARGS ?=
+bench-whisper: install whisper-tiny $(BENCH_DIR)/venv-faster-whisper/.installed
+	$(VPY) benchmarks/whisper.py $(WHISPER_BENCH_ARGS)
 
 # The native C++ runner vs the Python Session on the same t5-small-sized artifacts.
 bench-native: install runner
@@ -130,8 +146,8 @@ $(BENCH_DIR)/venv-%/.installed:
 	@echo "bench: installing peer $* into $(BENCH_DIR)/venv-$* (log: $(BENCH_DIR)/venv-$*.log)"
 	@rm -rf $(BENCH_DIR)/venv-$* && { $(PY) -m venv $(BENCH_DIR)/venv-$* && \
 	  $(BENCH_DIR)/venv-$*/bin/python -m pip install -q --upgrade pip && \
-	  $(BENCH_DIR)/venv-$*/bin/python -m pip install -q torch==2.13.0 && \
-	  $(BENCH_DIR)/venv-$*/bin/python -m pip install -q -c $(BENCH_DIR)/torch-pin.txt '$(PEER_PKG_$*)'; \
+	  $(if $(filter $*,$(PEERS_NO_TORCH)),,$(BENCH_DIR)/venv-$*/bin/python -m pip install -q torch==2.13.0 &&) \
+	  $(BENCH_DIR)/venv-$*/bin/python -m pip install -q -c $(BENCH_DIR)/torch-pin.txt $(foreach q,$(PEER_PKG_$*),'$(q)'); \
 	} > $(BENCH_DIR)/venv-$*.log 2>&1 && touch $@ || \
 	  echo "bench: peer $* did not install (its rows will say why); see $(BENCH_DIR)/venv-$*.log"
 

@@ -82,11 +82,12 @@ def fresh_export(out: Path) -> dict | None:
     return manifest if manifest["tool_versions"].get("edgeseq_source") == source_digest() else None
 
 
-def build(ckpt: Path, recipe: str, target: str, out: Path) -> float | None:
-    """Export (or reuse) one artifact; returns its export seconds, None if the target rejects the recipe."""
+def build(ckpt: Path, recipe: str, target: str, out: Path, max_output_len: int | None = None) -> float | None:
+    """Export (or reuse) one artifact; returns its export seconds, None if the target rejects the recipe.
+    `max_output_len` overrides the recipe's (export's --max-output-len; keep it in `out`'s name)."""
     from toolchain.checkpoint import load_checkpoint
     from toolchain.export import export
-    from toolchain.specs import load_recipe, load_target
+    from toolchain.specs import load_recipe, load_target, with_lengths
 
     manifest = fresh_export(out)
     if manifest:
@@ -95,7 +96,8 @@ def build(ckpt: Path, recipe: str, target: str, out: Path) -> float | None:
         shutil.rmtree(out)  # exported by other toolchain code: a stale cache entry, export again
     if rejects(recipe, target):
         return None
-    art = export(load_checkpoint(ckpt), load_recipe(recipe_ref(recipe)), load_target(target), out)
+    art = export(load_checkpoint(ckpt), with_lengths(load_recipe(recipe_ref(recipe)), max_output_len=max_output_len),
+                 load_target(target), out)
     return art.manifest["export_seconds"]
 
 

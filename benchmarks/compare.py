@@ -8,6 +8,8 @@ Rows (per model section), all greedy with a forced output length, 2 threads each
   2. eager transformers with torch.ao dynamic int8 linears
   3. ONNX Runtime through optimum-onnx's export, fp32 and dynamic int8 (own venv)
   4. optimum-executorch's own XNNPACK export of the same checkpoint (own venv)
+  4b. CTranslate2 float32 and int8: ct2-transformers-converter's conversion of the same
+     checkpoint, run with Translator.generate_tokens (own venv)
   5. every edgeseq target that runs here x recipe (executorch-xnnpack fp32/int8/int4/mixed,
      litert-cpu fp32/int8, onnx-cpu fp32/int8)
 Sections: demo (demo/date-t5, 64 in / 32 out), t5-small (random weights, t5-small's shape,
@@ -41,7 +43,7 @@ import roofline  # noqa: E402
 from common import ROOT, artifact_dir, build, cpu_model, fresh_export, rejects, summarize, t5_small_random  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PEERS = ("optimum-onnx", "optimum-executorch")
+PEERS = ("optimum-onnx", "optimum-executorch", "ctranslate2")
 STD_RECIPES = ("fp32", "int8", "int4", "mixed")
 TARGET_RECIPES = {"executorch-xnnpack": ["fp32", "int8", "int4", "mixed"], "litert-cpu": ["fp32", "int8"],
                   "onnx-cpu": ["fp32", "int8"]}
@@ -110,15 +112,18 @@ def run_peer_export(py: str, args: list[str], logf: Path) -> str | None:
     return f"export failed: {(errs or lines or ['?'])[-1].strip()[:240]}"
 
 
-def build_optimum_onnx(row_fp32: Row, row_int8: Row, ckpt: Path, out: Path, work: Path) -> None:
-    py, why = peer_python(work, "optimum-onnx")
-    if py and not (out / "int8" / "info.json").is_file():
-        log(f"export optimum-onnx {ckpt.name} (fp32 + int8)")
+def build_peer_pair(peer: str, rows: dict[str, Row], ckpt: Path, out: Path, work: Path) -> None:
+    """A peer whose one export writes OUT/<sub>/ per row (optimum-onnx: fp32 and int8; ctranslate2:
+    float32 and int8), each with its info.json; cached until the last one is there."""
+    py, why = peer_python(work, peer)
+    last = list(rows)[-1]
+    if py and not (out / last / "info.json").is_file():
+        log(f"export {peer} {ckpt.name} ({' + '.join(rows)})")
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
-        why = run_peer_export(py, ["optimum-onnx", str(ckpt), str(out)], work / "logs" / f"export-{out.parent.name}-optimum-onnx.log")
-    for row, sub in ((row_fp32, "fp32"), (row_int8, "int8")):
+        why = run_peer_export(py, [peer, str(ckpt), str(out)], work / "logs" / f"export-{out.parent.name}-{peer}.log")
+    for sub, row in rows.items():
         row.python = py or ""
         if why or not py:
             row.why = why
@@ -163,7 +168,12 @@ def build_edgeseq(row: Row, ckpt: Path, target: str, recipe: str, out: Path) -> 
     row.spec["path"] = str(out)
 
 
-def section_rows(name: str, sec: dict, work: Path, ckpt: Path, peers: bool) -> list[Row]:
+def section_rows(name: str, sec: dict, work: Path, ckpt: Path, peers: bool, only: list[str] | None = None) -> list[Row]:
+    """The section's rows, built (cached). `only`: keep row 1 (the baseline of every ratio) and
+    the rows whose name contains one of these strings; the others are neither built nor run."""
+    def want(*rs: Row) -> bool:
+        return not only or any(r is rows[0] or any(o in r.name for o in only) for r in rs)
+
     s_in, s_out, model = sec["input_len"], sec["output_len"], sec["model"]
     base = dict(input_len=s_in, output_len=s_out)
     rows = [Row(name, "eager transformers", "fp32", "fp32", spec=dict(kind="eager", checkpoint=str(ckpt), int8=False, **base)),
@@ -172,12 +182,18 @@ def section_rows(name: str, sec: dict, work: Path, ckpt: Path, peers: bool) -> l
     o32 = Row(name, "optimum-onnx (ORT)", "fp32", "fp32", spec=dict(kind="optimum-onnx", **base))
     o8 = Row(name, "optimum-onnx (ORT)", "int8-dynamic", "int8", spec=dict(kind="optimum-onnx", **base))
     oet = Row(name, "optimum-executorch", "fp32", "fp32", spec=dict(kind="optimum-executorch", **base))
-    rows += [o32, o8, oet]
+    c32 = Row(name, "CTranslate2", "float32", "fp32", spec=dict(kind="ctranslate2", **base))
+    c8 = Row(name, "CTranslate2", "int8", "int8", spec=dict(kind="ctranslate2", **base))
+    rows += [o32, o8, oet, c32, c8]
     if peers:
-        build_optimum_onnx(o32, o8, ckpt, work / model / "optimum-onnx", work)
-        build_optimum_executorch(oet, ckpt, work / model / f"optimum-executorch-in{s_in}", work, s_in)
+        if want(o32, o8):
+            build_peer_pair("optimum-onnx", {"fp32": o32, "int8": o8}, ckpt, work / model / "optimum-onnx", work)
+        if want(oet):
+            build_optimum_executorch(oet, ckpt, work / model / f"optimum-executorch-in{s_in}", work, s_in)
+        if want(c32, c8):
+            build_peer_pair("ctranslate2", {"float32": c32, "int8": c8}, ckpt, work / model / "ctranslate2", work)
     else:
-        for r in (o32, o8, oet):
+        for r in (o32, o8, oet, c32, c8):
             r.why = "peers skipped (--no-peers)"
     recipes = sec.get("recipes", TARGET_RECIPES)
     tail = [Row(name, "eager transformers", "fp32, 1 thread (reference)", "fp32",
@@ -187,9 +203,10 @@ def section_rows(name: str, sec: dict, work: Path, ckpt: Path, peers: bool) -> l
             recipe = r + sec["suffix"]
             row = Row(name, f"edgeseq {target}", r, roofline.precision_of(r),
                       spec=dict(kind="edgeseq", **base))
-            build_edgeseq(row, ckpt, target, recipe, artifact_dir(work, model, target, recipe))
+            if want(row):
+                build_edgeseq(row, ckpt, target, recipe, artifact_dir(work, model, target, recipe))
             rows.append(row)
-    return rows + tail
+    return [r for r in rows + tail if want(r)]
 
 
 def rejected_cells() -> list[str]:
@@ -223,13 +240,16 @@ def worker_env() -> dict[str, str]:
 
 
 class Worker:
-    def __init__(self, row: Row, logdir: Path):
+    """A row's own process: `script` (worker.py, or whisper_rows.py) with the row's spec, speaking
+    one JSON line per command; its stderr goes to logdir/<section>-<row>.log."""
+
+    def __init__(self, row, logdir: Path, script: Path = HERE / "worker.py", env: dict[str, str] | None = None):
         logdir.mkdir(parents=True, exist_ok=True)
         slug = re.sub(r"[^a-z0-9]+", "-", f"{row.section} {row.name}".lower()).strip("-")
         self.logf = logdir / f"{slug}.log"
-        self.p = subprocess.Popen([row.python, str(HERE / "worker.py"), json.dumps(row.spec)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=open(self.logf, "w"), text=True, env=worker_env(),
-                                  cwd=ROOT)
+        self.p = subprocess.Popen([row.python, str(script), json.dumps(row.spec)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=open(self.logf, "w"), text=True,
+                                  env={**worker_env(), **(env or {})}, cwd=ROOT)
 
     def recv(self) -> dict:
         line = self.p.stdout.readline()
@@ -420,7 +440,8 @@ def versions(work: Path) -> str:
         except PackageNotFoundError:
             pass
     for peer, pkgs in (("optimum-onnx", ("optimum-onnx", "optimum", "transformers", "onnxruntime")),
-                       ("optimum-executorch", ("optimum-executorch", "executorch", "transformers"))):
+                       ("optimum-executorch", ("optimum-executorch", "executorch", "transformers")),
+                       ("ctranslate2", ("ctranslate2", "transformers", "torch"))):
         py, _ = peer_python(work, peer)
         if py:
             code = ("from importlib.metadata import version as v;"
@@ -498,7 +519,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
     ap.add_argument("--paper-recipe", default="int8", help="recipe family of the enc-dec vs decoder-only runs "
                     "(benchmarks/recipes/<name>-in<N>.yaml must exist for 128, 512, 2048)")
-    ap.add_argument("--no-peers", action="store_true", help="skip the optimum rows")
+    ap.add_argument("--no-peers", action="store_true", help="skip the optimum and CTranslate2 rows")
+    ap.add_argument("--only", default="", help="comma list: run row 1 and the rows whose name contains one of these "
+                    "(e.g. 'CTranslate2,edgeseq executorch-xnnpack int8'); with --out elsewhere, as the block is replaced")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench", help="exports, venvs and logs")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="Markdown file to update")
     ap.add_argument("--chart", type=Path, default=HERE / "compare.png", help="PNG chart to write")
@@ -531,7 +554,8 @@ def main() -> int:
         sec = SECTIONS[name]
         ckpt = t5_small_random(ckpts["t5-small"]) if sec["model"] == "t5-small" else ckpts["demo"]
         log(f"{name}: building rows (cached exports are reused)")
-        results[name] = section_rows(name, sec, a.work, ckpt, not a.no_peers)
+        results[name] = section_rows(name, sec, a.work, ckpt, not a.no_peers,
+                                     [o.strip() for o in a.only.split(",") if o.strip()] or None)
     pairs: list[tuple[int, Row, Row]] = []
     if "paper" in sections:
         import decoder_only
@@ -646,7 +670,7 @@ def main() -> int:
     if results or pairs:
         chart(a.chart, results.get("t5-small") or next(iter(results.values()), []), pairs,
               "t5-small" if "t5-small" in results else next(iter(results), ""))
-    if readme and not a.quick:
+    if readme and not a.quick and not a.only:
         replace_block(a.readme, README_MARK, "\n".join(readme), "")
     raw = {name: [r.__dict__ for r in rows] for name, rows in results.items()}
     raw["paper"] = [{"input_len": s, "enc_dec": er.__dict__, "decoder_only": dr.__dict__} for s, er, dr in pairs]
@@ -654,7 +678,7 @@ def main() -> int:
     (a.work / "compare.json").write_text(json.dumps(raw, indent=1, default=str))
     rel = lambda p: p.relative_to(ROOT) if p.is_relative_to(ROOT) else p.name  # noqa: E731 (no machine paths in logs)
     log(f"done in {wall / 60:.1f} min; wrote {rel(a.out)}, {rel(a.chart)}"
-        f"{', README.md' if readme and not a.quick else ''}")
+        f"{', README.md' if readme and not a.quick and not a.only else ''}")
     return 0
 
 

@@ -3,6 +3,7 @@ creates them through `make bench-peers`; their transformers pins conflict with o
 
     <peer venv>/bin/python benchmarks/peers.py export optimum-onnx CHECKPOINT OUT_DIR
     <peer venv>/bin/python benchmarks/peers.py export optimum-executorch CHECKPOINT OUT_DIR INPUT_LEN
+    <peer venv>/bin/python benchmarks/peers.py export ctranslate2 CHECKPOINT OUT_DIR
 
 optimum-onnx: `ORTModelForSeq2SeqLM.from_pretrained(ckpt, export=True)` (encoder, decoder,
 decoder-with-past ONNX files) into OUT/fp32, and optimum's documented dynamic int8
@@ -16,6 +17,12 @@ export_optimum_executorch for why: the released version cannot export T5). Run w
 `ExecuTorchModelForSeq2SeqLM.forward`, one call per token as its `generate` does (which
 cannot force a length, so the loop is repeated here with EOS suppressed). Version 1.1.0
 applies no quantization to text2text-generation, so it has an fp32 row only.
+
+ctranslate2: CTranslate2's own converter (`TransformersConverter`, what ct2-transformers-converter
+runs) into OUT/float32 (no quantization) and OUT/int8 (`quantization="int8"`), each loaded with
+that compute type (on x86 without float16 support int8 runs as int8 weights x float32
+activations: `int8_float32`). Run with `Translator.generate_tokens` (greedy, min = max decoding
+length: forced length), 2 intra-op threads; each yielded token is timestamped.
 
 Each export writes info.json ({export_seconds, model_bytes, versions}).
 """
@@ -109,6 +116,57 @@ def export_optimum_executorch(ckpt: Path, out: Path, input_len: int) -> None:
           versions=_versions("optimum-executorch", "executorch", "transformers", "torch"))
 
 
+def export_ctranslate2(ckpt: Path, out: Path) -> None:
+    from ctranslate2.converters import TransformersConverter
+
+    versions = _versions("ctranslate2", "transformers", "torch")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    # The converter reads the vocabulary through transformers 4's AutoTokenizer, which does not know
+    # the tokenizer class transformers 5 writes ("TokenizersBackend"): the same checkpoint, staged with
+    # links, and the tokenizer.json read as a PreTrainedTokenizerFast.
+    src = out / "source"
+    src.mkdir(parents=True, exist_ok=True)
+    for f in ckpt.iterdir():
+        if f.name != "tokenizer_config.json" and not (src / f.name).exists():
+            (src / f.name).symlink_to(f.resolve())
+    tok_cfg = json.loads((ckpt / "tokenizer_config.json").read_text()) if (ckpt / "tokenizer_config.json").is_file() else {}
+    (src / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    for sub, quantization in (("float32", None), ("int8", "int8")):
+        t0 = time.time()
+        TransformersConverter(str(src)).convert(str(out / sub), quantization=quantization, force=True)
+        _info(out / sub, t0, [out / sub / "model.bin"], versions=versions, quantization=quantization or "none",
+              vocab_size=cfg["vocab_size"], eos_token_id=cfg["eos_token_id"])
+
+
+class CTranslate2Runner:
+    """ctranslate2.Translator.generate_tokens on the converted model, greedy, forced length. The
+    input is the same ids as every other row's, given as the converted vocabulary's tokens."""
+
+    def __init__(self, path: Path, input_len: int, output_len: int, threads: int = 2):
+        import ctranslate2
+
+        self.info = json.loads((path / "info.json").read_text())
+        self.translator = ctranslate2.Translator(str(path), device="cpu", compute_type=path.name,
+                                                 intra_threads=threads, inter_threads=1)
+        vocab = json.loads((path / "shared_vocabulary.json").read_text())
+        ids = input_ids(self.info["vocab_size"], input_len, self.info["eos_token_id"])
+        self.source = [vocab[i] for i in ids]
+        first = {}
+        for i, tok in enumerate(vocab):
+            first.setdefault(tok, i)
+        if [first[t] for t in self.source] != ids:  # a token spelled twice would change the input
+            raise ValueError("the converted vocabulary does not map the input ids back to themselves")
+        self.T, self.mb = output_len, self.info["model_bytes"] / 1e6
+        self.compute_type = self.translator.compute_type
+
+    def once(self) -> tuple[float, list[float]]:
+        stamps = [time.perf_counter()]
+        for _ in self.translator.generate_tokens(self.source, max_decoding_length=self.T,
+                                                 min_decoding_length=self.T):
+            stamps.append(time.perf_counter())
+        return stamps[1] - stamps[0], [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]
+
+
 class OptimumOnnxRunner:
     """optimum's ORTModelForSeq2SeqLM.generate (greedy, forced length)."""
 
@@ -184,6 +242,8 @@ def main() -> int:
     peer, ckpt, out = sys.argv[2], Path(sys.argv[3]).resolve(), Path(sys.argv[4])
     if peer == "optimum-onnx":
         export_optimum_onnx(ckpt, out)
+    elif peer == "ctranslate2":
+        export_ctranslate2(ckpt, out)
     else:
         export_optimum_executorch(ckpt, out, int(sys.argv[5]))
     return 0

@@ -3,7 +3,7 @@
     PYTHON benchmarks/worker.py '{"kind": "edgeseq", "path": "...", ...}'
 
 PYTHON is the main venv's for edgeseq, eager and decoder-only rows, a peer venv's for
-optimum rows. The worker loads its runner, answers {"ready": ...} (or {"error": ...}),
+optimum and CTranslate2 rows. The worker loads its runner, answers {"ready": ...} (or {"error": ...}),
 then for each line on stdin: "run" -> one generation, {"ttft": s, "steps": [s, ...]};
 "rss" -> {"peak_rss_mb": ...} (this process's peak: runtime + model + buffers);
 "quit" -> exits. Timing happens here, inside the process that runs the model, so the
@@ -46,6 +46,10 @@ def make_runner(spec: dict):
         from peers import OptimumExecuTorchRunner
 
         return OptimumExecuTorchRunner(Path(spec["path"]), spec["input_len"], spec["output_len"], threads=threads)
+    if kind == "ctranslate2":
+        from peers import CTranslate2Runner
+
+        return CTranslate2Runner(Path(spec["path"]), spec["input_len"], spec["output_len"], threads=threads)
     raise ValueError(f"unknown row kind {kind!r}")
 
 
