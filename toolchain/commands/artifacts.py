@@ -80,7 +80,8 @@ def _language_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
     """Per-row languages -> "en (detected)": count, in first-seen order."""
     out: dict[str, int] = {}
     for r in rows:
-        key = f"{r['language']}{' (detected)' if r['language_detected'] else ''}{' ' + r['task'] if r['task'] else ''}"
+        lang = r["language"] or "no language token (English-only model)"
+        key = f"{lang}{' (detected)' if r['language_detected'] else ''}{' ' + r['task'] if r['task'] else ''}"
         out[key] = out.get(key, 0) + 1
     return out
 
