@@ -59,6 +59,38 @@ def _export(name: str, module: Any, args: tuple) -> Any:
         return torch.export.export(gm, args, strict=False)
 
 
+def _tag_dequantized_weights(ep: Any) -> None:
+    """Tag the dequantize nodes of quantized constants for the external file too.
+
+    XNNPACK serializes a quantized weight from its dequantize node (the int8 data and the
+    scales are that node's inputs) and reads the external tag from that node's metadata,
+    not from the constant's: without this, every 8da8w/8da4w weight and its scales go
+    into model.pte's own named data, and the tied table is stored twice (the lm_head's
+    int8 copy inline in the .pte, the int8 embedding in weights.ptd).
+    """
+    sig = ep.graph_signature
+    constants = {*sig.inputs_to_parameters, *sig.inputs_to_buffers, *sig.inputs_to_lifted_tensor_constants}
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in constants:
+            node.meta.setdefault("custom", {}).setdefault("delegate_constant_tag", _DATA_TAG)
+        elif node.op == "call_function" and "dequantize" in str(node.target) and any(
+                a.op == "placeholder" and a.name in constants for a in node.all_input_nodes):
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = _DATA_TAG
+
+
+def _external_weights_partitioner() -> Any:
+    """XnnpackPartitioner that first tags, in the edge program it is handed, every constant and
+    every dequantize node reading one for the external weights file (see _tag_dequantized_weights)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    class Partitioner(XnnpackPartitioner):
+        def partition(self, exported_program: Any) -> Any:
+            _tag_dequantized_weights(exported_program)
+            return super().partition(exported_program)
+
+    return Partitioner()
+
+
 def count_delegation(graph_module: Any) -> tuple[Any, int, Counter]:
     """ExecuTorch's delegation info for a lowered graph: (info, delegated compute nodes, Counter of
     the compute nodes left outside every delegate, by op type as get_delegation_info names them)."""
@@ -98,7 +130,6 @@ def runtime_ops(et: Any, report: dict[str, Any]) -> None:
 
 
 def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dict[str, str]) -> Lowered:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     from ...split import text_inputs
@@ -111,7 +142,7 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
         for n, module in sorted(parts.encode_buckets.items()):
             programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
     with progress.stage("  partition and lower to XNNPACK"):
-        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(programs, partitioner=[_external_weights_partitioner()])
     report = {name: delegation(edge.exported_program(name).graph_module, "XnnpackBackend") for name in programs}
     with progress.stage("  serialize model.pte + weights.ptd"):
         et = _to_executorch(edge, programs, quant)
