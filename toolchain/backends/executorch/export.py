@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from ...split import Seq2SeqParts
 
 _DATA_TAG = "weights"
+# Why a tied table is stored twice although both sides use the same bits (any other pair of
+# schemes is two different encodings of the table). fp32/fp32 and int8-weight/8da8w are the
+# same bytes (torchao's symmetric int8 per row: same values, same fp32 scales) and dedup.
+_NOT_SHARED = {("int4-weight", "8da4w"): "XNNPACK stores 8da4w group scales as bf16 in its own int4 packing; "
+                                         "ExecuTorch's embedding_4bit kernel reads fp32 scales"}
 # Nodes that are bookkeeping, not compute: they never reach a kernel.
 _NON_COMPUTE = {"getitem"}
 
@@ -152,6 +157,8 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
     written = out_dir / f"{_DATA_TAG}.ptd"
     if written.name != PTD:
         written.rename(out_dir / PTD)
+    if quant["lm_head"].get("tied_to"):
+        quant["lm_head"]["storage"] = tied_storage(out_dir / PTD, quant)
     sig = parts.describe()
     sig["encode"].update(file=PTE, method="encode")
     if parts.encode_buckets:  # inputs [1, L] each; outputs as the full encode's
@@ -164,6 +171,33 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
         sig[name]["quantization"] = schemes[name]
     return Lowered(files=[PTE, PTD], programs=sig, report={"delegation": report, "quantization": quant},
                    tool_versions=tool_versions)
+
+
+def tied_storage(ptd: Path, quant: dict[str, Any]) -> dict[str, Any]:
+    """How the tied table is stored in weights.ptd, read back from the file.
+
+    The embedding's tensors are named by their path (`decode.embed.weight`, or its int8 data
+    and scales `decode.embed.parametrizations.weight.original0/1`); XNNPACK names the lm_head's
+    weight and scales by content (`<sha256>`, `scale_<sha256>`). The store keeps one buffer
+    per distinct content, so the table is stored once exactly when the embedding's largest
+    buffer (its values) is also one of XNNPACK's.
+    """
+    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
+
+    payload = FlatTensorSerializer().deserialize(ptd.read_bytes())
+    index = {key: entry.buffer_index for key, entry in payload.named_data.items()}
+    embed = {i for key, i in index.items() if key.startswith("decode.embed.")}
+    xnnpack = {i for key, i in index.items() if "." not in key}  # content-hash keys
+    size = {i: len(payload.buffers[i]) for i in embed}
+    table = max(embed, key=size.__getitem__)
+    shared = embed & xnnpack
+    out: dict[str, Any] = {"table_stored": "once" if table in shared else "twice",
+                           "shared_bytes": sum(size[i] for i in shared)}
+    if table not in shared:
+        pair = (quant["embeddings"]["scheme"], quant["lm_head"]["scheme"])
+        out["why"] = _NOT_SHARED.get(pair, f"embeddings {pair[0]} and lm_head {pair[1]} are different "
+                                           f"encodings of the table")
+    return out
 
 
 def _to_executorch(edge: Any, programs: dict, quant: dict) -> Any:

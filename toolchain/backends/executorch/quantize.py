@@ -110,6 +110,7 @@ def apply(parts: Seq2SeqParts, recipe: Recipe) -> dict[str, Any]:
     backend's capabilities). Returns the per-component report for the manifest: scheme,
     number of tensors, fp32 bytes and estimated stored bytes."""
     q: dict[Component, QuantScheme] = {c: s for c, s in requested(recipe).items() if s != QuantScheme.NONE}
+    tied = parts.decode.lm_head is None
     if Component.LM_HEAD in q or Component.EMBEDDINGS in q:
         _untie_head(parts)
     comps = components(parts, buckets=True)
@@ -124,6 +125,8 @@ def apply(parts: Seq2SeqParts, recipe: Recipe) -> dict[str, Any]:
         report[comp.value] = {"scheme": scheme.value, "tensors": len(mods),
                               "fp32_bytes": sum(_weight(m).numel() * 4 for _, m in mods),
                               "estimated_bytes": sum(_weight_bytes(m, scheme, recipe.group_size) for _, m in mods)}
+    if tied:  # export.tied_storage adds whether weights.ptd holds the table once
+        report[Component.LM_HEAD.value]["tied_to"] = Component.EMBEDDINGS.value
     if not plan:
         return report
     from torchao.quantization import quantize_
