@@ -12,7 +12,9 @@ the backend's capabilities (`LINEARS`, `EMBEDDINGS` in this package's __init__):
 
 Adapters follow the convention this relies on: the decode module exposes `.lm_head` (None
 when tied, in which case it computes `F.linear(x, embed.weight)`); a tied head is untied
-first when the head or the embeddings are quantized, so the two can differ.
+first when the head or the embeddings are quantized, so the two can differ. When they do not
+(int8-weight embeddings + 8da8w head: the same int8 rows and fp32 row scales), weights.ptd
+still stores the table once (export.py; the report's lm_head `tied_to` and `storage`).
 """
 
 from __future__ import annotations
