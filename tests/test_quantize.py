@@ -101,6 +101,35 @@ def test_demo_accuracy_budget(recipe, max_drop, tmp_path, demo_artifact):
     assert art.model_bytes <= {"int8": 0.30, "int4": 0.35}[recipe] * fp32_bytes
 
 
+def test_tied_table_stored_once(tmp_path):
+    """A tied checkpoint's int8 embedding and 8da8w lm_head are the same int8 rows and fp32 row
+    scales: weights.ptd holds them once (XNNPACK's copy, keyed by content, dedups with the
+    embedding's), and XNNPACK's quantized weights are not left inline in model.pte."""
+    import shutil
+
+    import torch
+    from transformers import T5ForConditionalGeneration
+
+    from tiny_configs import tiny_config
+
+    torch.manual_seed(0)  # vocab 8192 x 64: the table is most of the model, as in small real checkpoints
+    model = T5ForConditionalGeneration(tiny_config("t5", "v1.0", vocab_size=8192, d_model=64, d_ff=128, d_kv=16))
+    model.save_pretrained(tmp_path / "ck")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(DEMO / f, tmp_path / "ck" / f)
+    recipe = load_recipe(str(_recipe(tmp_path, "int8", SCHEMES["8da8w"][0])))
+    art = export(load_checkpoint(tmp_path / "ck"), recipe, load_target("executorch-xnnpack"), tmp_path / "a")
+    q = art.manifest["quantization"]
+    table = q["embeddings"]["estimated_bytes"]  # int8 rows + fp32 row scales
+    assert q["lm_head"]["tied_to"] == "embeddings"
+    assert q["lm_head"]["storage"]["table_stored"] == "once", q["lm_head"]
+    assert q["lm_head"]["storage"]["shared_bytes"] >= table
+    once = sum(c["estimated_bytes"] for c in q.values()) - q["lm_head"]["estimated_bytes"]
+    files = art.manifest["files"]
+    assert files["model.pte"]["bytes"] < table / 4, files  # the program, not the weights
+    assert files["model.pte"]["bytes"] + files["weights.ptd"]["bytes"] < once + table / 2, (files, once)
+
+
 def _invoke(*args):
     """(exit code, lines of output) without progress lines (`[  1.2s] export: ...` on stderr)."""
     from toolchain.progress import PREFIX_RE

@@ -121,6 +121,10 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
         if q["tensors"]:
             lines.append(f"  component {comp:<10} {q['scheme']:<12} {q['tensors']:>3} tensors  "
                          f"{q['fp32_bytes'] / 1e6:8.3f} MB fp32 -> ~{q['estimated_bytes'] / 1e6:.3f} MB")
+        if q.get("storage"):  # a tied lm_head: the table stored once or twice, and why
+            st = q["storage"]
+            lines.append(f"  component {comp:<10} tied to {q.get('tied_to')}: table stored {st['table_stored']}"
+                         + (f" ({st['why']})" if st.get("why") else ""))
     for name, p in m["programs"].items():
         if p.get("quantization"):
             lines.append(f"  program {name} weights: " + ", ".join(f"{k} {v}" for k, v in p["quantization"].items()))

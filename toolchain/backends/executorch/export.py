@@ -7,6 +7,14 @@ delegate's named data, so the largest tensor of the model is stored twice (seen:
 a t5-small-sized model). Tagging every constant, delegated or not, for one external file
 puts them all in one NamedDataStore, which deduplicates by content: each tensor once.
 
+Quantized, the same holds only if two things are true. XNNPACK reads the external tag of a
+quantized weight (and of its scales) from the dequantize node, not from the constant, so the
+partitioner tags those nodes too (without it every 8da8w/8da4w weight went inline into
+model.pte: Whisper tiny.en int8 was 37.0 MB .pte + 24.9 MB .ptd, now 0.17 + 41.5 MB). And a
+tied table's two quantized copies must be the same bytes: torchao's int8-weight embedding and
+8da8w lm_head are both symmetric int8 per row with fp32 row scales, so they are, and the
+manifest's lm_head `storage` (read back from weights.ptd) says the table is stored once.
+
 The self-attention cache is mutable buffers inside ``decode`` (initialised to zeros with
 InitializedMutableBufferPass: an uninitialised buffer can hold NaN, and NaN * 0 attention
 weight is still NaN).
@@ -28,6 +36,11 @@ if TYPE_CHECKING:
     from ...split import Seq2SeqParts
 
 _DATA_TAG = "weights"
+# Why a tied table is stored twice although both sides use the same bits (any other pair of
+# schemes is two different encodings of the table). fp32/fp32 and int8-weight/8da8w are the
+# same bytes (torchao's symmetric int8 per row: same values, same fp32 scales) and dedup.
+_NOT_SHARED = {("int4-weight", "8da4w"): "XNNPACK stores 8da4w group scales as bf16 in its own int4 packing; "
+                                         "ExecuTorch's embedding_4bit kernel reads fp32 scales"}
 # Nodes that are bookkeeping, not compute: they never reach a kernel.
 _NON_COMPUTE = {"getitem"}
 
@@ -57,6 +70,38 @@ def _export(name: str, module: Any, args: tuple) -> Any:
         gm = ep.module()
         delegate_external_constants_pass_unlifted(gm, lambda _node: _DATA_TAG)
         return torch.export.export(gm, args, strict=False)
+
+
+def _tag_dequantized_weights(ep: Any) -> None:
+    """Tag the dequantize nodes of quantized constants for the external file too.
+
+    XNNPACK serializes a quantized weight from its dequantize node (the int8 data and the
+    scales are that node's inputs) and reads the external tag from that node's metadata,
+    not from the constant's: without this, every 8da8w/8da4w weight and its scales go
+    into model.pte's own named data, and the tied table is stored twice (the lm_head's
+    int8 copy inline in the .pte, the int8 embedding in weights.ptd).
+    """
+    sig = ep.graph_signature
+    constants = {*sig.inputs_to_parameters, *sig.inputs_to_buffers, *sig.inputs_to_lifted_tensor_constants}
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in constants:
+            node.meta.setdefault("custom", {}).setdefault("delegate_constant_tag", _DATA_TAG)
+        elif node.op == "call_function" and "dequantize" in str(node.target) and any(
+                a.op == "placeholder" and a.name in constants for a in node.all_input_nodes):
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = _DATA_TAG
+
+
+def _external_weights_partitioner() -> Any:
+    """XnnpackPartitioner that first tags, in the edge program it is handed, every constant and
+    every dequantize node reading one for the external weights file (see _tag_dequantized_weights)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    class Partitioner(XnnpackPartitioner):
+        def partition(self, exported_program: Any) -> Any:
+            _tag_dequantized_weights(exported_program)
+            return super().partition(exported_program)
+
+    return Partitioner()
 
 
 def count_delegation(graph_module: Any) -> tuple[Any, int, Counter]:
@@ -98,7 +143,6 @@ def runtime_ops(et: Any, report: dict[str, Any]) -> None:
 
 
 def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dict[str, str]) -> Lowered:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     from ...split import text_inputs
@@ -111,7 +155,7 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
         for n, module in sorted(parts.encode_buckets.items()):
             programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
     with progress.stage("  partition and lower to XNNPACK"):
-        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(programs, partitioner=[_external_weights_partitioner()])
     report = {name: delegation(edge.exported_program(name).graph_module, "XnnpackBackend") for name in programs}
     with progress.stage("  serialize model.pte + weights.ptd"):
         et = _to_executorch(edge, programs, quant)
@@ -121,6 +165,8 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
     written = out_dir / f"{_DATA_TAG}.ptd"
     if written.name != PTD:
         written.rename(out_dir / PTD)
+    if quant["lm_head"].get("tied_to"):
+        quant["lm_head"]["storage"] = tied_storage(out_dir / PTD, quant)
     sig = parts.describe()
     sig["encode"].update(file=PTE, method="encode")
     if parts.encode_buckets:  # inputs [1, L] each; outputs as the full encode's
@@ -133,6 +179,35 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
         sig[name]["quantization"] = schemes[name]
     return Lowered(files=[PTE, PTD], programs=sig, report={"delegation": report, "quantization": quant},
                    tool_versions=tool_versions)
+
+
+def tied_storage(ptd: Path, quant: dict[str, Any]) -> dict[str, Any]:
+    """How the tied table is stored in weights.ptd, read back from the file.
+
+    The embedding's tensors are named by their path (`decode.embed.weight`, or its int8 data
+    and scales `decode.embed.parametrizations.weight.original0/1`); XNNPACK names the lm_head's
+    weight and scales by content (`<sha256>`, `scale_<sha256>`). The store keeps one buffer
+    per distinct content, so the table is stored once exactly when the embedding's largest
+    buffer (its values) is also one of XNNPACK's.
+    """
+    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
+
+    payload = FlatTensorSerializer().deserialize(ptd.read_bytes())
+    index = {key: entry.buffer_index for key, entry in payload.named_data.items()}
+    embed = {i for key, i in index.items() if key.startswith("decode.embed.")}
+    xnnpack = {i for key, i in index.items() if "." not in key}  # content-hash keys
+    if not embed:  # an adapter whose decode embedding is not `decode.embed`
+        return {"table_stored": "unknown", "why": "no decode.embed.* tensor in weights.ptd"}
+    size = {i: len(payload.buffers[i]) for i in embed}
+    table = max(embed, key=size.__getitem__)
+    shared = embed & xnnpack
+    out: dict[str, Any] = {"table_stored": "once" if table in shared else "twice",
+                           "shared_bytes": sum(size[i] for i in shared)}
+    if table not in shared:
+        pair = (quant["embeddings"]["scheme"], quant["lm_head"]["scheme"])
+        out["why"] = _NOT_SHARED.get(pair, f"embeddings {pair[0]} and lm_head {pair[1]} are different "
+                                           f"encodings of the table")
+    return out
 
 
 def _to_executorch(edge: Any, programs: dict, quant: dict) -> Any:

@@ -12,7 +12,9 @@ the backend's capabilities (`LINEARS`, `EMBEDDINGS` in this package's __init__):
 
 Adapters follow the convention this relies on: the decode module exposes `.lm_head` (None
 when tied, in which case it computes `F.linear(x, embed.weight)`); a tied head is untied
-first when the head or the embeddings are quantized, so the two can differ.
+first when the head or the embeddings are quantized, so the two can differ. When they do not
+(int8-weight embeddings + 8da8w head: the same int8 rows and fp32 row scales), weights.ptd
+still stores the table once (export.py; the report's lm_head `tied_to` and `storage`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def apply(parts: Seq2SeqParts, recipe: Recipe) -> dict[str, Any]:
     backend's capabilities). Returns the per-component report for the manifest: scheme,
     number of tensors, fp32 bytes and estimated stored bytes."""
     q: dict[Component, QuantScheme] = {c: s for c, s in requested(recipe).items() if s != QuantScheme.NONE}
+    tied = parts.decode.lm_head is None
     if Component.LM_HEAD in q or Component.EMBEDDINGS in q:
         _untie_head(parts)
     comps = components(parts, buckets=True)
@@ -124,6 +127,8 @@ def apply(parts: Seq2SeqParts, recipe: Recipe) -> dict[str, Any]:
         report[comp.value] = {"scheme": scheme.value, "tensors": len(mods),
                               "fp32_bytes": sum(_weight(m).numel() * 4 for _, m in mods),
                               "estimated_bytes": sum(_weight_bytes(m, scheme, recipe.group_size) for _, m in mods)}
+    if tied:  # export.tied_storage adds whether weights.ptd holds the table once
+        report[Component.LM_HEAD.value]["tied_to"] = Component.EMBEDDINGS.value
     if not plan:
         return report
     from torchao.quantization import quantize_
