@@ -99,10 +99,10 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
             raise InputError(f"{out} already exists; pass --force to replace it")
         check_replaceable(Path(out))
     recipe, kept = family_recipe(source, recipe)
-    for comp, ch in kept.items():
+    backend = check_fits(source, recipe, target)  # what the target cannot honour fails here, before any work
+    for comp, ch in kept.items():  # after the checks: a refused export stays one line
         progress.note(f"note: {source.adapter.family} keeps the {comp} at {ch['used']} (recipe {recipe.name} "
                       f"asks {ch['asked']}): {ch['why']}; `family_defaults: false` in a recipe turns this off")
-    backend = check_fits(source, recipe, target)  # what the target cannot honour fails here, before any work
     t0 = time.time()
     with progress.stage(f"export: loading {source.name} ({source.model_type})"):
         model = source.load_model()
