@@ -70,6 +70,7 @@ def check_fits(source: SourceModel, recipe: Recipe, target: Target) -> backends.
     backend cannot honour (its check: schemes, options, capabilities) and what the family's input
     rules out (encode_lengths needs padded token inputs). `inspect` asks the same question, so a
     target it lists as fitting is one export accepts. Returns the backend."""
+    recipe = family_recipe(source, recipe)[0]  # the schemes export will use (export applies it too)
     backend = backends.for_target(target)
     backend.check(recipe, target)
     kind = source.describe().get("input", "text")
