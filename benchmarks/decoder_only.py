@@ -133,10 +133,11 @@ class Decode(nn.Module):
         register_cache(self, len(layers), heads, head_dim, out_len, "buffer")
 
     def forward(self, token, position, *prompt_kv):
-        from toolchain.arch.layers import position_onehot, update_cache
+        from toolchain.arch.layers import position_onehot, slot_masks, update_cache
 
         t, s = self.T, self.seq
         onehot = position_onehot(position, t, self.positions)  # [1, T]
+        slots = slot_masks(onehot)  # shared by every layer, as edgeseq's decode step does
         cos, sin = F.linear(onehot, self.cos_table), F.linear(onehot, self.sin_table)  # [1, Dh]
         bias = F.linear(onehot, self.mask_table).reshape(1, 1, t)  # generated slots after `position` masked
         x = self.embed(token)  # [1, 1, D]
@@ -150,8 +151,8 @@ class Decode(nn.Module):
             k = k * cos + F.linear(k, self.rot) * sin
             ck = getattr(self, f"cache_k_{i}")
             cv = getattr(self, f"cache_v_{i}")
-            k_all = update_cache(ck, k.reshape(h, dh, 1), onehot.reshape(1, 1, t))  # [H, Dh, T]
-            v_all = update_cache(cv, v_new, onehot.reshape(1, t, 1))  # [H, T, Dh]
+            k_all = update_cache(ck, k.reshape(h, dh, 1), slots.onehot_k, slots.keep_k)  # [H, Dh, T]
+            v_all = update_cache(cv, v_new, slots.onehot_v, slots.keep_v)  # [H, T, Dh]
             pk, pv = prompt_kv[2 * i].reshape(h, dh, s), prompt_kv[2 * i + 1].reshape(h, s, dh)
             scale = 1.0 / math.sqrt(dh)
             scores = torch.cat([torch.bmm(q, pk) * scale, torch.bmm(q, k_all) * scale + bias], dim=-1)  # [H,1,S+T]

@@ -41,7 +41,7 @@ def test_encode_outputs_are_cross_kv_only(checkpoints):
     shapes = [tuple(o.shape) for o in outs]
     h, dh = parts.num_heads, parts.head_dim
     assert shapes[0] == (1, 1, S)
-    assert shapes[1:] == [(1, h, dh, S), (1, h, S, dh)] * parts.num_layers
+    assert shapes[1:] == [(h, dh, S), (h, S, dh)] * parts.num_layers
     assert all(o.is_contiguous() for o in outs)
 
 
@@ -52,3 +52,26 @@ def test_untied_head_is_kept_separate(checkpoints):
     parts = src.adapter.build(model, S, T)
     assert parts.decode.lm_head is not None
     torch.testing.assert_close(parts.decode.lm_head.weight, model.lm_head.weight)
+
+
+@pytest.mark.parametrize("cache_mode", ["buffer", "io"])
+@pytest.mark.parametrize("rules", [{}, {"min_new_tokens": 6, "suppress": [3, 7], "begin_suppress": [5],
+                                        "forced_eos": 1, "max_new_tokens": 8}])
+def test_next_token_in_program_equals_the_logits_path(checkpoints, cache_mode, rules):
+    """decode with next_token (argmax(logits + token_bias) in the program) picks greedy's token on
+    every step, under every decoding rule greedy applies, and its logits equal the plain program's."""
+    src = load_checkpoint(checkpoints["v1.1-untied"])
+    model = src.load_model()
+    plain = src.adapter.build(model, S, T, cache_mode)
+    chosen = src.adapter.build(model, S, T, cache_mode).with_next_token()
+    assert chosen.decode_input_names()[-1] == "token_bias" and chosen.decode_output_names()[-1] == "next_token"
+    ids = [9, 4, 12, 30, 8, 1]
+    kw = dict(max_input_len=S, max_output_len=T, start_id=0, eos_id=1, pad_id=0, **rules)
+    ref = greedy(EagerSession(plain), ids, keep_logits=True, **kw)
+    checked = greedy(EagerSession(chosen), ids, keep_logits=True, **kw)  # program's choice vs logits path
+    fast = greedy(EagerSession(chosen), ids, **kw)  # the program's choice alone, no logits read
+    assert checked.argmax_checked == len(ref.tokens) + (ref.stopped == "eos") > 0
+    assert checked.argmax_agreed == checked.argmax_checked
+    assert fast.tokens == checked.tokens == ref.tokens and fast.stopped == ref.stopped
+    assert fast.logits == [] and fast.argmax_checked == 0
+    assert_allclose(np.stack(checked.logits), np.stack(ref.logits), atol=1e-6)

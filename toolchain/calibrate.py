@@ -31,6 +31,7 @@ class EagerSession(Session):
     def __init__(self, parts: Any) -> None:
         self.parts = parts
         self._inputs = [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in parts.encode_spec]
+        self.next_token, self.vocab_size = parts.next_token, parts.vocab_size
 
     def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, Any]:
         args = tuple(torch.from_numpy(a) for a in encode_arrays(self._inputs, inputs))
@@ -43,15 +44,29 @@ class EagerSession(Session):
         return {"cross": cross, "cache": self.parts.empty_cache() if io else []}
 
     def decode(self, token: int, position: int, state: dict[str, Any]) -> np.ndarray:
-        step = (torch.tensor([[token]]), torch.tensor([position]), *state["cross"], *state["cache"])
+        bias = np.zeros((1, self.vocab_size), np.float32) if self.next_token else None
+        return self._run(token, position, state, bias)[1]
+
+    def step(self, token: int, position: int, state: dict[str, Any], token_bias: np.ndarray,
+             want_logits: bool) -> tuple[int, np.ndarray | None]:
+        chosen, logits = self._run(token, position, state, token_bias)
+        assert chosen is not None, "step() on parts without next_token"
+        return chosen, logits if want_logits else None
+
+    def _run(self, token: int, position: int, state: dict[str, Any],
+             token_bias: np.ndarray | None) -> tuple[int | None, np.ndarray]:
+        """One decode call: (next_token if the program chooses it, logits [V])."""
+        bias = () if token_bias is None else (torch.from_numpy(token_bias),)
+        step = (torch.tensor([[token]]), torch.tensor([position]), *state["cross"], *state["cache"], *bias)
         self.on_decode(step)
         with torch.no_grad():
             out = self.parts.decode(*step)
+        out = list(out) if isinstance(out, tuple) else [out]  # logits [, caches (io)] [, next_token]
+        chosen = int(out.pop()) if self.next_token else None
+        logits, *caches = out
         if self.parts.cache_mode == CacheMode.IO:
-            logits, *state["cache"] = out
-        else:
-            logits = out
-        return logits.reshape(-1).float().numpy()
+            state["cache"] = caches
+        return chosen, logits.reshape(-1).float().numpy()
 
     # Hooks: what a recording session keeps.
     def on_encode(self, args: tuple[torch.Tensor, ...]) -> None: ...

@@ -111,6 +111,8 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
     with progress.stage(f"export: splitting into encode/decode (in {recipe.max_input_len}, "
                         f"out {recipe.max_output_len})"):
         parts = build_parts(source, recipe, model, backend.capabilities.cache_mode)
+        if backend.capabilities.next_token:
+            parts.with_next_token()
         inputs = input_spec(source, parts)
     with staging_dir(out, force) as tmp:
         calibration = None

@@ -24,6 +24,41 @@ class Generation:
     step_s: list[float] = field(default_factory=list)  # wall time of each decode step
     stopped: str = "eos"  # "eos", "max_new_tokens", or "cache" (the static KV cache is full)
     prompt: list[int] = field(default_factory=list)  # the forced decoder prompt as fed (language resolved)
+    # Sessions whose decode program chooses the token (Session.next_token), with logits kept:
+    # steps where the program's choice was compared with the logits path's, and how many agreed.
+    argmax_checked: int = 0
+    argmax_agreed: int = 0
+
+
+NEG = np.float32(-1e9)  # as the programs' masks: a forbidden token's bias
+
+
+class TokenBias:
+    """The `token_bias` rows [1, V] a next-token decode program adds to its logits before its
+    argmax, one per combination of greedy's rules, each built once and reused (the runtime
+    reads the array in place). Same rules and order as greedy's logits path: min_new_tokens
+    (EOS forbidden), the forced EOS (only it allowed), suppress, begin_suppress (first token)."""
+
+    def __init__(self, vocab_size: int, eos_id: int, suppress: Sequence[int], begin_suppress: Sequence[int],
+                 forced_eos: int | None):
+        self.vocab_size, self.eos_id, self.forced_eos = vocab_size, eos_id, forced_eos
+        self.suppress, self.begin_suppress = list(suppress), list(begin_suppress)
+        self._rows: dict[tuple[bool, bool, bool], np.ndarray] = {}
+
+    def row(self, first: bool = False, no_eos: bool = False, force_eos: bool = False) -> np.ndarray:
+        key = (first, no_eos, force_eos)
+        if key not in self._rows:
+            bias = np.zeros((1, self.vocab_size), dtype=np.float32)
+            if no_eos:
+                bias[0, self.eos_id] = NEG
+            if force_eos and self.forced_eos is not None:
+                bias[:] = NEG
+                bias[0, self.forced_eos] = 0.0
+            bias[0, self.suppress] = NEG
+            if first:
+                bias[0, self.begin_suppress] = NEG
+            self._rows[key] = bias
+        return self._rows[key]
 
 
 def tokenize(tokenizer: Any, text: str, max_input_len: int, truncate: bool = False,
@@ -143,11 +178,22 @@ def greedy(session: Session, ids: list[int] | None, *, max_input_len: int, max_o
     out = Generation(tokens=[], encode_s=time.perf_counter() - t0)
     out.stopped = "cache" if limit == room else "max_new_tokens"
     suppress, begin_suppress = list(suppress), list(begin_suppress)
+    bias = (TokenBias(session.vocab_size, eos_id, suppress, begin_suppress, forced_eos) if session.next_token
+            else None)
     token = start_id
     for position in range(len(prompt) + limit):  # < max_output_len: never past the cache
         t = time.perf_counter()
-        logits = session.decode(token, position, state)
-        if keep_logits:  # raw logits, before any suppression
+        k = len(out.tokens)  # index of the token this step generates (after the prompt)
+        last = forced_eos is not None and k == limit - 1 and not force_length  # the step that ends generation
+        chosen: int | None = None
+        if bias is not None:  # the program chooses; logits only when kept or a language is detected
+            in_prompt = position < len(prompt)
+            row = bias.row() if in_prompt else bias.row(k == 0, k < min_new_tokens, last)
+            chosen, logits = session.step(token, position, state, row,
+                                          keep_logits or (in_prompt and prompt[position] is None))
+        else:
+            logits = session.decode(token, position, state)
+        if keep_logits and logits is not None:  # raw logits, before any suppression
             out.logits.append(np.asarray(logits, dtype=np.float32).copy())
         if position < len(prompt):  # a forced prompt token (or the detected language)
             forced = prompt[position]
@@ -156,25 +202,35 @@ def greedy(session: Session, ids: list[int] | None, *, max_input_len: int, max_o
             out.prompt.append(token)
             out.step_s.append(time.perf_counter() - t)
             continue
-        k = len(out.tokens)  # index of the token this step generates
-        last = forced_eos is not None and k == limit - 1 and not force_length  # the step that ends generation
-        if suppress or (begin_suppress and k == 0) or k < min_new_tokens or last:
-            logits = np.array(logits, dtype=np.float32)
-            if k < min_new_tokens:
-                logits[eos_id] = -np.inf
-            if last:  # transformers' ForcedEOSTokenLogitsProcessor: only forced_eos is left (min_new_tokens too)
-                logits[:] = -np.inf
-                logits[forced_eos] = 0.0
-            logits[suppress] = -np.inf
-            if k == 0:
-                logits[begin_suppress] = -np.inf
-        token = int(np.argmax(logits))
+        if logits is None:  # the program's choice, nothing to check it against
+            token = cast(int, chosen)
+        else:
+            token = _choose(logits, k, eos_id, min_new_tokens, last, forced_eos, suppress, begin_suppress)
+            if chosen is not None:  # verify: the program's argmax against the logits path's
+                out.argmax_checked += 1
+                out.argmax_agreed += chosen == token
         out.step_s.append(time.perf_counter() - t)
         if token == eos_id:
             out.stopped = "eos"
             break
         out.tokens.append(token)
     return out
+
+
+def _choose(logits: np.ndarray, k: int, eos_id: int, min_new_tokens: int, last: bool, forced_eos: int | None,
+            suppress: list[int], begin_suppress: list[int]) -> int:
+    """Greedy's choice from a step's logits (k: the index of the token it generates)."""
+    if suppress or (begin_suppress and k == 0) or k < min_new_tokens or last:
+        logits = np.array(logits, dtype=np.float32)
+        if k < min_new_tokens:
+            logits[eos_id] = -np.inf
+        if last:  # transformers' ForcedEOSTokenLogitsProcessor: only forced_eos is left (min_new_tokens too)
+            logits[:] = -np.inf
+            logits[forced_eos] = 0.0
+        logits[suppress] = -np.inf
+        if k == 0:
+            logits[begin_suppress] = -np.inf
+    return int(np.argmax(logits))
 
 
 def decoding(tokens: dict[str, Any]) -> dict[str, Any]:

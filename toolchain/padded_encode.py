@@ -13,8 +13,8 @@ class PaddedEncode(nn.Module):
     """A text family's encode program built for `length` input positions, with its outputs
     padded to the `full` (max_input_len) shapes decode takes, so one decode serves every
     encode length: cross_bias [1, 1, L] -> [1, 1, S] with NEG on positions L..S-1 (decode's
-    cross-attention gives them zero weight), cross_k [1, H, Dh, L] -> [1, H, Dh, S] and
-    cross_v [1, H, L, Dh] -> [1, H, S, Dh] with zeros. Inputs: input_ids and
+    cross-attention gives them zero weight), cross_k [H, Dh, L] -> [H, Dh, S] and
+    cross_v [H, L, Dh] -> [H, S, Dh] with zeros. Inputs: input_ids and
     attention_mask int64[1, L]. Exact for any input of at most L tokens: the encoder only
     ever attends among the real tokens (a padded position is masked either way)."""
 

@@ -14,9 +14,9 @@ An architecture adapter (``toolchain/arch/``, built from ``arch/layers.py``) bui
   no encoder mask, ``cross_bias=False``) and, for every decoder layer l, the
   cross-attention keys and values (S = ``cross_len``, the encoder's output length):
 
-      cross_k_l  float[1, H, Dh, S]   keys pre-transposed, so decode does q @ K
+      cross_k_l  float[H, Dh, S]      keys pre-transposed, so decode does q @ K
                                       with a plain bmm and no per-step transpose
-      cross_v_l  float[1, H, S, Dh]
+      cross_v_l  float[H, S, Dh]
 
 * ``decode(token int64[1, 1], position int64[1], [cross_bias,] cross_k_0,
   cross_v_0, ...)`` returns ``logits float[1, V]``. It never sees the encoder's
@@ -26,6 +26,9 @@ An architecture adapter (``toolchain/arch/``, built from ``arch/layers.py``) bui
   registered buffers updated in place, the cache lives in the program (ExecuTorch).
   ``cache_mode="io"``: the caches are inputs after the cross K/V and the updated
   caches are outputs after the logits (runtimes without state: TFLite, ONNX).
+  With ``next_token`` (a backend's ``Capabilities.next_token``, see ``with_next_token``)
+  decode also takes ``token_bias float[1, V]`` last and returns ``next_token int64[1]``
+  last: greedy's argmax made in the program (toolchain/arch/programs.py's DecoderStep).
 
 Why these shapes (batch 1, keys pre-transposed, one-hot cache updates, -1e9 masks): see
 ``toolchain/arch/layers.py``. Shorter encode programs (recipe ``encode_lengths``) are
@@ -102,6 +105,8 @@ class Seq2SeqParts:
     forced_eos_token_id: int | None = None  # forced at the last allowed step (transformers' forced_eos)
     # Whisper: what building the prompt for another language/task at run time takes (prompt.TaskPrompt).
     task_prompt: dict[str, Any] | None = None
+    # decode chooses greedy's next token itself (token_bias in, next_token out); with_next_token sets it.
+    next_token: bool = False
     # Shorter encode programs (recipe encode_lengths): length L -> padded_encode.PaddedEncode
     # taking [1, L] inputs and returning the max_input_len shapes; filled by export.build_parts.
     encode_buckets: dict[int, nn.Module] = field(default_factory=dict)
@@ -111,6 +116,15 @@ class Seq2SeqParts:
             self.encode_spec = text_inputs(self.max_input_len)
         if not self.cross_len:
             self.cross_len = self.max_input_len
+
+    def with_next_token(self) -> Seq2SeqParts:
+        """Make decode choose greedy's next token in the program (DecoderStep.next_token)."""
+        from .arch.programs import DecoderStep
+
+        if not isinstance(self.decode, DecoderStep):
+            raise ValueError(f"{type(self.decode).__name__} cannot choose the next token in the program")
+        self.decode.next_token = self.next_token = True
+        return self
 
     # -- program signatures (names are what the manifest records) --------------
     def encode_inputs(self) -> tuple[torch.Tensor, ...]:
@@ -140,17 +154,19 @@ class Seq2SeqParts:
         h, dh, s = self.num_heads, self.head_dim, self.cross_len
         kv = [torch.zeros(1, 1, s)] if self.cross_bias else []
         for _ in range(self.num_layers):
-            kv += [torch.zeros(1, h, dh, s), torch.zeros(1, h, s, dh)]
+            kv += [torch.zeros(h, dh, s), torch.zeros(h, s, dh)]
         io_cache = self.empty_cache() if self.cache_mode == "io" else []
-        return (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), *kv, *io_cache)
+        bias = [torch.zeros(1, self.vocab_size)] if self.next_token else []
+        return (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), *kv, *io_cache, *bias)
 
     def decode_input_names(self) -> list[str]:
         io_cache = self.cache_names() if self.cache_mode == "io" else []
-        return ["token", "position"] + self.encode_output_names() + io_cache
+        bias = ["token_bias"] if self.next_token else []
+        return ["token", "position"] + self.encode_output_names() + io_cache + bias
 
     def decode_output_names(self) -> list[str]:
         io_cache = [f"new_{n}" for n in self.cache_names()] if self.cache_mode == "io" else []
-        return ["logits"] + io_cache
+        return ["logits"] + io_cache + (["next_token"] if self.next_token else [])
 
     def generation(self) -> dict[str, Any]:
         """The manifest's generation facts (besides start/eos/pad)."""
@@ -198,7 +214,7 @@ class Seq2SeqParts:
             enc_out = self.encode(*self.encode_inputs())
             dec_out = self.decode(*self.decode_inputs())
         self.reset_cache()
-        if self.cache_mode == "buffer":
+        if not isinstance(dec_out, tuple):  # "buffer" mode without next_token: the logits alone
             dec_out = [dec_out]
         cache = [{"name": n, "shape": list(s), "dtype": "float32"}
                  for n, s in zip(self.cache_names(), self.cache_shapes(), strict=True)]

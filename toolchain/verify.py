@@ -68,6 +68,10 @@ class VerifyReport:
     languages: list[dict[str, Any]] | None = None
     decided_by: str = "parity"  # "parity" (logits, sequence match, task metric no worse) or "task_metric"
     advisory: list[str] = field(default_factory=list)  # parity misses that did not decide (task_metric)
+    # Decode programs that choose the token themselves (Session.next_token): generated steps
+    # where the program's next_token was compared with greedy's choice from the same step's
+    # logits, and how many agreed (must be all); None where decode returns logits only.
+    next_token: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +174,7 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
     hyps, ref_texts, targets = [], [], []
 
     diffs, agree, steps, seq_hits, task_hits, ref_hits, n_targets = [], 0, 0, 0, 0, 0, 0
+    chosen = {"steps": 0, "agreed": 0}
     scale = 0.0
     languages: list[dict[str, Any]] = []
     for i, row in enumerate(evals.rows):
@@ -179,6 +184,8 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
         encoded = codec.read(row["input"], ctx, base=evals.base)
         gen = greedy(session, encoded.ids, inputs=encoded.arrays, max_input_len=recipe.max_input_len,
                      max_output_len=recipe.max_output_len, keep_logits=True, **kw)
+        chosen["steps"] += gen.argmax_checked
+        chosen["agreed"] += gen.argmax_agreed
         said = resolved(tokens.task_prompt, kw["prompt"], gen.prompt)
         if said is not None:
             languages.append(said.as_dict())
@@ -211,7 +218,8 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
         task_accuracy=task_hits / n_targets if n_targets else None,
         reference_accuracy=ref_hits / n_targets if n_targets else None,
         eval_source=evals.source, runtime=_executed(target) + _native_note(runner, device), passed=True, failures=[],
-        languages=languages if tokens.task_prompt is not None else None)
+        languages=languages if tokens.task_prompt is not None else None,
+        next_token=chosen if chosen["steps"] else None)
     if report.max_abs_logit_diff > allowed:
         report.failures.append(f"max_abs_logit_diff {report.max_abs_logit_diff:.3g} > {allowed:.3g} "
                                f"({tol.max_abs_logit_diff:g} + {tol.max_rel_logit_diff:g} x logit scale {scale:.3g})")
@@ -220,6 +228,9 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
     report.metric = metric
     if n_targets:
         _task_check(report, metric, hyps, ref_texts, targets, source.path, tol)
+    if chosen["agreed"] < chosen["steps"]:  # a program bug, whatever the task metric says: never advisory
+        report.failures.append(f"decode's next_token differs from greedy's choice on its own logits at "
+                               f"{chosen['steps'] - chosen['agreed']} of {chosen['steps']} steps")
     report.passed = not report.failures
     return report
 

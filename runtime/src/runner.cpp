@@ -6,7 +6,9 @@
 // The request (JSON, written by toolchain/native.py or by hand) names the program and weights
 // files, the methods, the encode inputs and the decoding rules; the runner loads the program
 // once, encodes once and decodes one token per step on the in-program KV cache, choosing
-// each token by argmax over the logits in the program's own output buffer. It prints one
+// each token by argmax over the logits in the program's own output buffer, or, when the decode
+// program chooses it (a last input token_bias float[1, V], a last output next_token int64[1]),
+// by reading that token and leaving the logits alone unless asked for. It prints one
 // JSON object on stdout. The loop mirrors toolchain/generate.py greedy() step for step:
 // forced decoder prompt (a null entry = the best of language_ids), suppress_tokens,
 // begin_suppress_tokens, min_new_tokens (EOS suppressed), forced_eos_token_id at the step
@@ -310,6 +312,15 @@ class Runner {
     TensorPtr pos = from_blob(&pos_buf, {1}, ScalarType::Long);
     std::vector<EValue> dec_in{EValue(*token), EValue(*pos)};
     for (auto& v : *enc) dec_in.push_back(v);
+    // A next-token program adds token_bias [1, V] to its logits before its argmax: 0, or -1e9
+    // where this step's rules forbid a token (rebuilt only when the rules change).
+    std::vector<float> bias(has_bias_ ? vocab_ : 0, 0.0f);
+    TensorPtr bias_t;
+    int bias_key = -1;
+    if (has_bias_) {
+      bias_t = from_blob(bias.data(), {1, static_cast<int32_t>(vocab_)}, ScalarType::Float);
+      dec_in.push_back(EValue(*bias_t));
+    }
     Error se = module_->set_inputs(req_.decode_method, dec_in);
     if (se != Error::Ok) fail(kRuntimeFailed, "cannot set the decode inputs: " + why(se));
 
@@ -328,8 +339,44 @@ class Runner {
       auto t = Clock::now();
       token_buf = next;
       pos_buf = position;
+      const int64_t k = static_cast<int64_t>(g.tokens.size());  // index of the token this step makes
+      const bool last = req_.forced_eos >= 0 && k == limit - 1 && !req_.force_length;  // the step that ends it
+      const bool in_prompt = position < n_prompt;
+      if (has_bias_) {  // the rules of generate.TokenBias, for the program's own argmax
+        const int key = in_prompt ? 0 : 1 + (k == 0) + 2 * (k < min_new) + 4 * last;
+        if (key != bias_key) {
+          const float neg = -1e9f;
+          std::fill(bias.begin(), bias.end(), (key != 0 && last) ? neg : 0.0f);
+          if (key != 0) {
+            if (k < min_new) bias[req_.eos] = neg;
+            if (last) bias[req_.forced_eos] = 0.0f;
+            for (int64_t id : req_.suppress) bias[id] = neg;
+            if (k == 0) {
+              for (int64_t id : req_.begin_suppress) bias[id] = neg;
+            }
+          }
+          bias_key = key;
+        }
+      }
       auto out = module_->execute(req_.decode_method);
       if (!out.ok()) fail(kRuntimeFailed, "decode failed at position " + std::to_string(position) + ": " + why(out.error()));
+      const bool need_logits = logits_out || !has_bias_ || (in_prompt && req_.prompt[position] < 0);
+      if (!need_logits) {  // the program's choice: no logits read at all
+        if (in_prompt) {
+          next = req_.prompt[position];
+          g.prompt.push_back(next);
+          g.step_s.push_back(std::chrono::duration<double>(Clock::now() - t).count());
+          continue;
+        }
+        next = (*out)[out->size() - 1].toTensor().const_data_ptr<int64_t>()[0];
+        g.step_s.push_back(std::chrono::duration<double>(Clock::now() - t).count());
+        if (next == req_.eos) {
+          g.stopped = "eos";
+          break;
+        }
+        g.tokens.push_back(next);
+        continue;
+      }
       // logits [.., V] float32 in the program's output buffer: masked and argmaxed in place.
       float* logits = (*out)[0].toTensor().mutable_data_ptr<float>();
       if (logits_out && std::fwrite(logits, sizeof(float), vocab_, logits_out) != static_cast<size_t>(vocab_)) {
@@ -348,12 +395,11 @@ class Runner {
         g.step_s.push_back(std::chrono::duration<double>(Clock::now() - t).count());
         continue;
       }
-      const int64_t k = static_cast<int64_t>(g.tokens.size());  // index of the token this step makes
       // transformers' logits processors in their order: min_new_tokens, forced EOS (only it is
       // left, whatever min_new_tokens said), suppress, begin-suppress.
       const float neg = -INFINITY;
       if (k < min_new) logits[req_.eos] = neg;
-      if (req_.forced_eos >= 0 && k == limit - 1 && !req_.force_length) {  // the step that ends generation
+      if (last) {  // the step that ends generation
         std::fill(logits, logits + vocab_, neg);
         logits[req_.forced_eos] = 0.0f;
       }
@@ -397,6 +443,7 @@ class Runner {
   EncodeProgram full_;
   std::vector<std::pair<int64_t, EncodeProgram>> shorter_;
   int64_t vocab_ = 0;
+  bool has_bias_ = false;  // decode chooses the token (token_bias in, next_token out)
   std::vector<float> features_;
 
   // numpy.argmax semantics: the first maximum; a NaN wins at its first occurrence.
@@ -430,9 +477,20 @@ class Runner {
     auto dec = module_->method_meta(req_.decode_method);
     auto enc = module_->method_meta(req_.encode_method);
     if (!dec.ok() || !enc.ok()) fail(kBadInput, "cannot read the encode/decode method metadata");
-    if (dec->num_inputs() != 2 + enc->num_outputs()) {
+    // A next-token decode program (Seq2SeqParts.with_next_token) takes token_bias last and
+    // returns next_token last.
+    has_bias_ = dec->num_inputs() == 3 + enc->num_outputs();
+    if (dec->num_inputs() != 2 + enc->num_outputs() && !has_bias_) {
       fail(kBadInput, "decode takes " + std::to_string(dec->num_inputs()) + " inputs; expected token, position and the " +
-                          std::to_string(enc->num_outputs()) + " outputs of encode");
+                          std::to_string(enc->num_outputs()) + " outputs of encode [and token_bias]");
+    }
+    if (has_bias_) {
+      auto tb = dec->input_tensor_meta(dec->num_inputs() - 1);
+      auto nt = dec->output_tensor_meta(dec->num_outputs() - 1);
+      if (!tb.ok() || tb->scalar_type() != ScalarType::Float || !nt.ok() || nt->scalar_type() != ScalarType::Long ||
+          dec->num_outputs() < 2) {
+        fail(kBadInput, "decode's last input is not a float32 token_bias with an int64 next_token output");
+      }
     }
     for (size_t i = 0; i < enc->num_outputs(); ++i) {
       auto o = enc->output_tensor_meta(i);

@@ -4,11 +4,18 @@ fill is toolchain/split.py's ``Seq2SeqParts``).
 Ops, in the forms that lower into ExecuTorch's XNNPACK delegate (seen there, see NOTES.md):
 batch is fixed at 1 and attention runs as 3D ``torch.bmm`` over heads (a 4D matmul lowers to
 an ``expand_copy`` that stays on portable kernels); the cache is updated with a one-hot mask
-(``cache * (1 - onehot) + new * onehot``) instead of ``index_copy_``; RMSNorm and LayerNorm
-reduce a 4D view over dims [2, 3], the only ``mean`` XNNPACK takes; a step reads its row of a
+(``cache * keep + new * onehot``, ``keep = 1 - onehot`` made once per step) instead of
+``index_copy_``; RMSNorm and LayerNorm take their means with a one-output ``F.linear`` (a
+[1, D] row of 1/D, the epsilon as its bias: one fully-connected operator, where XNNPACK's
+``mean`` needs a 4D view, two transposes and a pooling); a step reads its row of a
 constant table (position bias, causal mask, learned positions, RoPE cos/sin) with
 ``F.linear(onehot(position), table)`` (a matmul) instead of a gather; masks use -1e9, not
 -inf, so an all-masked row can never produce NaN.
+
+Operators per decode step matter as much as bytes: a delegate sets up and dispatches every
+operator on every call (~1 us each with 2 threads), and a t5-small-sized step reads only
+~30 MB of weights. So the decode step fuses its self-attention's q/k/v into one projection
+and shares the cache-slot masks across layers (``SlotMasks``).
 
 Layers: ``SelfAttention`` (a whole sequence, encoders), ``CachedSelfAttention`` (one decoder
 step; owns the one-slot cache update), ``CrossAttention`` (one step over the encoder's
@@ -20,7 +27,7 @@ The programs built from them are in toolchain/arch/programs.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -30,39 +37,46 @@ NEG = -1e9
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), broadcastable to [H, S, Dh]
 
 
+def _mean_row(module: nn.Module, dim: int, eps: float) -> None:
+    """Buffers of a norm's mean as one fully-connected operator: `mean_w` [1, D] of 1/D, so
+    F.linear(x, mean_w) is x's mean over its last dim ([.., 1]), and `eps` [1] its bias."""
+    module.register_buffer("mean_w", torch.full((1, dim), 1.0 / dim))
+    module.register_buffer("eps", torch.tensor([eps], dtype=torch.float32))
+
+
 class RMSNorm(nn.Module):
     """T5-style RMSNorm (no mean subtraction, no bias) in an XNNPACK-friendly form."""
+
+    mean_w: torch.Tensor
+    eps: torch.Tensor
 
     def __init__(self, weight: torch.Tensor, eps: float):
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone().float(), requires_grad=False)
-        self.eps = eps
+        _mean_row(self, self.weight.shape[0], eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [1, S, D] -> view [1, S, 1, D] so the mean is over dims [2, 3] with keepdim.
-        b, s, d = x.shape
-        x4 = x.reshape(b, s, 1, d)
-        var = (x4 * x4).mean(dim=[2, 3], keepdim=True)
-        return (x4 * torch.rsqrt(var + self.eps)).reshape(b, s, d) * self.weight
+        # x [1, S, D]; mean(x^2) + eps as one matmul with bias -> [1, S, 1].
+        return x * torch.rsqrt(F.linear(x * x, self.mean_w, self.eps)) * self.weight
 
 
 class LayerNorm(nn.Module):
     """A detached fp32 LayerNorm over the last dim (weight and bias)."""
 
+    mean_w: torch.Tensor
+    eps: torch.Tensor
+
     def __init__(self, ln: nn.LayerNorm):
         super().__init__()
         self.weight = nn.Parameter(ln.weight.detach().clone().float(), requires_grad=False)
         self.bias = nn.Parameter(ln.bias.detach().clone().float(), requires_grad=False)
-        self.eps = ln.eps
+        _mean_row(self, self.weight.shape[0], ln.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Written out over a 4D view [1, S, 1, D] reduced on dims [2, 3]: the only `mean`
-        # XNNPACK takes (aten.native_layer_norm would stay on portable kernels).
-        b, s, d = x.shape
-        x4 = x.reshape(b, s, 1, d)
-        xc = x4 - x4.mean(dim=[2, 3], keepdim=True)
-        var = (xc * xc).mean(dim=[2, 3], keepdim=True)
-        return (xc * torch.rsqrt(var + self.eps)).reshape(b, s, d) * self.weight + self.bias
+        # Written out with the means as one-output matmuls (aten.native_layer_norm would stay
+        # on portable kernels): x [1, S, D] -> mean [1, S, 1], variance + eps [1, S, 1].
+        xc = x - F.linear(x, self.mean_w)
+        return xc * torch.rsqrt(F.linear(xc * xc, self.mean_w, self.eps)) * self.weight + self.bias
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -136,14 +150,33 @@ def position_onehot(position: torch.Tensor, length: int, arange: torch.Tensor) -
     return (arange == position).to(torch.float32).reshape(1, length)
 
 
-def update_cache(cache: torch.Tensor, new: torch.Tensor, onehot: torch.Tensor, in_place: bool = True) -> torch.Tensor:
+class SlotMasks(NamedTuple):
+    """A decode step's cache slot in the two layouts the caches broadcast it in, made once per
+    step and shared by every layer: keys [H, Dh, T] take (onehot_k, keep_k) [1, 1, T], values
+    [H, T, Dh] take (onehot_v, keep_v) [1, T, 1]; keep = 1 - onehot."""
+
+    onehot_k: torch.Tensor
+    keep_k: torch.Tensor
+    onehot_v: torch.Tensor
+    keep_v: torch.Tensor
+
+
+def slot_masks(onehot: torch.Tensor) -> SlotMasks:
+    """onehot float[1, T] (position_onehot) -> the step's SlotMasks."""
+    t = onehot.shape[-1]
+    k, v = onehot.reshape(1, 1, t), onehot.reshape(1, t, 1)
+    return SlotMasks(k, 1.0 - k, v, 1.0 - v)
+
+
+def update_cache(cache: torch.Tensor, new: torch.Tensor, onehot: torch.Tensor, keep: torch.Tensor,
+                 in_place: bool = True) -> torch.Tensor:
     """Write `new` into one slot of `cache` (in place if asked) and return the updated cache.
 
-    cache [H, T, Dh] with new [H, 1, Dh] and onehot [1, T, 1], or (keys, transposed)
-    cache [H, Dh, T] with new [H, Dh, 1] and onehot [1, 1, T]. A masked blend rather
-    than index_copy_ keeps the whole update inside the XNNPACK delegate.
+    cache [H, T, Dh] with new [H, 1, Dh] and onehot/keep [1, T, 1], or (keys, transposed)
+    cache [H, Dh, T] with new [H, Dh, 1] and onehot/keep [1, 1, T]. A masked blend rather
+    than index_copy_ keeps the whole update inside the XNNPACK delegate (three operators).
     """
-    updated = cache * (1.0 - onehot) + new * onehot
+    updated = cache * keep + new * onehot
     if in_place:
         cache.copy_(updated)
     return updated
@@ -207,18 +240,32 @@ class FeedForward(nn.Module):
         return self.down(h)
 
 
+def fused_linear(*parts: nn.Linear) -> nn.Linear:
+    """One Linear computing several that read the same input: out = cat(p(x) for p in parts),
+    weights stacked by rows [sum(out), in] (a missing bias is zeros). Rows are independent,
+    so per-row and per-group weight quantization are the same as quantizing each part, and
+    the input is quantized once where activations are quantized dynamically."""
+    fused = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts),
+                      bias=any(p.bias is not None for p in parts))
+    fused.weight = nn.Parameter(torch.cat([p.weight.detach() for p in parts]).float(), requires_grad=False)
+    if fused.bias is not None:
+        fused.bias = nn.Parameter(torch.cat([p.bias.detach() if p.bias is not None else torch.zeros(p.out_features)
+                                             for p in parts]).float(), requires_grad=False)
+    return fused
+
+
 class Attention(nn.Module):
-    """The projections of a self-attention: q/k/v/o, K/V already laid out for all H query heads
-    (grouped-query families expand them when building). Scores are scaled by `scale` (T5: 1.0,
-    no scaling) and soft-capped when `softcap` is set; with `rope`, queries and keys are rotated
-    by the (cos, sin) the caller passes."""
+    """What self-attentions share: the output projection `o`, heads, the score scale (T5: 1.0,
+    no scaling), the soft-cap, and RoPE. The q/k/v projections are the subclasses' (K/V
+    already laid out for all H query heads: grouped-query families expand them when
+    building); with `rope`, queries and keys are rotated by the (cos, sin) the caller passes."""
 
     rot: torch.Tensor | None
 
-    def __init__(self, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear, heads: int, head_dim: int,
-                 scale: float = 1.0, softcap: float | None = None, rope: bool = False):
+    def __init__(self, o: nn.Linear, heads: int, head_dim: int, scale: float = 1.0, softcap: float | None = None,
+                 rope: bool = False):
         super().__init__()
-        self.q, self.k, self.v, self.o = q, k, v, o
+        self.o = o
         self.heads, self.head_dim, self.scale, self.softcap = heads, head_dim, scale, softcap
         optional_buffer(self, "rot", rotate_half_matrix(head_dim) if rope else None)
 
@@ -229,11 +276,13 @@ class Attention(nn.Module):
         return x * cos + F.linear(x, self.rot) * sin
 
 
-AttentionT = TypeVar("AttentionT", bound=Attention)
-
-
 class SelfAttention(Attention):
     """Self-attention over a whole sequence (encoders): x [1, S, D] -> [1, S, D]."""
+
+    def __init__(self, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear, heads: int, head_dim: int,
+                 scale: float = 1.0, softcap: float | None = None, rope: bool = False):
+        super().__init__(o, heads, head_dim, scale, softcap, rope)
+        self.q, self.k, self.v = q, k, v
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, rope: Rope | None = None) -> torch.Tensor:
         q, k, v = (heads_first(p(x), self.heads) for p in (self.q, self.k, self.v))  # [H, S, Dh]
@@ -245,32 +294,40 @@ class SelfAttention(Attention):
 class CachedSelfAttention(Attention):
     """One decoder step of self-attention over the cache; owns the one-slot cache update.
 
-    y [1, 1, D]; the step's key goes in as a column of the transposed key cache [H, Dh, T] and
-    its value as a row of the value cache [H, T, Dh], at the slot `onehot` [1, T] marks. "buffer"
-    mode updates the cache tensors in place (they are the module's buffers), "io" only returns
-    the updated copies. Returns (output [1, 1, D], keys [H, Dh, T], values [H, T, Dh]).
+    q, k and v are one fused projection `qkv` (fused_linear): y [1, 1, D] -> [1, 1, 3*H*Dh],
+    viewed as [3H, 1, Dh] and sliced into q, k, v [H, 1, Dh] (one operator each, where three
+    projections would each need their own input quantization and reshape). The step's key
+    goes in as a column of the transposed key cache [H, Dh, T] and its value as a row of the
+    value cache [H, T, Dh], at the slot `slots` (SlotMasks) marks. "buffer" mode updates the
+    cache tensors in place (they are the module's buffers), "io" only returns the updated
+    copies. Returns (output [1, 1, D], keys [H, Dh, T], values [H, T, Dh]).
     """
 
-    def forward(self, y: torch.Tensor, onehot: torch.Tensor, bias: torch.Tensor, rope: Rope | None,
+    def __init__(self, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear, heads: int, head_dim: int,
+                 scale: float = 1.0, softcap: float | None = None, rope: bool = False):
+        super().__init__(o, heads, head_dim, scale, softcap, rope)
+        self.qkv = fused_linear(q, k, v)
+
+    def forward(self, y: torch.Tensor, slots: SlotMasks, bias: torch.Tensor, rope: Rope | None,
                 cache_k: torch.Tensor, cache_v: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, ...]:
         h, dh = self.heads, self.head_dim
-        t = cache_k.shape[-1]
-        q = self.q(y).reshape(h, 1, dh)
-        if rope is None:
-            k_new = self.k(y).reshape(h, dh, 1)
-        else:
-            q = self.rotate(q, rope)
-            k_new = self.rotate(self.k(y).reshape(h, 1, dh), rope).reshape(h, dh, 1)
-        v_new = self.v(y).reshape(h, 1, dh)
-        k_all = update_cache(cache_k, k_new, onehot.reshape(1, 1, t), in_place)  # [H, Dh, T]
-        v_all = update_cache(cache_v, v_new, onehot.reshape(1, t, 1), in_place)  # [H, T, Dh]
+        qkv = self.qkv(y).reshape(3 * h, 1, dh)
+        q, k, v_new = qkv[:h], qkv[h: 2 * h], qkv[2 * h:]  # [H, 1, Dh] each
+        if rope is not None:
+            q, k = self.rotate(q, rope), self.rotate(k, rope)
+        k_all = update_cache(cache_k, k.reshape(h, dh, 1), slots.onehot_k, slots.keep_k, in_place)  # [H, Dh, T]
+        v_all = update_cache(cache_v, v_new, slots.onehot_v, slots.keep_v, in_place)  # [H, T, Dh]
         out = self.o(attend(q, k_all, v_all, bias, self.scale, self.softcap).reshape(1, 1, h * dh))
         return out, k_all, v_all
 
 
+# The two self-attentions, built alike by the family files: cls(q, k, v, o, heads, head_dim, ...).
+AttentionT = TypeVar("AttentionT", SelfAttention, CachedSelfAttention)
+
+
 class CrossAttention(nn.Module):
     """One decoder step's attention over the encoder's precomputed K/V (the encode program's
-    cross_k [1, H, Dh, S], cross_v [1, H, S, Dh]); only the query and output projections run
+    cross_k [H, Dh, S], cross_v [H, S, Dh]); only the query and output projections run
     per step. `bias` is the encoder's key mask cross_bias [1, 1, S] (None: no mask)."""
 
     def __init__(self, q: nn.Linear, o: nn.Linear, heads: int, head_dim: int, scale: float = 1.0,
@@ -282,7 +339,7 @@ class CrossAttention(nn.Module):
     def forward(self, y: torch.Tensor, ck: torch.Tensor, cv: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         h, dh = self.heads, self.head_dim
         q = self.q(y).reshape(h, 1, dh)
-        ctx = attend(q, ck.reshape(ck.shape[1:]), cv.reshape(cv.shape[1:]), bias, self.scale, self.softcap)
+        ctx = attend(q, ck, cv, bias, self.scale, self.softcap)
         return self.o(ctx.reshape(1, 1, h * dh))
 
 
@@ -340,10 +397,10 @@ class DecoderLayer(_Sublayers):
         super().__init__(placement, norms, post_norms)
         self.attn, self.cross, self.ff = attn, cross, ff
 
-    def forward(self, x: torch.Tensor, onehot: torch.Tensor, self_bias: torch.Tensor, rope: Rope | None,
+    def forward(self, x: torch.Tensor, slots: SlotMasks, self_bias: torch.Tensor, rope: Rope | None,
                 cross_bias: torch.Tensor | None, ck: torch.Tensor, cv: torch.Tensor, cache_k: torch.Tensor,
                 cache_v: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, ...]:
-        y, k_all, v_all = self.attn(self.enter(0, x), onehot, self_bias, rope, cache_k, cache_v, in_place)
+        y, k_all, v_all = self.attn(self.enter(0, x), slots, self_bias, rope, cache_k, cache_v, in_place)
         x = self.leave(0, x, y)
         x = self.leave(1, x, self.cross(self.enter(1, x), ck, cv, cross_bias))
         return self.leave(2, x, self.ff(self.enter(2, x))), k_all, v_all

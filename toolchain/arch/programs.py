@@ -27,7 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import NEG, DecoderLayer, EncoderLayer, Rope, heads_first, optional_buffer, position_onehot, register_cache
+from .layers import (
+    NEG,
+    DecoderLayer,
+    EncoderLayer,
+    Rope,
+    heads_first,
+    optional_buffer,
+    position_onehot,
+    register_cache,
+    slot_masks,
+)
 
 DEFAULT_KIND = "full"
 
@@ -35,16 +45,17 @@ DEFAULT_KIND = "full"
 def cross_kv_outputs(x: torch.Tensor, cross_bias: torch.Tensor | None, cross_k: nn.ModuleList,
                      cross_v: nn.ModuleList, heads: int, head_dim: int) -> tuple[torch.Tensor, ...]:
     """The encode program's outputs from the final encoder states x [1, S, D]:
-    (cross_bias [1, 1, S] unless None, then per decoder layer cross_k [1, H, Dh, S]
-    (pre-transposed) and cross_v [1, H, S, Dh]), all contiguous (runtimes take them back
-    as inputs)."""
+    (cross_bias [1, 1, S] unless None, then per decoder layer cross_k [H, Dh, S]
+    (pre-transposed) and cross_v [H, S, Dh]), all contiguous (runtimes take them back as
+    inputs). Three dims, as decode's batched matmuls read them: a leading batch dim of 1
+    would cost decode two reshape operators per layer per step."""
     s = x.shape[1]
     outs = [] if cross_bias is None else [cross_bias.contiguous()]
     for pk, pv in zip(cross_k, cross_v, strict=True):
         k = heads_first(pk(x), heads)  # [H, S, Dh]
         v = heads_first(pv(x), heads)
-        outs += [k.transpose(1, 2).reshape(1, heads, head_dim, s).contiguous(),
-                 v.reshape(1, heads, s, head_dim).contiguous()]
+        outs += [k.transpose(1, 2).reshape(heads, head_dim, s).contiguous(),
+                 v.reshape(heads, s, head_dim).contiguous()]
     return tuple(outs)
 
 
@@ -118,7 +129,7 @@ class EncoderStack(_Program):
 
 class TextEncoder(EncoderStack):
     """input_ids/attention_mask int64[1, S] -> cross_bias [1, 1, S] (0 for real tokens, NEG for
-    padding), then per decoder layer cross_k [1, H, Dh, S] and cross_v [1, H, S, Dh]."""
+    padding), then per decoder layer cross_k [H, Dh, S] and cross_v [H, S, Dh]."""
 
     def __init__(self, embed: nn.Embedding, layers: Sequence[EncoderLayer], final_norm: nn.Module | None,
                  cross_k: Sequence[nn.Linear], cross_v: Sequence[nn.Linear], heads: int, head_dim: int, *,
@@ -137,15 +148,24 @@ class TextEncoder(EncoderStack):
 
 class DecoderStep(_Program):
     """The decode program's base, one decoder step: token int64[1, 1], position int64[1],
-    cross_bias [1, 1, S], per layer cross_k/cross_v, ["io": the caches] -> logits [1, V]
-    [, the updated caches].
+    cross_bias [1, 1, S], per layer cross_k/cross_v, ["io": the caches] [, token_bias]
+    -> logits [1, V] [, the updated caches] [, next_token].
 
     cache_mode "buffer": the self-attention cache is registered buffers updated in place
     (runtimes with mutable state). "io": the caches are extra inputs after the cross K/V
     (cache_k_0, cache_v_0, ...) and the updated caches extra outputs after the logits
     (runtimes without state: TFLite, ONNX). ``Decoder`` takes the encoder's key mask
     cross_bias; ``UnmaskedDecoder`` is for families without one (Whisper).
+
+    ``next_token`` (set by ``Seq2SeqParts.with_next_token``): greedy's choice is made in the
+    program. The last input is ``token_bias`` float[1, V] (0, or -1e9 for a token the
+    caller's rules forbid at this step: suppressed ids, EOS before min_new_tokens, all but a
+    forced EOS) and the last output ``next_token`` int64[1] = argmax(logits + token_bias),
+    the first maximum as numpy's argmax takes it. A runtime then hands the caller one integer
+    per step and copies the [1, V] logits out only when they are asked for (verify).
     """
+
+    next_token = False
 
     positions: torch.Tensor
     rope_cos_table: torch.Tensor | None
@@ -176,7 +196,10 @@ class DecoderStep(_Program):
              rest: tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """`rest`: decode's inputs after the cross_bias (cross K/V per layer, then "io" caches)."""
         t, n = self.max_output_len, len(self.layers)
+        if self.next_token:
+            rest, token_bias = rest[:-1], rest[-1]
         onehot = position_onehot(position, t, self.positions)  # [1, T]
+        slots = slot_masks(onehot)  # the cache slot, once per step for every layer's blends
         cross_kv = rest[: 2 * n]
         in_place = self.cache_mode == "buffer"
         caches = [getattr(self, f"cache_{kv}_{i}") for i in range(n) for kv in "kv"] if in_place else rest[2 * n:]
@@ -192,11 +215,14 @@ class DecoderStep(_Program):
         x = self.tokens(token, onehot)  # [1, 1, D]
         new_caches: list[torch.Tensor] = []
         for i, (layer, kind) in enumerate(zip(self.layers, self.kinds, strict=True)):
-            x, k_all, v_all = layer(x, onehot, biases[kind], rope, cross_bias, cross_kv[2 * i], cross_kv[2 * i + 1],
+            x, k_all, v_all = layer(x, slots, biases[kind], rope, cross_bias, cross_kv[2 * i], cross_kv[2 * i + 1],
                                     caches[2 * i], caches[2 * i + 1], in_place)
             new_caches += [k_all, v_all]
         logits = self.logits(x)
-        return logits if in_place else (logits, *new_caches)
+        if not self.next_token:
+            return logits if in_place else (logits, *new_caches)
+        next_token = torch.argmax(logits + token_bias, dim=-1)  # [1] int64
+        return (logits, next_token) if in_place else (logits, *new_caches, next_token)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x [1, 1, D] -> [1, V]: final norm, output scale, head, logits bias, soft-cap."""

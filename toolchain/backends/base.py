@@ -15,6 +15,11 @@ Session tensors (numpy, what `run`, `verify` and `probe` share):
                                 Whisper: input_features float32[1, n_mels, frames]
     decode(token, position, state) -> logits float32[V]
                                 one step; position p holds the token fed at p (cache slot p)
+    step(token, position, state, token_bias, want_logits) -> (next token, logits or None)
+                                one step of a decode program that chooses greedy's token
+                                itself (`next_token`; Capabilities.next_token): token_bias
+                                float32[1, V] (generate.TokenBias), logits copied out only
+                                when `want_logits`
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class Capabilities:
     scheme_note: str = ""
     # Several encode programs (the recipe's encode_lengths) in one artifact.
     encode_lengths: bool = False
+    # decode chooses greedy's next token in the program (Seq2SeqParts.with_next_token).
+    next_token: bool = False
     # probe reports the compiler's estimate instead of running (NPU programs).
     estimates: bool = False
     # What "executed" means when it is not the deployed program itself (NPU: host reference).
@@ -93,12 +100,22 @@ class Session(ABC):
     # generate.greedy hands the loop to its `generate` method (same keywords as greedy's, see
     # native.NativeSession) instead of calling decode per token.
     runs_loop: ClassVar[bool] = False
+    # True when the artifact's decode program chooses the next token (then `step` runs it and
+    # `vocab_size` is its logits' width): generate.greedy calls step instead of decode.
+    next_token: bool = False
+    vocab_size: int = 0
 
     @abstractmethod
     def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> Any: ...
 
     @abstractmethod
     def decode(self, token: int, position: int, state: Any) -> np.ndarray: ...
+
+    def step(self, token: int, position: int, state: Any, token_bias: np.ndarray,
+             want_logits: bool) -> tuple[int, np.ndarray | None]:
+        """One step of a next-token decode program: (argmax(logits + token_bias), the logits
+        [V] if `want_logits`). Sessions with `next_token` implement it."""
+        raise NotImplementedError(f"{type(self).__name__}: the artifact's decode returns logits only")
 
 
 class Backend(ABC):

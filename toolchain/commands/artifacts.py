@@ -68,6 +68,9 @@ def verify_text(artifact: str, rep: dict[str, Any]) -> str:
                                 for k, v in rep["scores"].items()) + f"  [decided by {rep['decided_by']}]\n"
     if rep.get("languages"):  # Whisper: the language each row ran in, and whether it was detected
         acc += "  languages: " + ", ".join(f"{k} x{n}" for k, n in _language_counts(rep["languages"]).items()) + "\n"
+    if rep.get("next_token"):  # the decode program's own argmax, checked against its logits
+        nt = rep["next_token"]
+        acc += f"  next_token chosen in the program: {nt['agreed']}/{nt['steps']} steps equal greedy on its logits\n"
     if rep.get("advisory"):
         acc += "  advisory (parity, not deciding): " + "; ".join(rep["advisory"]) + "\n"
     return (f"verify {artifact} ({rep['runtime']}, {rep['examples']} examples from {rep['eval_source']})\n"

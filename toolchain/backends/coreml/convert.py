@@ -3,7 +3,7 @@
 Tensors (S = recipe.max_input_len, T = max_output_len, H heads, Dh head dim):
 
     encode(input_ids int32[1, S], attention_mask int32[1, S])
-        -> cross_bias [1, 1, S], cross_k_l [1, H, Dh, S], cross_v_l [1, H, S, Dh]
+        -> cross_bias [1, 1, S], cross_k_l [H, Dh, S], cross_v_l [H, S, Dh]
     decode(token int32[1, 1], position int32[1], cross_bias, cross_k_l, cross_v_l ...)
         -> logits [1, V]
        states cache_k_l [H, Dh, T], cache_v_l [H, T, Dh]

@@ -60,7 +60,9 @@ class ExecuTorchBackend(Backend):
                  Component.EMBEDDINGS: EMBEDDINGS},
         # The recipe's encode_lengths become more methods of the same program (encode_16, ...),
         # their weights deduplicated into the one .ptd with the full encode's.
-        encode_lengths=True)
+        encode_lengths=True,
+        # decode returns greedy's token too (argmax is a portable kernel after the delegate).
+        next_token=True)
     distributions = ("executorch", "torchao")
 
     def available(self) -> tuple[bool, str]:

@@ -123,6 +123,8 @@ def count_delegation(graph_module: Any) -> tuple[Any, int, Counter]:
 
 def delegation(graph_module: Any, delegate: str) -> dict[str, Any]:
     """The manifest's per-program delegation summary (ExecuTorch delegates: XNNPACK, Core ML)."""
+    from .ops import delegate_ops
+
     info, delegated, portable = count_delegation(graph_module)
     total = delegated + sum(portable.values())
     return {
@@ -132,6 +134,7 @@ def delegation(graph_module: Any, delegate: str) -> dict[str, Any]:
         "portable_nodes": sum(portable.values()),
         "delegated_fraction": round(delegated / total, 4) if total else 1.0,
         "portable_ops": dict(sorted(portable.items())),
+        **delegate_ops(graph_module),  # operators per call, as the delegate compiled them
     }
 
 
@@ -221,7 +224,7 @@ def _to_executorch(edge: Any, programs: dict, quant: dict) -> Any:
         passes=[InitializedMutableBufferPass(["cache_"])],
         # decode's inputs are not memory-planned: the runtime reads the caller's tensors in
         # place instead of copying them into its arena on every step (the cross K/V are
-        # 2 x layers x [1, H, Dh, S] floats: 1.5 MB per token on a t5-small-sized model).
+        # 2 x layers x [H, Dh, S] floats: 1.5 MB per token on a t5-small-sized model).
         # encode keeps planned inputs (a few KB, and callers may hand it temporaries).
         memory_planning_pass={name: MemoryPlanningPass(alloc_graph_input=name != "decode") for name in programs},
         # Fuses torchao's dequantize->embedding into quantized_decomposed::embedding_byte/4bit.

@@ -89,6 +89,10 @@ class ExecuTorchSession(Session):
         self._token = torch.zeros(1, 1, dtype=torch.long)
         self._pos = torch.zeros(1, dtype=torch.long)
         self._encode_inputs = progs["encode"]["inputs"]
+        outputs = [o["name"] for o in progs["decode"]["outputs"]]
+        self.next_token = outputs[-1] == "next_token"  # decode takes token_bias last, returns the token last
+        self.vocab_size = int(np.prod(progs["decode"]["outputs"][0]["shape"]))
+        self._no_bias = [torch.zeros(1, self.vocab_size)] if self.next_token else []
 
     def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> list:
         method, self.encode_length, arrays = choose_encode(self._encode_inputs, inputs, self._encode, self._lengths)
@@ -99,4 +103,13 @@ class ExecuTorchSession(Session):
         # memory-planned, so the runtime reads these tensors (and the cross K/V) where they are.
         self._token[0, 0] = token
         self._pos[0] = position
-        return self._decode.execute([self._token, self._pos, *state])[0].reshape(-1).float().numpy()
+        return self._decode.execute([self._token, self._pos, *state, *self._no_bias])[0].reshape(-1).float().numpy()
+
+    def step(self, token: int, position: int, state: list, token_bias: np.ndarray,
+             want_logits: bool) -> tuple[int, np.ndarray | None]:
+        # token_bias [1, V] float32 is read in place too (torch.from_numpy shares the array);
+        # the logits stay in the runtime's output unless asked for.
+        self._token[0, 0] = token
+        self._pos[0] = position
+        out = self._decode.execute([self._token, self._pos, *state, self._torch.from_numpy(token_bias)])
+        return int(out[-1]), (out[0].reshape(-1).float().numpy() if want_logits else None)
