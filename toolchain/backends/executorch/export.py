@@ -46,16 +46,23 @@ _NON_COMPUTE = {"getitem"}
 
 
 def _export(name: str, module: Any, args: tuple) -> Any:
-    """torch.export, then tag every constant for the shared external weights file.
+    """torch.export under the program's own prefix.
 
     Constants are keyed by their fully qualified name in the weights file, so the two
     programs must not share names for different tensors (encode's `layers.0.q.weight`
     is not decode's): each program is exported under its own prefix. A tensor that
     really is shared (the embedding) gets two names and one stored copy, because the
     data store deduplicates by content.
+
+    One trace per program. The external-weights tags are set later, on the edge program the
+    partitioner is handed (_tag_dequantized_weights: every constant placeholder and every
+    dequantize reading one) and by to_executorch's `external_constants` for the constants
+    left outside the delegate. Tagging here as well (unlift, tag the get_attrs, export the
+    unlifted module again) gave the same weights.ptd and model.pte and cost a second
+    torch.export per program, and a longer `from_node` provenance chain on every node, which
+    each later ExecuTorch pass deep-copies (see _shared_provenance).
     """
     import torch
-    from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
 
     class Prefixed(torch.nn.Module):
         def __init__(self) -> None:
@@ -66,10 +73,7 @@ def _export(name: str, module: Any, args: tuple) -> Any:
             return getattr(self, name)(*inputs)
 
     with torch.no_grad():
-        ep = torch.export.export(Prefixed(), args, strict=False)
-        gm = ep.module()
-        delegate_external_constants_pass_unlifted(gm, lambda _node: _DATA_TAG)
-        return torch.export.export(gm, args, strict=False)
+        return torch.export.export(Prefixed(), args, strict=False)
 
 
 def _tag_dequantized_weights(ep: Any) -> None:
