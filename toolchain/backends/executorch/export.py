@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import progress
 from ..base import Lowered
-from . import PTD, PTE, quantize
+from . import PTD, PTE, provenance, quantize, xnnpack_passes
 
 if TYPE_CHECKING:
     from ...specs import Recipe
@@ -151,27 +151,34 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
 
     from ...split import text_inputs
 
+    # The manifest's shapes and dtypes, from one eager run of each program: before quantizing,
+    # because quantization changes neither, and torchao's eager int8 linears (weights dequantized
+    # and activations re-quantized in Python on every call) made this run ~3 s of a t5-small export.
+    sig = parts.describe()
     with progress.stage("  quantize (torchao)") if recipe.quantization else nullcontext():
         quant = quantize.apply(parts, recipe)
-    with progress.stage("  torch.export"):
-        programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
-                    "decode": _export("decode", parts.decode, parts.decode_inputs())}
-        for n, module in sorted(parts.encode_buckets.items()):
-            programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
-    with progress.stage("  partition and lower to XNNPACK"):
-        edge = to_edge_transform_and_lower(programs, partitioner=[_external_weights_partitioner()])
-    report = {name: delegation(edge.exported_program(name).graph_module, "XnnpackBackend") for name in programs}
-    with progress.stage("  serialize model.pte + weights.ptd"):
-        et = _to_executorch(edge, programs, quant)
-        (out_dir / PTE).write_bytes(et.buffer)
-        et.write_tensor_data_to_file(str(out_dir))
+    # Export-time cuts, each leaving the artifact byte-identical: node provenance shared instead of
+    # deep-copied by every pass (provenance.py); XNNPACK passes with nothing to rewrite skipped
+    # (xnnpack_passes.py).
+    with provenance.shared(), xnnpack_passes.skipping():
+        with progress.stage("  torch.export"):
+            programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
+                        "decode": _export("decode", parts.decode, parts.decode_inputs())}
+            for n, module in sorted(parts.encode_buckets.items()):
+                programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
+        with progress.stage("  partition and lower to XNNPACK"):
+            edge = to_edge_transform_and_lower(programs, partitioner=[_external_weights_partitioner()])
+        report = {name: delegation(edge.exported_program(name).graph_module, "XnnpackBackend") for name in programs}
+        with progress.stage("  serialize model.pte + weights.ptd"):
+            et = _to_executorch(edge, programs, quant)
+            (out_dir / PTE).write_bytes(et.buffer)
+            et.write_tensor_data_to_file(str(out_dir))
     runtime_ops(et, report)
     written = out_dir / f"{_DATA_TAG}.ptd"
     if written.name != PTD:
         written.rename(out_dir / PTD)
     if quant["lm_head"].get("tied_to"):
         quant["lm_head"]["storage"] = tied_storage(out_dir / PTD, quant)
-    sig = parts.describe()
     sig["encode"].update(file=PTE, method="encode")
     if parts.encode_buckets:  # inputs [1, L] each; outputs as the full encode's
         sig["encode"]["lengths"] = [{"length": n, "method": f"encode_{n}"} for n in sorted(parts.encode_buckets)]
