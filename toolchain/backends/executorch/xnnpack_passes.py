@@ -39,10 +39,28 @@ def _targets(graph: Any) -> set[str]:
     return {str(n.target) for n in graph.nodes if n.op == "call_function"}
 
 
-def _pattern_can_match(patterns: Any, present: set[str]) -> bool:
+def _pattern_can_match(patterns: Callable[[], Any], present: set[str]) -> bool:
     """Whether any pattern's call_function targets all occur in the graph (SubgraphMatcher's
     necessary condition; the pattern graphs are edge-dialect, as the program is)."""
-    return any(_targets(p.graph) <= present for p in patterns)
+    return any(_targets(p.graph) <= present for p in patterns())
+
+
+# Building the pattern graphs (export + to_edge of small modules) costs ~3 s per process, as
+# much as the retraces skipped. For the ExecuTorch release checked (tests/test_export_time.py:
+# every pattern contains these), one op each pattern family needs stands in for the patterns;
+# any other release builds them.
+_PATTERN_OPS_VERSION = "1.5.1"
+_PATTERN_OPS = {"bilinear_2d": ("aten.upsample_bilinear2d.vec",),
+                "sdpa": ("aten._softmax.default", "aten.any.dim", "aten.logical_not.default")}
+
+
+def _needs(family: str, patterns: Callable[[], Any]) -> Callable[[set[str]], bool]:
+    from importlib.metadata import version
+
+    if version("executorch") != _PATTERN_OPS_VERSION:
+        return lambda present: _pattern_can_match(patterns, present)
+    ops = _PATTERN_OPS[family]
+    return lambda present: all(any(f"{op}>" in t for t in present) for op in ops)
 
 
 def _triggers() -> dict[type, Callable[[set[str]], bool]]:
@@ -65,8 +83,8 @@ def _triggers() -> dict[type, Callable[[set[str]], bool]]:
         DecomposeBatchNorm: batch_norm,
         Conv1dUnsqueezePass: lambda t: any("convolution" in x for x in t),
         PReLUReshapePass: lambda t: any("_prelu_kernel" in x for x in t),
-        ConvertToUpsampleBilinear2d: lambda t: _pattern_can_match(bilinear_2d.get_graphs(), t),
-        ConvertToSDPAPass: lambda t: _pattern_can_match(sdpa.get_graphs(), t),
+        ConvertToUpsampleBilinear2d: _needs("bilinear_2d", bilinear_2d.get_graphs),
+        ConvertToSDPAPass: _needs("sdpa", sdpa.get_graphs),
     }
 
 
@@ -101,7 +119,7 @@ def skipping() -> Iterator[None]:
     with _lock:
         if _depth == 0:
             _original = XNNPACKPassManager.transform
-            XNNPACKPassManager.transform = _transform  # type: ignore[method-assign]
+            XNNPACKPassManager.transform = _transform
         _depth += 1
     try:
         yield
@@ -109,5 +127,5 @@ def skipping() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                XNNPACKPassManager.transform = _original  # type: ignore[method-assign]
+                XNNPACKPassManager.transform = _original
                 _original = None
