@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import progress
 from ..base import Lowered
-from . import PTD, PTE, quantize
+from . import PTD, PTE, provenance, quantize, xnnpack_passes
 
 if TYPE_CHECKING:
     from ...specs import Recipe
@@ -46,16 +46,23 @@ _NON_COMPUTE = {"getitem"}
 
 
 def _export(name: str, module: Any, args: tuple) -> Any:
-    """torch.export, then tag every constant for the shared external weights file.
+    """torch.export under the program's own prefix.
 
     Constants are keyed by their fully qualified name in the weights file, so the two
     programs must not share names for different tensors (encode's `layers.0.q.weight`
     is not decode's): each program is exported under its own prefix. A tensor that
     really is shared (the embedding) gets two names and one stored copy, because the
     data store deduplicates by content.
+
+    One trace per program. The external-weights tags are set later, on the edge program the
+    partitioner is handed (_tag_dequantized_weights: every constant placeholder and every
+    dequantize reading one) and by to_executorch's `external_constants` for the constants
+    left outside the delegate. Tagging here as well (unlift, tag the get_attrs, export the
+    unlifted module again) gave the same weights.ptd and model.pte and cost a second
+    torch.export per program, and a longer `from_node` provenance chain on every node, which
+    each later ExecuTorch pass deep-copies (see _shared_provenance).
     """
     import torch
-    from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
 
     class Prefixed(torch.nn.Module):
         def __init__(self) -> None:
@@ -66,10 +73,7 @@ def _export(name: str, module: Any, args: tuple) -> Any:
             return getattr(self, name)(*inputs)
 
     with torch.no_grad():
-        ep = torch.export.export(Prefixed(), args, strict=False)
-        gm = ep.module()
-        delegate_external_constants_pass_unlifted(gm, lambda _node: _DATA_TAG)
-        return torch.export.export(gm, args, strict=False)
+        return torch.export.export(Prefixed(), args, strict=False)
 
 
 def _tag_dequantized_weights(ep: Any) -> None:
@@ -150,27 +154,34 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
 
     from ...split import text_inputs
 
+    # The manifest's shapes and dtypes, from one eager run of each program: before quantizing,
+    # because quantization changes neither, and torchao's eager int8 linears (weights dequantized
+    # and activations re-quantized in Python on every call) made this run ~3 s of a t5-small export.
+    sig = parts.describe()
     with progress.stage("  quantize (torchao)") if recipe.quantization else nullcontext():
         quant = quantize.apply(parts, recipe)
-    with progress.stage("  torch.export"):
-        programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
-                    "decode": _export("decode", parts.decode, parts.decode_inputs())}
-        for n, module in sorted(parts.encode_buckets.items()):
-            programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
-    with progress.stage("  partition and lower to XNNPACK"):
-        edge = to_edge_transform_and_lower(programs, partitioner=[_external_weights_partitioner()])
-    report = {name: delegation(edge.exported_program(name).graph_module, "XnnpackBackend") for name in programs}
-    with progress.stage("  serialize model.pte + weights.ptd"):
-        et = _to_executorch(edge, programs, quant)
-        (out_dir / PTE).write_bytes(et.buffer)
-        et.write_tensor_data_to_file(str(out_dir))
+    # Export-time cuts, each leaving the artifact byte-identical: node provenance shared instead of
+    # deep-copied by every pass (provenance.py); XNNPACK passes with nothing to rewrite skipped
+    # (xnnpack_passes.py).
+    with provenance.shared(), xnnpack_passes.skipping():
+        with progress.stage("  torch.export"):
+            programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
+                        "decode": _export("decode", parts.decode, parts.decode_inputs())}
+            for n, module in sorted(parts.encode_buckets.items()):
+                programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
+        with progress.stage("  partition and lower to XNNPACK"):
+            edge = to_edge_transform_and_lower(programs, partitioner=[_external_weights_partitioner()])
+        report = {name: delegation(edge.exported_program(name).graph_module, "XnnpackBackend") for name in programs}
+        with progress.stage("  serialize model.pte + weights.ptd"):
+            et = _to_executorch(edge, programs, quant)
+            (out_dir / PTE).write_bytes(et.buffer)
+            et.write_tensor_data_to_file(str(out_dir))
     runtime_ops(et, report)
     written = out_dir / f"{_DATA_TAG}.ptd"
     if written.name != PTD:
         written.rename(out_dir / PTD)
     if quant["lm_head"].get("tied_to"):
         quant["lm_head"]["storage"] = tied_storage(out_dir / PTD, quant)
-    sig = parts.describe()
     sig["encode"].update(file=PTE, method="encode")
     if parts.encode_buckets:  # inputs [1, L] each; outputs as the full encode's
         sig["encode"]["lengths"] = [{"length": n, "method": f"encode_{n}"} for n in sorted(parts.encode_buckets)]
