@@ -61,9 +61,11 @@ def etdump_profile(path: Path, runs: int, threads: int, method: str = "encode") 
         plain = portable_lib._load_for_executorch(str(path / "model.pte"), data_path=str(path / "weights.ptd"))
         state = list(plain.run_method("encode", (ids, mask)))
         steps = min(man["recipe"]["max_output_len"], 32)
+        names = [i["name"] for i in man["programs"]["decode"]["inputs"]]  # a next-token decode takes token_bias last
+        bias = [torch.zeros(1, man["tokens"]["vocab_size"])] if names[-1] == "token_bias" else []
         for _ in range(max(1, runs // 4)):
             for pos in range(steps):
-                m.run_method("decode", (torch.tensor([[5]]), torch.tensor([pos]), *state))
+                m.run_method("decode", (torch.tensor([[5]]), torch.tensor([pos]), *state, *bias))
     with tempfile.TemporaryDirectory() as tmp:
         m.write_etdump_result_to_file(f"{tmp}/e.etdp", f"{tmp}/d.bin")
         ins = Inspector(etdump_path=f"{tmp}/e.etdp")
