@@ -219,6 +219,41 @@ def test_quantized_artifacts_stay_close(lite, checkpoints, kind, stored, max_rat
         assert (got.argmax(-1) == eager.argmax(-1)).mean() >= min_agree
 
 
+def _table_buffers(path: Path, rows: int, cols: int) -> list[int]:
+    """Sizes of the distinct non-empty buffers of the flatbuffer's [rows, cols] tensors."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.Model.GetRootAs(path.read_bytes(), 0)
+    found = {}
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for t in (sg.Tensors(i) for i in range(sg.TensorsLength())):
+            b = model.Buffers(t.Buffer())
+            if t.ShapeAsNumpy().tolist() == [rows, cols] and (b.Size() or b.DataLength()):
+                found[t.Buffer()] = b.Size() or b.DataLength()
+    return sorted(found.values())
+
+
+# A tied head is stored with the embedding's table: fp32 (T5 v1.0 scales the decoder output,
+# which the converter folded into a second, scaled copy of the table), int8 and fp16 (both
+# sides quantized alike: one buffer). int4: an int4 head and an int8 embedding are two tables.
+@pytest.mark.parametrize("kind, stored", [("v1.0", "once"), ("int8", "once"), ("fp16", "once"),
+                                          ("int4", "twice")])
+def test_tied_table_stored_once(lite, checkpoints, kind, stored):
+    art = open_artifact(lite[kind])
+    cfg = json.loads((checkpoints["v1.0"] / "config.json").read_text())
+    tables = _table_buffers(art.file("model.tflite"), cfg["vocab_size"], cfg["d_model"])
+    head = art.manifest["litert"]["lm_head"]
+    assert head["tied_to"] == "embeddings"
+    assert head["storage"]["table_stored"] == stored, head
+    if stored == "once":
+        assert len(tables) == 1, tables
+        assert head["storage"]["shared_bytes"] == tables[0]
+    else:
+        assert len(tables) == 2 and "int8" in head["storage"]["why"] and "int4" in head["storage"]["why"], head
+    assert "lm_head" not in open_artifact(lite["v1.1-untied"]).manifest["litert"]  # its own head values
+
+
 def test_unsupported_scheme_is_rejected(checkpoints, tmp_path):
     from toolchain.cli import main
 

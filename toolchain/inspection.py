@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import MANIFEST, open_artifact
+from .backends import tied
 
 
 def _param_count(weights) -> int:
@@ -122,9 +123,11 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
             lines.append(f"  component {comp:<10} {q['scheme']:<12} {q['tensors']:>3} tensors  "
                          f"{q['fp32_bytes'] / 1e6:8.3f} MB fp32 -> ~{q['estimated_bytes'] / 1e6:.3f} MB")
         if q.get("storage"):  # a tied lm_head: the table stored once or twice, and why
-            st = q["storage"]
-            lines.append(f"  component {comp:<10} tied to {q.get('tied_to')}: table stored {st['table_stored']}"
-                         + (f" ({st['why']})" if st.get("why") else ""))
+            lines.append(f"  component {comp:<10} {tied.describe(q)}")
+    for section in ("litert", "onnx"):  # backends without a per-component quantization report
+        head = (m.get(section) or {}).get("lm_head")
+        if isinstance(head, dict) and head.get("storage"):
+            lines.append(f"  component {'lm_head':<10} {tied.describe(head)}")
     for name, p in m["programs"].items():
         if p.get("quantization"):
             lines.append(f"  program {name} weights: " + ", ".join(f"{k} {v}" for k, v in p["quantization"].items()))

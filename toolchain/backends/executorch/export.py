@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import progress
+from .. import tied
 from ..base import Lowered
 from . import PTD, PTE, provenance, quantize, xnnpack_passes
 
@@ -211,17 +212,11 @@ def tied_storage(ptd: Path, quant: dict[str, Any]) -> dict[str, Any]:
     embed = {i for key, i in index.items() if key.startswith("decode.embed.")}
     xnnpack = {i for key, i in index.items() if "." not in key}  # content-hash keys
     if not embed:  # an adapter whose decode embedding is not `decode.embed`
-        return {"table_stored": "unknown", "why": "no decode.embed.* tensor in weights.ptd"}
+        return tied.storage(None, why="no decode.embed.* tensor in weights.ptd")
     size = {i: len(payload.buffers[i]) for i in embed}
-    table = max(embed, key=size.__getitem__)
     shared = embed & xnnpack
-    out: dict[str, Any] = {"table_stored": "once" if table in shared else "twice",
-                           "shared_bytes": sum(size[i] for i in shared)}
-    if table not in shared:
-        pair = (quant["embeddings"]["scheme"], quant["lm_head"]["scheme"])
-        out["why"] = _NOT_SHARED.get(pair, f"embeddings {pair[0]} and lm_head {pair[1]} are different "
-                                           f"encodings of the table")
-    return out
+    return tied.storage(max(embed, key=size.__getitem__) in shared, sum(size[i] for i in shared),
+                        schemes=(quant["embeddings"]["scheme"], quant["lm_head"]["scheme"]), known=_NOT_SHARED)
 
 
 def _to_executorch(edge: Any, programs: dict, quant: dict) -> Any:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ...errors import InputError
 from ...schemes import Component, QuantScheme, requested
+from ..tied import TIED_TO
 from . import BITS
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def apply(parts: Seq2SeqParts, recipe: Recipe) -> dict[str, Any]:
                               "fp32_bytes": sum(_weight(m).numel() * 4 for _, m in mods),
                               "estimated_bytes": sum(_weight_bytes(m, scheme, recipe.group_size) for _, m in mods)}
     if tied:  # export.tied_storage adds whether weights.ptd holds the table once
-        report[Component.LM_HEAD.value]["tied_to"] = Component.EMBEDDINGS.value
+        report[Component.LM_HEAD.value]["tied_to"] = TIED_TO
     if not plan:
         return report
     from torchao.quantization import quantize_

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...schemes import QuantScheme
+from ...schemes import Component, QuantScheme, requested
 from ..base import CacheMode, Lowered
+from ..tied import TIED_TO
 from . import SCHEMES, SIGNATURES, TFLITE
 
 if TYPE_CHECKING:
@@ -92,22 +93,32 @@ def _program_sig(desc: dict[str, Any], details: dict[str, Any]) -> None:
 
 def lower_cpu(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path) -> Lowered:
     """Convert, quantize and write ``model.tflite``; the programs with their signature mapping
-    and the ``litert`` report (op counts, stored weight dtypes per component). The caller has
+    and the ``litert`` report (op counts, stored weight dtypes per component; a tied head's
+    ``lm_head: {tied_to, storage}``, tied.py). The caller has
     checked the recipe against its target; tool_versions is the caller's to fill."""
-    from . import quantize
+    from . import quantize, tied
 
     if parts.cache_mode != CacheMode.IO:
         raise ValueError(f"litert needs parts built with cache_mode={CacheMode.IO.value!r}, "
                          f"got {parts.cache_mode!r}")
     t0 = time.time()
     fp32 = convert(parts)
+    schemes = requested(recipe)
+    pair = (SCHEMES[schemes[Component.EMBEDDINGS]], SCHEMES[schemes[Component.LM_HEAD]])
+    is_tied = parts.decode.lm_head is None
+    not_shared = ""
+    # The converter's second copy of the table goes (tied.py), unless the recipe encodes the
+    # two differently (then the quantizer would copy the table back for the head anyway, and
+    # for the embedding lookups too).
+    if is_tied and pair[0] == pair[1]:
+        fp32, not_shared = tied.share_table(fp32)
     convert_s = time.time() - t0
     sigs = signature_tensors(fp32)
     if sorted(sigs) != sorted(SIGNATURES):
         raise RuntimeError(f"converted model has signatures {sorted(sigs)}, expected {list(SIGNATURES)}")
     selectors = quantize.selectors(parts, sigs["decode"]["outputs"]["output_0"]["name"])
     t1 = time.time()
-    data = quantize.quantize(fp32, recipe.quantization, selectors, recipe.group_size)
+    data = tied.share_quantization(quantize.quantize(fp32, recipe.quantization, selectors, recipe.group_size))
     quantize_s = time.time() - t1
     (out_dir / TFLITE).write_bytes(data)
 
@@ -121,9 +132,11 @@ def lower_cpu(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path) -> Lowered:
         f"explicit signature I/O: inputs {dec_in[-n]['tensor']}..{dec_in[-1]['tensor']} "
         f"({parts.cache_names()[0]}..{parts.cache_names()[-1]}), outputs output_1..output_{n} (new_*); "
         f"zeros before the first step, then each step's outputs are the next step's inputs")
-    report = {"litert": {
+    report: dict[str, Any] = {"litert": {
         "delegate": "XNNPACK (the interpreter's default CPU delegate)",
         "convert_seconds": round(convert_s, 1), "quantize_seconds": round(quantize_s, 2),
         "quantization": {c: SCHEMES[QuantScheme(s)] for c, s in recipe.quantization.items()},
         **quantize.op_summary(data, selectors)}}
+    if is_tied:
+        report["litert"]["lm_head"] = {"tied_to": TIED_TO, "storage": tied.storage(data, pair, not_shared)}
     return Lowered(files=[TFLITE], programs=programs, report=report)
