@@ -36,8 +36,10 @@ if TYPE_CHECKING:
     import onnx
 
 HEADS = ("MatMul", "MatMulInteger", "Gemm")
-# Ops between the head and the logits output (dequantize, bias, softcapping, reshape).
-_AFTER_HEAD = ("Mul", "Cast", "Add", "Div", "Tanh", "Reshape", "Squeeze", "Unsqueeze")
+# Ops between the head and the logits output (dequantize, static-int8's output Q/DQ pair, bias,
+# softcapping, reshape).
+_AFTER_HEAD = ("Mul", "Cast", "Add", "Div", "Tanh", "Reshape", "Squeeze", "Unsqueeze", "QuantizeLinear",
+               "DequantizeLinear")
 # Ops between a weight initializer and the op that reads it.
 _WEIGHT_PATH = ("Transpose", "DequantizeLinear", "Reshape", "Cast")
 
