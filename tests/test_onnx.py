@@ -53,7 +53,8 @@ def onnx_artifacts(checkpoints, small_recipe, tmp_path_factory) -> dict[str, Pat
 
 @pytest.fixture(scope="session")
 def onnx_quantized(checkpoints, tmp_path_factory) -> dict[str, Path]:
-    """Tiny artifacts per quantization case: all-8da8w (tied and untied heads), decoder-only, static."""
+    """Tiny artifacts per quantization case: all-8da8w (tied and untied heads), decoder-only, static,
+    an int8 head on an fp32 embedding."""
     base = tmp_path_factory.mktemp("onnx-q")
     cases = {
         "8da8w-v1.0": ("v1.0", ALL_8DA8W),
@@ -61,6 +62,7 @@ def onnx_quantized(checkpoints, tmp_path_factory) -> dict[str, Path]:
         "decoder-only": ("v1.0", "{decoder: 8da8w}"),
         "static-v1.0": ("v1.0", "{encoder: static-int8, decoder: static-int8, embeddings: int8-weight, "
                                 "lm_head: static-int8}"),
+        "head-only": ("v1.0", "{lm_head: 8da8w}"),
     }
     return {name: _export(checkpoints[v], _recipe(base / f"{name}.yaml", name, q), base / name)
             for name, (v, q) in cases.items()}
@@ -231,6 +233,48 @@ def test_int8_embedding_rows_stored_once(onnx_quantized):
         refs[prog] = {e.key: e.value for e in inits["embed.weight.int8"].external_data}
         assert art.manifest["onnx"][prog]["quantized_nodes"]["embeddings"] == 1
     assert refs["encode"] == refs["decode"]
+
+
+def _table_copies(path: Path, vocab: int, d_model: int) -> list[tuple[str, int]]:
+    """(dtype, bytes) of each distinct stretch of weights.data that decode.onnx reads as a [V, D]
+    or [D, V] tensor (the table, or a copy of it)."""
+    model = onnx.load(str(path / "decode.onnx"), load_external_data=False)
+    seen = {}
+    for i in model.graph.initializer:
+        if sorted(i.dims) == sorted([vocab, d_model]):
+            ext = {e.key: e.value for e in i.external_data}
+            seen[ext["offset"]] = (onnx.TensorProto.DataType.Name(i.data_type), int(ext["length"]))
+    return sorted(seen.values())
+
+
+@pytest.mark.parametrize("case, stored, table", [
+    ("8da8w-v1.0", "once", "INT8"), ("static-v1.0", "once", "INT8"), ("head-only", "twice", None)])
+def test_tied_table_stored_once(onnx_quantized, onnx_artifacts, checkpoints, case, stored, table):
+    """A tied head's int8 weights are the embedding's int8 table (through a Transpose): one copy in
+    weights.data; an fp32 embedding under an int8 head stays two encodings, and the manifest says why."""
+    cfg = json.loads((checkpoints["v1.0"] / "config.json").read_text())
+    art = open_artifact(onnx_quantized[case])
+    copies = _table_copies(art.path, cfg["vocab_size"], cfg["d_model"])
+    head = art.manifest["onnx"]["lm_head"]
+    assert head["tied_to"] == "embeddings" and head["storage"]["table_stored"] == stored, head
+    if stored == "once":
+        assert copies == [(table, cfg["vocab_size"] * cfg["d_model"])], copies
+        assert head["storage"]["shared_bytes"] == copies[0][1]
+        assert "Transpose" in art.manifest["onnx"]["decode"]["op_counts"]
+    else:
+        assert len(copies) == 2, copies
+        assert head["storage"]["why"] == "embeddings fp32 and lm_head 8da8w are different encodings of the table"
+    fp32 = open_artifact(onnx_artifacts["v1.0"])
+    assert fp32.manifest["onnx"]["lm_head"]["storage"]["table_stored"] == "once"
+    assert len(_table_copies(fp32.path, cfg["vocab_size"], cfg["d_model"])) == 1
+    assert "lm_head" not in open_artifact(onnx_quantized["8da8w-v1.1-untied"]).manifest["onnx"]  # its own values
+
+
+def test_inspect_says_how_the_table_is_stored(onnx_quantized):
+    from toolchain.inspection import inspect_artifact
+
+    _, text = inspect_artifact(onnx_quantized["8da8w-v1.0"])
+    assert "component lm_head    tied to embeddings: table stored once" in text, text
 
 
 @pytest.mark.parametrize("quant, why", [

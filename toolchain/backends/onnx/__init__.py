@@ -15,7 +15,8 @@ separately (``quantize``): linears take ``8da8w`` (ORT dynamic int8) or ``static
 ``int8-weight`` (int8 rows, per-row scale).
 
 Modules: ``export`` (torch -> ONNX, shared weights file, the artifact's signatures),
-``quantize`` (onnxruntime.quantization and the embedding rewrite), ``session`` (the
+``quantize`` (onnxruntime.quantization and the embedding rewrite), ``tied`` (a tied head
+reading the embedding's int8 table; the manifest's ``onnx.lm_head``), ``session`` (the
 runtime). This module imports none of them, nor onnx/onnxruntime/torch.
 """
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..base import Lowered
+from ..tied import TIED_TO
 
 if TYPE_CHECKING:
     import onnx
@@ -103,12 +104,13 @@ def write_shared(models: dict[str, onnx.ModelProto], out_dir: Path) -> list[str]
 
 def lower(parts: Seq2SeqParts, recipe: Recipe, provider: str, out_dir: Path, calibration: list[Any] | None,
           tool_versions: dict[str, str]) -> Lowered:
-    """Export encode, the shorter encodes and decode; quantize them per the recipe; write the
-    graphs and weights.data into `out_dir`."""
+    """Export encode, the shorter encodes and decode; quantize them per the recipe (a tied head
+    pointed at the embedding's table, tied.py); write the graphs and weights.data into `out_dir`."""
     import onnx
 
+    from ...schemes import Component, QuantScheme, requested
     from ...split import text_inputs
-    from . import quantize
+    from . import quantize, tied
 
     enc = export_program(parts.encode, parts.encode_inputs(), parts.encode_input_names(),
                          parts.encode_output_names())
@@ -120,6 +122,8 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, provider: str, out_dir: Path, cal
         graphs, quantized = quantize.quantize_programs(
             {"encode": enc, **{f"encode_{n}": m for n, m in shorter.items()}, "decode": dec},
             parts, recipe, calibration, Path(tmp))
+    is_tied = getattr(parts.decode, "lm_head", None) is None
+    not_shared = tied.share_table(graphs["decode"]) if is_tied else ""
     files = {"encode": ENCODE, **{f"encode_{n}": f"encode_{n}.onnx" for n in shorter}, "decode": DECODE}
     written = write_shared({files[p]: graphs[p] for p in files}, out_dir)
     for file in files.values():
@@ -128,7 +132,7 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, provider: str, out_dir: Path, cal
     sig = parts.describe()
     if shorter:  # inputs [1, L] each; outputs as the full encode's
         sig["encode"]["lengths"] = [{"length": n, "file": f"encode_{n}.onnx"} for n in shorter]
-    report = {}
+    report: dict[str, Any] = {}
     for prog, file in files.items():
         model = graphs[prog]
         report[prog] = {"nodes": len(model.graph.node),
@@ -138,6 +142,12 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, provider: str, out_dir: Path, cal
             opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
             sig[prog].update(file=file, data_file=WEIGHTS, provider=provider,
                              opset=opsets.get("ai.onnx"), opsets=opsets, ir_version=model.ir_version)
+    if is_tied:  # graphs now point into weights.data: read back where the two tables are
+        schemes = requested(recipe)
+        emb, head = ("fp32" if schemes[c] == QuantScheme.NONE else schemes[c].value
+                     for c in (Component.EMBEDDINGS, Component.LM_HEAD))
+        pair = (emb, head)
+        report["lm_head"] = {"tied_to": TIED_TO, "storage": tied.storage(graphs["decode"], pair, not_shared)}
     sig["decode"]["kv_cache"] = ("explicit IO: inputs cache_k_l [H, Dh, T], cache_v_l [H, T, Dh] after the "
                                  "cross K/V; outputs new_cache_* after the logits; zeros before position 0")
     return Lowered(files=written, programs=sig, report={"onnx": report}, tool_versions=tool_versions)
