@@ -155,7 +155,7 @@ def test_decode_graph_has_no_encoder_state_input(onnx_artifacts, checkpoints):
     cache = [f"cache_{kv}_{i}" for i in range(layers) for kv in "kv"]
     assert list(shapes) == ["token", "position", "cross_bias", *cross, *cache]
     assert [o.name for o in dec.graph.output] == ["logits", *(f"new_{c}" for c in cache)]
-    h, dh = shapes["cross_v_0"][1], shapes["cross_v_0"][3]
+    h, dh = shapes["cross_v_0"][0], shapes["cross_v_0"][2]  # cross_v [H, S, Dh]
     assert shapes["cache_k_0"] == (h, dh, T) and shapes["cache_v_0"] == (h, T, dh)
     assert art.manifest["programs"]["decode"]["cache_mode"] == "io"
 

@@ -178,8 +178,9 @@ def greedy(session: Session, ids: list[int] | None, *, max_input_len: int, max_o
     out = Generation(tokens=[], encode_s=time.perf_counter() - t0)
     out.stopped = "cache" if limit == room else "max_new_tokens"
     suppress, begin_suppress = list(suppress), list(begin_suppress)
-    bias = (TokenBias(session.vocab_size, eos_id, suppress, begin_suppress, forced_eos) if session.next_token
-            else None)
+    # A session that is not a backends.base.Session (a test's stand-in) decodes to logits.
+    bias = (TokenBias(session.vocab_size, eos_id, suppress, begin_suppress, forced_eos)
+            if getattr(session, "next_token", False) else None)
     token = start_id
     for position in range(len(prompt) + limit):  # < max_output_len: never past the cache
         t = time.perf_counter()
