@@ -134,6 +134,9 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
     for name, d in (m.get("delegation") or {}).items():
         lines.append(f"  {name}: {d['delegated_fraction']:.1%} of compute nodes in {d['delegate']} "
                      f"({d['delegated_nodes']} delegated, {d['portable_nodes']} portable: {d['portable_ops']})")
+        if "delegate_ops" in d:  # what the delegate runs (and sets up) on every call: the per-step cost driver
+            lines.append(f"  {name}: {d['delegate_ops']} delegate operators per call in {d['delegate_calls']} "
+                         f"delegate call(s)")
     lines += npu_lines(m.get("npu"))
     v = m.get("verify")
     if not v:

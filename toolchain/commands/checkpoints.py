@@ -89,8 +89,9 @@ def export_text(path: str, m: dict[str, Any]) -> str:
         lines.append(f"  {name:<16} {e['bytes']:>12,d} B  sha256 {e['sha256'][:12]}")
     lines.append(f"  model bytes / (params x 4) = {m['sizes']['ratio_to_fp32_params']}")
     for prog, d in (m.get("delegation") or {}).items():
+        ops = f"; {d['delegate_ops']} operators per call" if "delegate_ops" in d else ""
         lines.append(f"  {prog}: {d['delegated_nodes']} nodes delegated, {d['portable_nodes']} portable "
-                     f"({d['delegated_fraction']:.1%} in {d['delegate']}) {d['portable_ops'] or ''}")
+                     f"({d['delegated_fraction']:.1%} in {d['delegate']}{ops}) {d['portable_ops'] or ''}")
     return "\n".join(lines)
 
 
