@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,lint,onnx,litert]'
+	$(PIP) install -q -e '.[test,lint,onnx,litert,scale]'
 	# Arm Ethos-U NPU compiler (Vela) and TOSA serializer for the executorch-ethos-u* targets.
 	# tosa-tools pins numpy<2.2 and ml-dtypes==0.5.3, which would downgrade what onnx and
 	# JAX need; the Arm backend runs with the versions above (tested), so no-deps here.
