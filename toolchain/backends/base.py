@@ -106,10 +106,13 @@ class Session(ABC):
     vocab_size: int = 0
 
     @abstractmethod
-    def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> Any: ...
+    def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> Any:
+        """The decode state of one input. It may alias the runtime's own output buffers: valid
+        until this session's next `encode`, so decode one input before encoding the next."""
 
     @abstractmethod
-    def decode(self, token: int, position: int, state: Any) -> np.ndarray: ...
+    def decode(self, token: int, position: int, state: Any) -> np.ndarray:
+        """One step's logits [V], a copy the caller may keep."""
 
     def step(self, token: int, position: int, state: Any, token_bias: np.ndarray,
              want_logits: bool) -> tuple[int, np.ndarray | None]:
