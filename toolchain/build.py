@@ -170,13 +170,13 @@ def _dest(out: str, row: dict[str, Any]) -> Path:
     return Path(out) / row["checkpoint"] / row["target"] / row["recipe"]
 
 
-def _names(ck: str, recipe_name: str, target_name: str) -> tuple[str, str, str]:
+def cell_names(ck: str, recipe_name: str, target_name: str) -> tuple[str, str, str]:
     """A cell as the matrix names it: what sharding and merging identify it by."""
     return Path(ck).name, Path(recipe_name).stem, Path(target_name).stem
 
 
 def base_row(ck: str, recipe_name: str, target_name: str) -> dict[str, Any]:
-    names = _names(ck, recipe_name, target_name)
+    names = cell_names(ck, recipe_name, target_name)
     return {"cell": cell_name(names), "checkpoint": names[0], "recipe": names[1], "target": names[2],
             "status": "failed", "cache_hit": False}
 
@@ -252,6 +252,14 @@ def _excluded(m: Matrix, ck: Path, recipe: str, target: str) -> bool:
     return any(all(fnmatch.fnmatch(names[k], pat) for k, pat in e.items()) for e in m.exclude)
 
 
+def plan(m: Matrix, kn: tuple[int, int] | None) -> list[tuple[str, str, str]]:
+    """The matrix's cells, in matrix order (those of shard K/N when kn = (K, N)), as (checkpoint
+    path, recipe, target) as the matrix gives them."""
+    every = [(str(ck), r, t) for ck in m.checkpoints for r in m.recipes for t in m.targets
+             if not _excluded(m, ck, r, t)]
+    return [c for c in every if kn is None or shard_of(cell_names(*c), kn[1]) == kn[0]]
+
+
 def verdict(r: dict, thresholds: dict[str, float], base: dict | None) -> None:
     """Annotate one row with its verdict (pass | fail) and, when it fails, why: the verify
     failures themselves, the accuracy drop, or the slowdown against `base` (its baseline row)."""
@@ -315,9 +323,7 @@ def _build(m: Matrix, matrix_path: str, outp: Path, store: CacheStore, jobs: int
         outp.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create the output directory {outp}: {e.strerror}") from None
-    every = [(str(ck), r, t) for ck in m.checkpoints for r in m.recipes for t in m.targets
-             if not _excluded(m, ck, r, t)]
-    cells = [c for c in every if kn is None or shard_of(_names(*c), kn[1]) == kn[0]]
+    every, cells = plan(m, None), plan(m, kn)
     t0 = time.time()
     args = [(ck, r, t, None if client else str(outp), store, m.verify_limit, m.probe_runs) for ck, r, t in cells]
     rows: dict[int, dict] = {}
@@ -351,9 +357,9 @@ def _build(m: Matrix, matrix_path: str, outp: Path, store: CacheStore, jobs: int
     summary = {"matrix": str(Path(matrix_path).resolve()), "date": _dt.datetime.now(_dt.UTC).isoformat(
         timespec="seconds"), "seconds": round(time.time() - t0, 2), "cache_dir": store.describe(),
         "thresholds": thresholds, "cells": ordered, "ok": all(r["verdict"] == "pass" for r in ordered),
-        "matrix_digest": matrix_digest(Path(matrix_path).read_text(), [_names(*c) for c in every])}
+        "matrix_digest": matrix_digest(Path(matrix_path).read_text(), [cell_names(*c) for c in every])}
     if kn is not None:  # a partial build.json: what `build merge` needs to check the parts
-        summary.update(shard={"index": kn[0], "count": kn[1]}, matrix_cells=[cell_name(_names(*c)) for c in every])
+        summary.update(shard={"index": kn[0], "count": kn[1]}, matrix_cells=[cell_name(cell_names(*c)) for c in every])
     if client is not None:
         summary["scheduler"] = client.scheduler.address
     write_summary(outp, summary)

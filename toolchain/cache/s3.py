@@ -72,8 +72,8 @@ class S3Store(CacheStore):
             raise InputError("--cache s3://...: boto3 is not installed (pip install 'edgeseq[scale]')") from None
         cfg = Config(connect_timeout=connect_timeout, read_timeout=120,
                      retries={"max_attempts": attempts, "mode": "standard"})
-        try:
-            return boto3.client("s3", config=cfg)
+        try:  # a new session: it reads the environment now (the default one caches credentials)
+            return boto3.session.Session().client("s3", config=cfg)
         except Exception as e:  # a malformed endpoint URL or region in the environment
             raise InputError(f"cannot configure the S3 client: {str(e).splitlines()[0]}") from None
 
