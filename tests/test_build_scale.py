@@ -172,15 +172,16 @@ def test_shards_are_stable_and_cover_every_cell(checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_shards_merged_equal_one_build(checkpoint, first_s3_build, tmp_path):
-    """--shard 1/2 and --shard 2/2 in two separate clones (each with its own local cache), merged: the
-    same cells, keys and verify results as the unsharded build, each cell exactly once. Then the merge
-    refuses a missing shard, a shard given twice and a part of another matrix, in one line, writing nothing."""
+def test_two_shards_merged_equal_one_build(checkpoint, first_s3_build, aws, tmp_path):
+    """--shard 1/2 and --shard 2/2 in two separate clones, sharing the s3:// cache as CI runners do,
+    merged: the same cells, keys and verify results as the unsharded build, each cell exactly once.
+    Then the merge refuses a missing shard, a shard given twice and a part of another matrix, in one
+    line, writing nothing."""
     unsharded, _ = first_s3_build
     parts = []
     for k in (1, 2):
         matrix = clone(tmp_path / f"shard{k}", checkpoint)
-        s, _ = build(matrix, "--shard", f"{k}/2", "--cache", tmp_path / f"shard{k}" / "cache")
+        s, _ = build(matrix, "--shard", f"{k}/2", "--cache", f"s3://{BUCKET}/shared")
         assert s["shard"] == {"index": k, "count": 2} and len(s["cells"]) == 2
         parts.append(matrix.parent / "out" / "build.json")
     code, text = invoke("build", "merge", *parts, "-o", tmp_path / "merged", "--json")
@@ -191,11 +192,11 @@ def test_two_shards_merged_equal_one_build(checkpoint, first_s3_build, tmp_path)
     assert json.loads((tmp_path / "merged" / "build.json").read_text())["cells"] == merged["cells"]
     assert (tmp_path / "merged" / "build.md").read_text().count("| ck |") == 4
 
-    # A part of another matrix (same cells, other thresholds): its cells are all cache hits here.
+    # A part of another matrix (same cells, other thresholds; all cache hits).
     other = tmp_path / "shard2" / "matrix.yaml"
     other.write_text(other.read_text() + "thresholds: {max_slowdown_pct: 50}\n")
     code, text = invoke("build", other, "-o", tmp_path / "other", "--shard", "2/2", "--cache",
-                        tmp_path / "shard2" / "cache")
+                        f"s3://{BUCKET}/shared")
     assert code == 0, text
     for bad, why in (([parts[0]], "shard(s) 2/2 missing"), ([parts[0], parts[0]], "shard 1/2 given twice"),
                      ([parts[0], tmp_path / "other" / "build.json"], "different matrices"),
@@ -302,7 +303,8 @@ def dask_cluster(aws, tmp_path):
         for name in ("w1", "w2"):
             procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
-                 "--name", name, "--host", "127.0.0.1", "--no-dashboard"], **quiet)  # type: ignore[call-overload]
+                 "--name", name, "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(tmp_path / name)],
+                **quiet)  # type: ignore[call-overload]
         from distributed import Client
 
         with Client(address, timeout=30) as c:
@@ -321,34 +323,43 @@ def dask_cluster(aws, tmp_path):
 
 @pytest.mark.slow
 def test_dask_cluster_build_survives_a_killed_worker(checkpoint, first_s3_build, dask_cluster, aws, tmp_path):
-    """The 4-cell matrix on a scheduler + 2 workers, into a fresh s3:// prefix: worker w1 is killed
-    (SIGKILL) while it builds a cell; the scheduler runs that cell on w2; the build completes with the
-    same cells as the local build, each naming its worker, and the store holds 4 intact entries."""
+    """The 4-cell matrix plus a new cell r5 on a scheduler + 2 workers, into an s3:// prefix holding
+    the 4 built cells (copied from clone A's): the worker building r5 is killed (SIGKILL) mid-cell;
+    the scheduler runs r5 on the other worker; the build completes with the same cells as the local
+    build, each naming its worker, and the store holds 5 intact entries (no half entry)."""
     from distributed import Client
 
+    client = aws["client"]
+    for key in objects(client, "shared/"):
+        client.copy_object(Bucket=BUCKET, Key="dask/" + key.split("/", 1)[1],
+                           CopySource={"Bucket": BUCKET, "Key": key})
     address, procs = dask_cluster
-    matrix = clone(tmp_path / "a", checkpoint)
+    matrix = clone(tmp_path / "a", checkpoint, recipes=(*RECIPES, "r5"))
     build_proc = subprocess.Popen(
         [sys.executable, "-m", "toolchain.cli", "build", str(matrix), "-o", str(tmp_path / "a" / "out"),
          "--cache", f"s3://{BUCKET}/dask", "--scheduler", address, "--json"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)})
+    victim = None
     with Client(address, timeout=30) as c:
-        w1 = next(a for a, w in c.scheduler_info()["workers"].items() if w["name"] == "w1")
         end = time.time() + 300
-        while not c.processing().get(w1) and time.time() < end:
+        while victim is None and time.time() < end and build_proc.poll() is None:
+            victim = next((a for a, keys in c.processing().items() if any(str(k).endswith("-4") for k in keys)),
+                          None)  # r5 is cell 4 (0-based): its task is running there
             time.sleep(0.2)
+        assert victim, "r5 never ran"
         time.sleep(3)  # well into the cell: loading, exporting
-        victim = list(c.processing().get(w1) or [])
-        procs["w1"].kill()
+        killed = c.scheduler_info()["workers"][victim]["name"]
+        procs[killed].kill()
     out, _ = build_proc.communicate(timeout=900)
     assert build_proc.returncode == 0, out
     s = summary(out)
     local, _ = first_s3_build
-    assert same(s["cells"]) == same(local["cells"]) and all(c["status"] == "ok" for c in s["cells"])
+    assert same(s["cells"][:4]) == same(local["cells"]) and all(c["status"] == "ok" for c in s["cells"])
+    survivor = {"w1": "w2", "w2": "w1"}[killed]
     assert all(c["worker"] in ("w1", "w2") for c in s["cells"]), s["cells"]
-    assert victim and any(c["worker"] == "w2" for c in s["cells"])
+    assert s["cells"][4]["worker"] == survivor and not s["cells"][4]["cache_hit"], s["cells"][4]
     for c in s["cells"]:
         assert (Path(c["artifact"]) / "manifest.json").is_file()
-    assert len(intact_entries("dask", tmp_path / "check")) == 4
-    print(f"\ndask: workers {[c['worker'] for c in s['cells']]}, killed w1 during {victim}, {s['seconds']} s")
+    assert len(intact_entries("dask", tmp_path / "check")) == 5
+    print(f"\ndask: workers {[c['worker'] for c in s['cells']]}, {killed} killed during r5, {s['seconds']} s")

@@ -83,7 +83,7 @@ def run_cells(client: Any, args: list[tuple[Any, ...]], done: Callable[[int, dic
         run = uuid.uuid4().hex[:12]
         futures = {client.submit(_run_on_worker, a, pure=False, retries=RETRIES, key=f"edgeseq-cell-{run}-{i}"): i
                    for i, a in enumerate(args)}
-        for fut in as_completed(list(futures)):
+        for fut in as_completed(list(futures), loop=client.loop):
             i = futures[fut]
             try:
                 row = fut.result()
