@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -310,15 +309,10 @@ def dask_cluster(aws, tmp_path):
         with Client(address, timeout=30) as c:
             c.wait_for_workers(2, timeout=60)
         yield address, procs
-    finally:
+    finally:  # nothing of theirs needs a clean shutdown: SIGKILL, no waiting on Dask's close timeouts
         for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            p.kill()
+            p.wait(timeout=30)
 
 
 @pytest.mark.slow
