@@ -198,6 +198,8 @@ def run_cell(ck: str, recipe_name: str, target_name: str, out: str | None, store
         row.update(recipe=recipe.name, target=target.name)
         key = cell_key(load_checkpoint(ck).file_hashes(), recipe, target)
         row["key"], row["_key"] = key[:16], key
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)  # the scratch dir lives there (same filesystem)
         with store.claim(key), tempfile.TemporaryDirectory(prefix=".edgeseq-cell-", dir=out) as tmp:
             entry = store.get(key, Path(tmp))
             row["cache_hit"] = entry is not None
