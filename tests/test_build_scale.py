@@ -127,11 +127,11 @@ def intact_entries(prefix: str, tmp: Path) -> dict[str, Path]:
     from toolchain.cache import open_store
 
     store = open_store(f"s3://{BUCKET}/{prefix}")
-    keys = {k.split("/")[1] for k in objects(store.client, prefix + "/") if k.endswith("/entry.json")}  # type: ignore[attr-defined]
+    keys = {k.split("/")[1] for k in objects(store.client, prefix + "/") if k.endswith("/entry.json")}
     tmp.mkdir(parents=True, exist_ok=True)
     got = {k: store.get(k, tmp) for k in keys}
     assert all(got.values()), got
-    return got  # type: ignore[return-value]
+    return got
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +295,7 @@ def dask_cluster(aws, tmp_path):
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "cwd": tmp_path}
     procs = {"scheduler": subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
-         "--no-dashboard"], **quiet)}  # type: ignore[call-overload]
+         "--no-dashboard"], **quiet)}
     try:
         wait_port(port, procs["scheduler"])
         address = f"tcp://127.0.0.1:{port}"
@@ -303,7 +303,7 @@ def dask_cluster(aws, tmp_path):
             procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
                  "--name", name, "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(tmp_path / name)],
-                **quiet)  # type: ignore[call-overload]
+                **quiet)
         from distributed import Client
 
         with Client(address, timeout=30) as c:
