@@ -291,7 +291,7 @@ def dask_cluster(aws, tmp_path):
     """`dask scheduler` and two `dask worker` processes (no nanny: killing one kills it) on loopback,
     importing this tree, with the AWS environment of the loopback store."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DASK_TEMPORARY_DIRECTORY": str(tmp_path)}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "cwd": tmp_path}
     procs = {"scheduler": subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
