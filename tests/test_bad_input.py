@@ -759,7 +759,8 @@ def test_two_builds_on_one_cache(checkpoint, tmp_path):
     """A build process and an in-process build, same matrix, cache and output, at the same time:
     one builds the cell, the other waits on the entry's lock and reuses it; both end with a
     hash-checked artifact and the cache holds exactly one intact entry."""
-    from toolchain.build import _cached, build
+    from toolchain.build import build
+    from toolchain.cache import read_results
 
     matrix, out, cache = _one_cell_matrix(tmp_path, checkpoint), tmp_path / "out", tmp_path / "cache"
     proc = subprocess.Popen([sys.executable, "-m", "toolchain.cli", "build", str(matrix), "-o", str(out),
@@ -778,7 +779,7 @@ def test_two_builds_on_one_cache(checkpoint, tmp_path):
     assert sorted(c["cache_hit"] for c in cells) == [False, True], cells
     key = next(p.name for p in cache.iterdir() if p.is_dir())
     assert sorted(p.name for p in cache.iterdir()) == [key, f"{key}.lock"]
-    assert _cached(cache / key) is not None  # the entry's artifact passes its hash check
+    assert read_results(cache / key) is not None  # the entry's artifact passes its hash check
     open_artifact(out / "ck" / "executorch-xnnpack" / "small")
     assert not leftovers(out) and not leftovers(cache)
 

@@ -1,33 +1,35 @@
 """`edgeseq build`: checkpoints x recipes x targets, each cell export -> verify -> probe,
-with a content-addressed cache, a lock per cache entry, a summary and gates.
+with a content-addressed cache, a summary and gates; sharded across CI runners, on a Dask cluster.
 
 Cell cache key = sha256 over: the checkpoint's file hashes, the serialized recipe and
 target, and the versions of edgeseq, torch, transformers and the runtime packages. An
-entry is `<cache>/<key>/` holding `artifact/` and `cell.json` (verify + probe results);
-it is reused only after its artifact's file hashes check out, else it is rebuilt. A
-`<key>.lock` file (flock) serializes builders of the same cell across processes.
+entry holds `artifact/` and `cell.json` (verify + probe results) in a `toolchain.cache`
+store (a directory, or an s3:// object store shared by runners); it is reused only after its
+files' hashes check out, else it is rebuilt. Sharding and merging: `toolchain.shard`; cells on
+a cluster: `toolchain.cluster`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as _dt
-import fcntl
 import fnmatch
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from . import schema
+from . import cluster, schema
+from .cache import RESULTS, CacheStore, open_store
 from .errors import InputError
 from .schema import AbsentIsNull, AtLeast, Keys, Newer, NonBlank, NonEmpty, Phrase, must, short
+from .shard import cell_name, matrix_digest, parse_shard, shard_of
 
 MATRIX_FORMAT_VERSION = 1
 THRESHOLD_KEYS = ("max_accuracy_drop", "max_slowdown_pct")
@@ -126,58 +128,25 @@ def cell_key(ck_hashes: dict[str, str], recipe, target) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-@contextmanager
-def locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _cached(entry: Path) -> dict | None:
-    """The entry's results if its artifact is intact, else None (corrupt entries are rebuilt)."""
-    from .artifact import open_artifact
-
-    cell = entry / "cell.json"
-    if not cell.is_file():
-        return None
-    try:
-        open_artifact(entry / "artifact")
-        return json.loads(cell.read_text())
-    except (InputError, json.JSONDecodeError):
-        return None
-
-
-def _produce(ck: Path, recipe, target, entry: Path, verify_limit: int | None, probe_runs: int) -> dict:
+def _produce(ck: Path, recipe, target, staged: Path, verify_limit: int | None, probe_runs: int) -> Path:
+    """Build one cell into the entry dir `staged` (`artifact/` + `cell.json`), for the store to publish."""
     from .checkpoint import load_checkpoint
     from .export import export
     from .probe.devices import LocalTransport, run_probe
     from .verify import verify_artifact
 
-    tmp = entry.with_name(entry.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        art = export(load_checkpoint(ck), recipe, target, tmp / "artifact")
-        # Where the runtime cannot execute here (Core ML on Linux) the structure is checked for
-        # real and numerics and latency are not run.
-        rep = verify_artifact(art, limit=verify_limit)
-        probe = None if rep.get("structure_only") else run_probe(
-            LocalTransport(), art.path, art.manifest,
-            ["--runs", str(probe_runs), "--warmup", "1", "--device-label", "local"])
-        results = {"verify": rep, "probe": probe, "model_bytes": art.model_bytes,
-                   "export_seconds": art.meta.export_seconds}
-        (tmp / "cell.json").write_text(json.dumps(results, indent=1))
-        # The entry appears complete or not at all (we hold its lock; a corrupt one is replaced).
-        shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return results
+    staged.mkdir(parents=True)
+    art = export(load_checkpoint(ck), recipe, target, staged / "artifact")
+    # Where the runtime cannot execute here (Core ML on Linux) the structure is checked for
+    # real and numerics and latency are not run.
+    rep = verify_artifact(art, limit=verify_limit)
+    probe = None if rep.get("structure_only") else run_probe(
+        LocalTransport(), art.path, art.manifest,
+        ["--runs", str(probe_runs), "--warmup", "1", "--device-label", "local"])
+    results = {"verify": rep, "probe": probe, "model_bytes": art.model_bytes,
+               "export_seconds": art.meta.export_seconds}
+    (staged / RESULTS).write_text(json.dumps(results, indent=1))
+    return staged
 
 
 def _copy_atomic(src: Path, dest: Path) -> None:
@@ -197,29 +166,52 @@ def _copy_atomic(src: Path, dest: Path) -> None:
         raise
 
 
-def run_cell(ck: str, recipe_name: str, target_name: str, out: str, cache: str,
+def _dest(out: str, row: dict[str, Any]) -> Path:
+    return Path(out) / row["checkpoint"] / row["target"] / row["recipe"]
+
+
+def cell_names(ck: str, recipe_name: str, target_name: str) -> tuple[str, str, str]:
+    """A cell as the matrix names it: what sharding and merging identify it by."""
+    return Path(ck).name, Path(recipe_name).stem, Path(target_name).stem
+
+
+def base_row(ck: str, recipe_name: str, target_name: str) -> dict[str, Any]:
+    names = cell_names(ck, recipe_name, target_name)
+    return {"cell": cell_name(names), "checkpoint": names[0], "recipe": names[1], "target": names[2],
+            "status": "failed", "cache_hit": False}
+
+
+def run_cell(ck: str, recipe_name: str, target_name: str, out: str | None, store: CacheStore | str,
              verify_limit: int | None, probe_runs: int) -> dict[str, Any]:
-    """One cell, end to end. Never raises: failures become the cell's status and one-line error."""
+    """One cell, end to end: served from `store` if an intact entry is there, else built and
+    published to it; its artifact copied under `out` (None: left in the store, as on a cluster
+    worker). Never raises: failures become the cell's status and one-line error."""
     from .checkpoint import load_checkpoint
     from .specs import load_recipe, load_target
 
     t0 = time.time()
-    row: dict[str, Any] = {"checkpoint": Path(ck).name, "recipe": Path(recipe_name).stem,
-                           "target": Path(target_name).stem, "status": "failed", "cache_hit": False}
+    row = base_row(ck, recipe_name, target_name)
     try:
+        if isinstance(store, str):
+            store = open_store(store, check=False)
         recipe, target = load_recipe(recipe_name), load_target(target_name)
         row.update(recipe=recipe.name, target=target.name)
         key = cell_key(load_checkpoint(ck).file_hashes(), recipe, target)
-        entry = Path(cache) / key
-        with locked(Path(cache) / f"{key}.lock"):
-            results = _cached(entry)
-            row["cache_hit"] = results is not None
-            if results is None:
-                results = _produce(Path(ck), recipe, target, entry, verify_limit, probe_runs)
-            dest = Path(out) / row["checkpoint"] / target.name / recipe.name
-            _copy_atomic(entry / "artifact", dest)
+        row["key"], row["_key"] = key[:16], key
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)  # the scratch dir lives there (same filesystem)
+        with store.claim(key), tempfile.TemporaryDirectory(prefix=".edgeseq-cell-", dir=out) as tmp:
+            entry = store.get(key, Path(tmp))
+            row["cache_hit"] = entry is not None
+            if entry is None:
+                entry = store.put(key, _produce(Path(ck), recipe, target, Path(tmp) / "new", verify_limit,
+                                                probe_runs))
+            results = json.loads((entry / RESULTS).read_text())
+            if out is not None:
+                _copy_atomic(entry / "artifact", _dest(out, row))
+                row["artifact"] = str(_dest(out, row))
         v, p = results["verify"], results["probe"] or {}
-        row.update(status="ok", key=key[:16], artifact=str(dest), model_bytes=results["model_bytes"],
+        row.update(status="ok", model_bytes=results["model_bytes"],
                    sequence_match=v.get("sequence_match"), task_accuracy=v.get("task_accuracy"),
                    reference_accuracy=v.get("reference_accuracy"), verify_passed=v["passed"],
                    verify_failures=list(v.get("failures") or []),
@@ -231,15 +223,43 @@ def run_cell(ck: str, recipe_name: str, target_name: str, out: str, cache: str,
         if p.get("kind") == "estimate":
             row["note"] = "latency is the NPU compiler's estimate, not a measurement"
     except Exception as e:  # one failing cell must not stop the others
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        row["error"] = first if isinstance(e, InputError) else f"{type(e).__name__}: {first}"
+        _fail(row, e)
     row["seconds"] = round(time.time() - t0, 2)
     return row
+
+
+def _fail(row: dict[str, Any], e: Exception) -> None:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    row.update(status="failed", error=first if isinstance(e, InputError) else f"{type(e).__name__}: {first}")
+
+
+def fetch_artifact(row: dict[str, Any], store: CacheStore, out: str) -> None:
+    """A cell built elsewhere (a cluster worker): its artifact from the store, hash-checked, into out."""
+    key = row.get("_key")
+    if row["status"] != "ok" or not key:
+        return
+    try:
+        with tempfile.TemporaryDirectory(prefix=".edgeseq-cell-", dir=out) as tmp:
+            entry = store.get(key, Path(tmp))
+            if entry is None:
+                raise InputError(f"{store.describe()}: the entry of cell {row['cell']} is missing or corrupt")
+            _copy_atomic(entry / "artifact", _dest(out, row))
+        row["artifact"] = str(_dest(out, row))
+    except Exception as e:
+        _fail(row, e)
 
 
 def _excluded(m: Matrix, ck: Path, recipe: str, target: str) -> bool:
     names = {"checkpoint": ck.name, "recipe": Path(recipe).stem, "target": Path(target).stem}
     return any(all(fnmatch.fnmatch(names[k], pat) for k, pat in e.items()) for e in m.exclude)
+
+
+def plan(m: Matrix, kn: tuple[int, int] | None) -> list[tuple[str, str, str]]:
+    """The matrix's cells, in matrix order (those of shard K/N when kn = (K, N)), as (checkpoint
+    path, recipe, target) as the matrix gives them."""
+    every = [(str(ck), r, t) for ck in m.checkpoints for r in m.recipes for t in m.targets
+             if not _excluded(m, ck, r, t)]
+    return [c for c in every if kn is None or shard_of(cell_names(*c), kn[1]) == kn[0]]
 
 
 def verdict(r: dict, thresholds: dict[str, float], base: dict | None) -> None:
@@ -272,8 +292,13 @@ def verdicts(rows: list[dict], thresholds: dict[str, float], baseline: dict | No
         verdict(r, thresholds, base.get((r["checkpoint"], r["recipe"], r["target"])))
 
 
-def build(matrix_path: str, out: str, cache_dir: str | None, jobs: int, baseline_path: str | None,
-          max_slowdown_pct: float | None = None, progress=None) -> dict[str, Any]:
+def build(matrix_path: str, out: str, cache_url: str | None, jobs: int, baseline_path: str | None,
+          max_slowdown_pct: float | None = None, progress=None, shard: str | None = None,
+          scheduler: str | None = None) -> dict[str, Any]:
+    """Build the matrix's cells (those of shard K/N with `shard`; on a Dask cluster with
+    `scheduler`). Every input, the cache store and the scheduler are checked before anything
+    is written."""
+    kn = parse_shard(shard)
     m = load_matrix(matrix_path)
     baseline = None
     if baseline_path:
@@ -284,48 +309,74 @@ def build(matrix_path: str, out: str, cache_dir: str | None, jobs: int, baseline
     thresholds = dict(m.thresholds)
     if max_slowdown_pct is not None:
         thresholds["max_slowdown_pct"] = max_slowdown_pct
-    cache = Path(cache_dir or Path.home() / ".cache" / "edgeseq" / "build").resolve()
-    outp = Path(out).resolve()
+    store = open_store(cache_url)
+    client = cluster.connect(scheduler) if scheduler else None
+    try:
+        return _build(m, matrix_path, Path(out).resolve(), store, jobs, thresholds, baseline, progress, kn, client)
+    finally:
+        if client is not None:
+            with cluster.quiet():
+                client.close()
+
+
+def _build(m: Matrix, matrix_path: str, outp: Path, store: CacheStore, jobs: int, thresholds: dict[str, float],
+           baseline: dict | None, progress, kn: tuple[int, int] | None, client) -> dict[str, Any]:
     try:
         outp.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create the output directory {outp}: {e.strerror}") from None
-    cells = [(str(ck), r, t) for ck in m.checkpoints for r in m.recipes for t in m.targets
-             if not _excluded(m, ck, r, t)]
+    every, cells = plan(m, None), plan(m, kn)
     t0 = time.time()
-    args = [(ck, r, t, str(outp), str(cache), m.verify_limit, m.probe_runs) for ck, r, t in cells]
-    rows: list[dict] = []
+    args = [(ck, r, t, None if client else str(outp), store, m.verify_limit, m.probe_runs) for ck, r, t in cells]
+    rows: dict[int, dict] = {}
     base = {(b["checkpoint"], b["recipe"], b["target"]): b for b in (baseline or {}).get("cells", [])}
 
-    def done(row: dict) -> None:  # each cell's verdict as soon as it is built, with its reasons
+    def done(i: int, row: dict) -> None:  # each cell's verdict as soon as it is built, with its reasons
+        if client is not None:
+            row = {**base_row(*cells[i]), **row}
+            fetch_artifact(row, store, str(outp))
+        row.pop("_key", None)
         verdict(row, thresholds, base.get((row["checkpoint"], row["recipe"], row["target"])))
-        rows.append(row)
+        rows[i] = row
         if progress:
             progress(row, len(rows), len(args))
 
-    if jobs > 1:
+    if client is not None:
+        cluster.run_cells(client, args, done)
+    elif jobs > 1:
         import multiprocessing
 
         with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for row in pool.map(run_cell, *zip(*args, strict=True)):
-                done(row)
+            for i, row in enumerate(pool.map(run_cell, *zip(*args, strict=True))):
+                done(i, row)
     else:
         from . import progress as live
 
-        for i, a in enumerate(args, 1):
-            live.note(f"build: cell {i}/{len(args)}: {Path(a[0]).name} {Path(a[2]).stem}/{Path(a[1]).stem}")
-            done(run_cell(*a))
+        for i, a in enumerate(args):
+            live.note(f"build: cell {i + 1}/{len(args)}: {Path(a[0]).name} {Path(a[2]).stem}/{Path(a[1]).stem}")
+            done(i, run_cell(*a))
+    ordered = [rows[i] for i in sorted(rows)]
     summary = {"matrix": str(Path(matrix_path).resolve()), "date": _dt.datetime.now(_dt.UTC).isoformat(
-        timespec="seconds"), "seconds": round(time.time() - t0, 2), "cache_dir": str(cache),
-        "thresholds": thresholds, "cells": rows, "ok": all(r["verdict"] == "pass" for r in rows)}
+        timespec="seconds"), "seconds": round(time.time() - t0, 2), "cache_dir": store.describe(),
+        "thresholds": thresholds, "cells": ordered, "ok": all(r["verdict"] == "pass" for r in ordered),
+        "matrix_digest": matrix_digest(Path(matrix_path).read_text(), [cell_names(*c) for c in every])}
+    if kn is not None:  # a partial build.json: what `build merge` needs to check the parts
+        summary.update(shard={"index": kn[0], "count": kn[1]}, matrix_cells=[cell_name(cell_names(*c)) for c in every])
+    if client is not None:
+        summary["scheduler"] = client.scheduler.address
+    write_summary(outp, summary)
+    return summary
+
+
+def write_summary(outp: Path, summary: dict[str, Any]) -> None:
     from .artifact import write_json_atomic, write_text_atomic
 
     try:
+        outp.mkdir(parents=True, exist_ok=True)
         write_json_atomic(outp / "build.json", summary)
         write_text_atomic(outp / "build.md", markdown(summary))
     except OSError as e:
         raise InputError(f"cannot write the build summary in {outp}: {e.strerror}") from None
-    return summary
 
 
 def markdown(s: dict[str, Any]) -> str:
@@ -344,7 +395,8 @@ def markdown(s: dict[str, Any]) -> str:
             verdict += f": {r['error']}"
         if r.get("note"):
             verdict += f" ({r['note']})"
+        where = f" on {r['worker']}" if r.get("worker") else ""
         lines.append(f"| {r['checkpoint']} | {r['target']} | {r['recipe']} | {r['status']} | "
-                     f"{'hit' if r['cache_hit'] else 'built'} | {mb} | {acc} | {f(r.get('ttft_ms'), '.2f')} | "
+                     f"{'hit' if r['cache_hit'] else 'built'}{where} | {mb} | {acc} | {f(r.get('ttft_ms'), '.2f')} | "
                      f"{f(r.get('decode_ms_per_token'), '.3f')} | {verdict} |")
     return "\n".join(lines) + "\n"

@@ -107,22 +107,74 @@ def report_markdown(reports: list[dict[str, Any]], base: dict[str, Any], pct: fl
     return md
 
 
-@click.command()
+@click.command("merge")
+@click.argument("parts", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path(),
+              help="Directory for the joined build.json and build.md.")
+@click.option("--json", "as_json", is_flag=True, help="Print the joined summary as JSON.")
+def merge(parts: tuple[str, ...], out: str, as_json: bool) -> None:
+    """Join the build.json of every shard of one matrix into one build.json/build.md.
+
+    Refuses parts of different matrices, a shard given twice, a cell in two parts, a missing
+    shard or cell. Exits 1 if any cell failed or regressed.
+
+    Example: edgeseq build merge shard-1/build.json shard-2/build.json -o out
+    """
+    from ..build import markdown, write_summary
+    from ..shard import merge as join
+
+    s = join(list(parts))
+    write_summary(Path(out).resolve(), s)
+    emit(s, as_json, markdown(s))
+    _gate(s)
+
+
+def _gate(s: dict[str, Any]) -> None:
+    if not s["ok"]:
+        bad = [f"{r['checkpoint']} {r['target']}/{r['recipe']}" for r in s["cells"] if r["verdict"] != "pass"]
+        raise CheckFailed(f"{len(bad)} cell(s) failed or regressed: {', '.join(bad)}")
+
+
+class BuildCommand(click.Command):
+    """`edgeseq build MATRIX ...` builds; `edgeseq build merge PARTS... -o OUT` joins shards."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        if args and args[0] == "merge":
+            return merge.make_context(f"{info_name or 'build'} merge", args[1:], parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+@click.command(cls=BuildCommand)
 @click.argument("matrix", type=click.Path())
 @click.option("-o", "--output", "out", required=True, type=click.Path(),
               help="Output directory (artifacts, build.json, build.md).")
-@click.option("--cache-dir", type=click.Path(), help="Content-addressed cell cache (default: ~/.cache/edgeseq/build).")
+@click.option("--cache", "--cache-dir", "cache", metavar="PATH|URL",
+              help="Content-addressed cell cache: a directory (default: ~/.cache/edgeseq/build) or "
+                   "s3://BUCKET/PREFIX on any S3-compatible store (endpoint and credentials the standard AWS way: "
+                   "AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_PROFILE...), shared by runners.")
+@click.option("--shard", metavar="K/N",
+              help="Build only shard K of N (a stable assignment by cell: adding a cell moves no other); "
+                   "writes a partial build.json for `edgeseq build merge`.")
+@click.option("--scheduler", metavar="tcp://HOST:PORT",
+              help="Send the cells to this Dask scheduler's workers (they build into --cache, which they must "
+                   "share: s3://, or a directory on a shared filesystem); -j is then the cluster's.")
 @click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Cells built in parallel (processes).")
 @click.option("--baseline", type=click.Path(), help="A previous build.json to gate latency against.")
 @click.option("--max-slowdown-pct", type=float, help="Override the matrix's latency threshold (percent vs baseline).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def build(matrix: str, out: str, cache_dir: str | None, jobs: int, baseline: str | None,
-          max_slowdown_pct: float | None, as_json: bool) -> None:
+def build(matrix: str, out: str, cache: str | None, shard: str | None, scheduler: str | None, jobs: int,
+          baseline: str | None, max_slowdown_pct: float | None, as_json: bool) -> None:
     """Build every checkpoint x recipe x target cell: export, verify, probe; cached by content.
 
-    Exits 1 if any cell fails or regresses past its threshold.
+    Exits 1 if any cell fails or regresses past its threshold. `edgeseq build merge PARTS... -o OUT`
+    joins the build.json files of `--shard` runs (see `edgeseq build merge --help`).
 
-    Example: edgeseq build examples/ci/matrix.yaml -o out --cache-dir .edgeseq-cache --baseline base.json
+    \b
+    Examples:
+      edgeseq build examples/ci/matrix.yaml -o out --cache .edgeseq-cache --baseline base.json
+      edgeseq build examples/ci/matrix.yaml -o out-2 --shard 2/4 --cache s3://ci-cache/edgeseq
+      edgeseq build examples/ci/matrix.yaml -o out --scheduler tcp://10.0.0.5:8786 --cache s3://ci-cache/edgeseq
     """
     from ..build import build as do_build
     from ..build import markdown
@@ -130,14 +182,13 @@ def build(matrix: str, out: str, cache_dir: str | None, jobs: int, baseline: str
     def cell_done(row: dict[str, Any], done: int, total: int) -> None:
         if not as_json:
             why = "; ".join([*row.get("problems", []), *([row["error"]] if row.get("error") else [])])
+            on = f" on {row['worker']}" if row.get("worker") else ""
             click.echo(f"  [{done}/{total}] {row['checkpoint']} {row['target']}/{row['recipe']}: {row['verdict']}"
-                       f"{' (cache hit)' if row['cache_hit'] else ''}{': ' + why if why else ''}", err=True)
+                       f"{' (cache hit)' if row['cache_hit'] else ''}{on}{': ' + why if why else ''}", err=True)
 
-    s = do_build(matrix, out, cache_dir, jobs, baseline, max_slowdown_pct, cell_done)
+    s = do_build(matrix, out, cache, jobs, baseline, max_slowdown_pct, cell_done, shard=shard, scheduler=scheduler)
     emit(s, as_json, markdown(s))
-    if not s["ok"]:
-        bad = [f"{r['checkpoint']} {r['target']}/{r['recipe']}" for r in s["cells"] if r["verdict"] != "pass"]
-        raise CheckFailed(f"{len(bad)} cell(s) failed or regressed: {', '.join(bad)}")
+    _gate(s)
 
 
 COMMANDS = [probe, report, build]
