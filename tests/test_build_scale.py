@@ -172,16 +172,18 @@ def test_shards_are_stable_and_cover_every_cell(checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_two_shards_merged_equal_one_build(checkpoint, first_s3_build, aws, tmp_path):
-    """--shard 1/2 and --shard 2/2 in two separate clones, sharing the s3:// cache as CI runners do,
-    merged: the same cells, keys and verify results as the unsharded build, each cell exactly once.
+    """--shard 1/2 and --shard 2/2 in two separate clones, each building its cells from nothing (its
+    own empty cache), merged: the same cells, keys and verify results as the unsharded build (clone
+    A's, into the s3:// cache), each cell exactly once.
     Then the merge refuses a missing shard, a shard given twice and a part of another matrix, in one
     line, writing nothing."""
     unsharded, _ = first_s3_build
     parts = []
     for k in (1, 2):
         matrix = clone(tmp_path / f"shard{k}", checkpoint)
-        s, _ = build(matrix, "--shard", f"{k}/2", "--cache", f"s3://{BUCKET}/shared")
+        s, _ = build(matrix, "--shard", f"{k}/2", "--cache", tmp_path / f"cache{k}")
         assert s["shard"] == {"index": k, "count": 2} and len(s["cells"]) == 2
+        assert not any(c["cache_hit"] for c in s["cells"]), s["cells"]
         parts.append(matrix.parent / "out" / "build.json")
     code, text = invoke("build", "merge", *parts, "-o", tmp_path / "merged", "--json")
     assert code == 0, text
