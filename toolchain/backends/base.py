@@ -111,6 +111,16 @@ class Session(ABC):
     @abstractmethod
     def decode(self, token: int, position: int, state: Any) -> np.ndarray: ...
 
+    def executed(self) -> str | None:
+        """What this session executes when that is not simply the artifact's runtime (verify's
+        `runtime` says it); None: the backend's Capabilities.executes, if any."""
+        return None
+
+    def execution_report(self) -> dict[str, Any] | None:
+        """Checks the session made while running (an NPU session: per delegated subgraph, its
+        agreement with the host reference), with "failures" (one line each) that fail verify."""
+        return None
+
     def step(self, token: int, position: int, state: Any, token_bias: np.ndarray,
              want_logits: bool) -> tuple[int, np.ndarray | None]:
         """One step of a next-token decode program: (argmax(logits + token_bias), the logits

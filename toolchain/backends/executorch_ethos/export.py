@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..base import Lowered
-from . import HOST, PTE, quantize, vela
+from . import HOST, PTE, quantize, subgraphs, vela
 
 if TYPE_CHECKING:
     from ...specs import Target
@@ -107,9 +107,16 @@ def lower(parts: Seq2SeqParts, target: Target, out_dir: Path, calibration: list[
         host = to_edge_transform_and_lower(dict(quantized), compile_config=config).to_executorch()
         device = to_edge_transform_and_lower(dict(quantized), compile_config=config,
                                              partitioner={n: [p] for n, p in partitioners.items()})
+        kept = {}
         for name in modules:
-            placement = _placement(device.exported_program(name).graph_module, partitioners[name].rejected)
-            report = vela.report(list((tmp / name).glob("output_tag*.tosa")), specs[name], tmp / f"{name}-report")
+            program = device.exported_program(name)
+            placement = _placement(program.graph_module, partitioners[name].rejected)
+            # The TOSA flatbuffers Vela compiles, kept in the artifact with the partitioned program
+            # (verify runs them on the TOSA reference model); the Vela report follows the same
+            # delegate order, so its subgraph n is delegate call n.
+            kept[name] = subgraphs.keep(program, name, tmp / name, out_dir)
+            report = vela.report([out_dir / s["file"] for s in kept[name]["subgraphs"]], specs[name],
+                                 tmp / f"{name}-report")
             npu[name] = {**placement, **report}
         et = device.to_executorch()
     (out_dir / PTE).write_bytes(et.buffer)
@@ -118,7 +125,8 @@ def lower(parts: Seq2SeqParts, target: Target, out_dir: Path, calibration: list[
     clock = next((g["clock_hz"] for p in npu.values() for g in p["subgraphs"]), None)
     for name in sig:
         sig[name].update(file=PTE, method=name, host_reference=HOST, quantization={"all": "static-int8"},
-                         npu_op_percent=npu[name]["npu_op_percent"], estimated_ms=npu[name]["estimated_ms"])
+                         npu_op_percent=npu[name]["npu_op_percent"], estimated_ms=npu[name]["estimated_ms"],
+                         tosa=kept[name])
     sig["decode"]["kv_cache"] = "inputs/outputs (cache_k_*, cache_v_*), float at the boundary, int8 on the NPU"
     summary = {"accelerator": target.options["accelerator"],
                "system_config": _flag(specs["encode"], "system-config"),
@@ -127,4 +135,4 @@ def lower(parts: Seq2SeqParts, target: Target, out_dir: Path, calibration: list[
                "estimate": "Vela's compile-time estimate of NPU time (cycles / clock); the Cortex-M's "
                            "quantize/dequantize at the program boundary is not included",
                "programs": npu}
-    return Lowered(files=[PTE, HOST], programs=sig, report={"npu": summary}, tool_versions=tool_versions)
+    return Lowered(files=[PTE, HOST, *subgraphs.files(kept)], programs=sig, report={"npu": summary}, tool_versions=tool_versions)
