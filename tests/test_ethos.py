@@ -143,6 +143,63 @@ def test_host_reference_runs_the_int8_graph(ethos, checkpoint):
     assert 1e-5 < max_diff < 5.0, max_diff  # quantized: not bit-equal to fp32, not garbage either
 
 
+def test_verify_runs_the_delegated_subgraphs_on_the_tosa_reference_model(ethos):
+    """verify executes every delegated TOSA subgraph on the reference model and reports, per
+    subgraph, its integer agreement with the host reference (measured: bit-exact here)."""
+    m = open_artifact(ethos).manifest
+    for name in ("encode", "decode"):
+        tosa = m["programs"][name]["tosa"]
+        assert len(tosa["subgraphs"]) == m["npu"]["programs"][name]["delegated_subgraphs"]
+        assert all(s["file"] in m["files"] for s in tosa["subgraphs"]) and tosa["graph"] in m["files"]
+    r = CliRunner().invoke(main, ["verify", str(ethos), "--json"])
+    rep = _json(r.output)
+    assert r.exit_code == 0 and rep["passed"], rep
+    assert rep["runtime"].startswith("executorch/ethos-u: TOSA reference model for ")
+    subgraphs = rep["delegates"]["subgraphs"]
+    assert {g["program"] for g in subgraphs} == {"encode", "decode"}
+    for g in subgraphs:
+        assert g["calls"] > 0 and g["values"] > 0, g
+        assert g["max_steps"] <= rep["delegates"]["tolerance"]["max_steps"], g
+    text = CliRunner().invoke(main, ["verify", str(ethos)]).output
+    assert re.search(r"decode subgraph \d \(tosa/decode_\d\.tosa\): \d+ calls, \d+/\d+ int values bit-equal", text)
+
+
+def _corrupt_largest_weight(path) -> None:
+    """Negate the largest int8 constant (a weight) of a TOSA flatbuffer, in place."""
+    from tosa.DType import DType
+    from tosa.TosaGraph import TosaGraph
+
+    buf = bytearray(path.read_bytes())
+    graph = TosaGraph.GetRootAs(buf, 0)
+    tensors = [b.Tensors(k) for r in (graph.Regions(i) for i in range(graph.RegionsLength()))
+               for b in (r.Blocks(j) for j in range(r.BlocksLength())) for k in range(b.TensorsLength())]
+    weight = max((t for t in tensors if t.Type() == DType.INT8 and not t.DataIsNone()), key=lambda t: t.DataLength())
+    data = weight.DataAsNumpy().view(np.int8)  # a view into `buf`
+    data[:] = -data
+    path.write_bytes(bytes(buf))
+
+
+def test_corrupted_tosa_constant_fails_verify_naming_the_subgraph(ethos, tmp_path):
+    """A miscompiled NPU subgraph (one weight negated in its TOSA flatbuffer, the manifest's hash
+    updated as if the lowering had written it) fails verify, and the failure names it."""
+    import shutil
+
+    from toolchain.artifact import file_entries, write_json_atomic
+
+    art = tmp_path / "corrupt"
+    shutil.copytree(ethos, art)
+    m = json.loads((art / "manifest.json").read_text())
+    victim = max(m["programs"]["decode"]["tosa"]["subgraphs"], key=lambda s: m["files"][s["file"]]["bytes"])
+    _corrupt_largest_weight(art / victim["file"])
+    m["files"].update(file_entries(art, [victim["file"]]))
+    write_json_atomic(art / "manifest.json", m)
+    r = CliRunner().invoke(main, ["verify", str(art), "--json"])
+    rep = _json(r.output)
+    assert r.exit_code == 1 and not rep["passed"], rep
+    named = [f for f in rep["failures"] if f"decode subgraph {victim['index']} ({victim['file']})" in f]
+    assert named and "TOSA reference model vs host reference" in named[0], rep["failures"]
+
+
 def test_rejects_float_recipes_in_one_line(checkpoint, tmp_path):
     r = CliRunner().invoke(main, ["export", str(checkpoint), "--recipe", "fp32", "--target",
                                   "executorch-ethos-u85", "--output", str(tmp_path / "x")])
