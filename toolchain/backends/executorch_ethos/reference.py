@@ -162,7 +162,9 @@ class TosaReferenceSession(Session):
                 self.checks.append(check)
             self._modules[name] = module
         self._encode_inputs = progs["encode"]["inputs"]
-        self._cache = [(tuple(c["shape"]), getattr(torch, c["dtype"])) for c in progs["decode"]["cache"]]
+        # A zeroed cache: 0.0 in float, its zero point where it crosses the boundary as int8.
+        self._cache = [(tuple(c["shape"]), getattr(torch, c["dtype"]), c.get("zero_point", 0))
+                       for c in progs["decode"]["cache"]]
 
     def executed(self) -> str:
         per = ", ".join(f"{p} {sum(c.program == p for c in self.checks)}" for p in self._modules)
@@ -177,7 +179,7 @@ class TosaReferenceSession(Session):
     def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, Any]:
         t = self._torch
         cross = self._run("encode", [t.from_numpy(a) for a in encode_arrays(self._encode_inputs, inputs)])
-        return {"cross": cross, "cache": [t.zeros(s, dtype=d) for s, d in self._cache]}
+        return {"cross": cross, "cache": [t.full(s, zp, dtype=d) for s, d, zp in self._cache]}
 
     def decode(self, token: int, position: int, state: dict[str, Any]) -> np.ndarray:
         t = self._torch
