@@ -221,7 +221,8 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
         sequence_match=seq_hits / len(evals.rows),
         task_accuracy=task_hits / n_targets if n_targets else None,
         reference_accuracy=ref_hits / n_targets if n_targets else None,
-        eval_source=evals.source, runtime=_executed(target, session) + _native_note(runner, device), passed=True, failures=[],
+        eval_source=evals.source, runtime=_executed(target, session) + _native_note(runner, device),
+        passed=True, failures=[],
         languages=languages if tokens.task_prompt is not None else None,
         next_token=chosen if chosen["steps"] else None)
     if report.max_abs_logit_diff > allowed:

@@ -91,7 +91,8 @@ def _int8_boundary(gms: dict[str, Any], parts: Seq2SeqParts) -> dict[str, dict[s
                                 parts.decode_output_names())
     io: dict[str, dict[str, dict[str, tuple]]] = {"encode": {"outputs": {}}, "decode": {"inputs": {}, "outputs": {}}}
     pairs = [(("encode", "outputs", n, quantize.output_quantize(gms["encode"], enc_out.index(n))),
-              ("decode", "inputs", n, quantize.input_quantize(gms["decode"], dec_in.index(n)))) for n in enc_out]
+              ("decode", "inputs", n, quantize.input_quantize(gms["decode"], dec_in.index(n))))
+             for n in enc_out if n in dec_in]
     pairs += [(("decode", "inputs", c, quantize.input_quantize(gms["decode"], dec_in.index(c))),
                ("decode", "outputs", f"new_{c}", quantize.output_quantize(gms["decode"], dec_out.index(f"new_{c}"))))
               for c in parts.cache_names()]
@@ -182,4 +183,5 @@ def lower(parts: Seq2SeqParts, target: Target, out_dir: Path, calibration: list[
                "estimate": "Vela's compile-time estimate of NPU time (cycles / clock); the Cortex-M's "
                            "quantize/dequantize at the program boundary is not included",
                "programs": npu}
-    return Lowered(files=[PTE, HOST, *subgraphs.files(kept)], programs=sig, report={"npu": summary}, tool_versions=tool_versions)
+    return Lowered(files=[PTE, HOST, *subgraphs.files(kept)], programs=sig, report={"npu": summary},
+                   tool_versions=tool_versions)

@@ -116,7 +116,7 @@ class _Delegate:
         self.host = lowered.original_module.module()
 
     def __call__(self, inputs: tuple) -> tuple:
-        import tosa_reference_model as trm  # type: ignore[import-not-found, import-untyped]
+        import tosa_reference_model as trm
 
         host = self.host(*inputs)
         host = tuple(host) if isinstance(host, list | tuple) else (host,)
