@@ -161,6 +161,28 @@ def test_host_reference_runs_the_int8_graph(ethos, checkpoint):
     assert 1e-5 < max_diff < 5.0, max_diff  # quantized: not bit-equal to fp32, not garbage either
 
 
+def test_tosa_session_matches_the_host_reference_end_to_end(ethos):
+    """The partitioned program with int8 I/O, its delegates on the TOSA reference model, gives the
+    logits of host_reference.pte (float I/O, ExecuTorch CPU kernels) step after step: the shared
+    int8 grid at the program boundary loses nothing (measured: equal to the last bit)."""
+    from toolchain.backends.executorch_ethos.reference import TosaReferenceSession
+    from toolchain.backends.executorch_ethos.session import EthosHostSession
+
+    art = open_artifact(ethos)
+    host, tosa = EthosHostSession(art, threads=1), TosaReferenceSession(art)
+    ids = np.zeros((1, 24), np.int64)
+    ids[0, :7] = [5, 9, 14, 3, 22, 7, 1]
+    mask = (ids != 0).astype(np.int64)
+    sh, st = host.encode(ids, mask), tosa.encode(ids, mask)
+    assert all(t.dtype == np.int8 for t in (c.numpy() for c in st["cache"]))
+    token, worst = 0, 0.0
+    for position in range(8):
+        a, b = host.decode(token, position, sh), tosa.decode(token, position, st)
+        worst, token = max(worst, float(np.abs(a - b).max())), int(b.argmax())
+    assert worst < 1e-3, worst
+    assert all(g["values"] > 0 and g["max_steps"] <= 1 for g in tosa.execution_report()["subgraphs"])
+
+
 def test_verify_runs_the_delegated_subgraphs_on_the_tosa_reference_model(ethos):
     """verify executes every delegated TOSA subgraph on the reference model and reports, per
     subgraph, its integer agreement with the host reference (measured: bit-exact here)."""

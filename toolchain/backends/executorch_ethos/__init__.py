@@ -31,7 +31,14 @@ The artifact holds two programs:
   partitioning, TOSA rescales and tables), not Vela's scheduling.
 
 The decode cache is I/O: the Ethos-U delegate has no mutable state, so the caches go in
-as inputs and the updated caches come out, quantized at the delegate boundary.
+as inputs and the updated caches come out. In ``model.pte`` they are int8 at the program
+boundary, and so are encode's cross K/V and cross_bias (export._int8_boundary: one int8
+grid per tensor shared by the program that writes it and the one that reads it, then
+ExecuTorch's quantize_io pass drops the boundary quantize/dequantize), and the position
+one-hot is a SELECT on the NPU (quantize.select_onehots): no float tensor crosses the
+NPU/CPU boundary per step except the logits, and decode is one NPU subgraph. The manifest's
+tensors carry their dtype, scale and zero point (a zeroed cache is its zero point).
+``host_reference.pte`` keeps float I/O on the same grids (its logits equal the TOSA run's).
 
 Performance here is Vela's estimate, never a measurement (vela.py): per delegated
 subgraph, cycles at the system configuration's clock plus SRAM/DRAM use, summed per
