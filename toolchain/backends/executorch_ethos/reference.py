@@ -12,15 +12,18 @@ What runs (per program, encode and decode):
   what the rest of the program consumes: tokens and logits come from the NPU's numerics.
 
 The check per delegate call: the same subgraph's int8 graph before TOSA lowering (the
-delegate's ``original_module``: dequantize -> float operator -> quantize, what the host
-reference program computes with ExecuTorch's CPU kernels) runs on the same boundary tensors,
-and every output value is compared in integer steps of its quantized type. A subgraph passes
-when no value differs by more than TOLERANCE_STEPS and at most MAX_OFF_FRACTION of its
-values differ at all. The two compute the same integer program by different arithmetic (TOSA:
-int32 accumulators, fixed-point rescale with round-half-up, table lookups for exp/rsqrt;
-host: float32 between quantize and dequantize), so a one-step rounding difference on values
-that sit on a rounding boundary is expected and not a defect; measured on the demo and the tiny
-test models (README, Ethos-U): see the limits below.
+delegate's ``original_module``: dequantize -> float operator -> quantize, the graph that
+``host_reference.pte`` runs on ExecuTorch's CPU kernels, here in PyTorch) runs on the same
+boundary tensors, and every output value is compared in integer steps of its quantized type.
+The two compute the same quantized model by different arithmetic (TOSA: int32 accumulators,
+fixed-point RESCALE with round-half-up, table lookups for exp/rsqrt; the host graph: float32
+between each quantize and dequantize), so every requantization inside a subgraph may round a
+value one step apart, and a layer later that difference can grow by a step or two. Measured
+(verify --limit 100 on the demo, U85, 2 encoder + 2 decoder layers): encode 98.0% of output
+values bit-equal, max 4 steps; decode 99.9996% bit-equal, max 2 steps; tiny random T5 and
+Whisper: bit-equal. A lowering defect is not like that: one weight negated in the decode
+flatbuffer (tests/test_ethos.py) put 11% of the values off, by up to 226 steps. The bounds:
+no value more than MAX_STEPS apart, at most MAX_OFF_FRACTION of values apart at all.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ from ..inputs import encode_arrays
 if TYPE_CHECKING:
     from ...artifact import Artifact
 
-TOLERANCE_STEPS = 1  # the largest allowed |TOSA - host| of one value, in quantization steps
-MAX_OFF_FRACTION = 0.02  # the largest allowed share of values that differ at all (by <= TOLERANCE_STEPS)
+MAX_STEPS = 8  # the largest allowed |TOSA - host| of one value, in quantization steps (measured: 4)
+MAX_OFF_FRACTION = 0.05  # the largest allowed share of values that differ at all (measured: 2.0%)
 
 
 @dataclass
@@ -54,15 +57,16 @@ class SubgraphCheck:
     calls: int = 0
     values: int = 0  # output values compared (all outputs, all calls)
     exact: int = 0  # of which bit-equal
+    off_by_one: int = 0  # of which exactly one step apart (rounding)
     max_steps: int = 0  # the largest |TOSA - host| of one value, in steps of its integer type
 
     def failure(self) -> str | None:
         off = self.values - self.exact
-        if self.max_steps <= TOLERANCE_STEPS and off <= MAX_OFF_FRACTION * self.values:
+        if self.max_steps <= MAX_STEPS and off <= MAX_OFF_FRACTION * self.values:
             return None
         return (f"{self.program} subgraph {self.index} ({self.file}): TOSA reference model vs host reference: "
-                f"{off} of {self.values} output values differ (max {self.max_steps} steps; allowed "
-                f"<= {TOLERANCE_STEPS} step on <= {MAX_OFF_FRACTION:.0%} of values)")
+                f"{off} of {self.values} output values differ (max {self.max_steps} steps; allowed: "
+                f"<= {MAX_STEPS} steps on <= {MAX_OFF_FRACTION:.0%} of values)")
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -133,6 +137,7 @@ class _Delegate:
             diff = np.abs(g.numpy().astype(np.int64) - ref.numpy().astype(np.int64))
             c.values += diff.size
             c.exact += int((diff == 0).sum())
+            c.off_by_one += int((diff == 1).sum())
             c.max_steps = max(c.max_steps, int(diff.max(initial=0)))
         return got
 
@@ -192,7 +197,7 @@ class TosaReferenceSession(Session):
         """Per delegated subgraph: calls and integer agreement with the host reference; and the
         failures (a subgraph beyond the tolerance, named)."""
         return {"subgraphs": [c.as_dict() for c in self.checks],
-                "tolerance": {"max_steps": TOLERANCE_STEPS, "max_off_fraction": MAX_OFF_FRACTION},
+                "tolerance": {"max_steps": MAX_STEPS, "max_off_fraction": MAX_OFF_FRACTION},
                 "failures": [f for c in self.checks if (f := c.failure())]}
 
 
