@@ -77,7 +77,7 @@ class Capabilities:
     next_token: bool = False
     # probe reports the compiler's estimate instead of running (NPU programs).
     estimates: bool = False
-    # What "executed" means when it is not the deployed program itself (NPU: host reference).
+    # What "executed" means when it is not the deployed program itself (NPU: TOSA reference model).
     executes: str = ""
 
 

@@ -89,7 +89,7 @@ class EthosUBackend(Backend):
         return ok, why + (" (make install adds it)" if why else "")
 
     def can_execute(self) -> tuple[bool, str]:
-        # The NPU program cannot run here; the host reference can, and Sessions run it.
+        # The NPU program cannot run here; its TOSA subgraphs (reference model) and the host reference can.
         return True, ""
 
     def check_target(self, recipe: Recipe, target: Target) -> None:
