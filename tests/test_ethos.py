@@ -5,7 +5,10 @@ The device program cannot run here; what is checked for real: the Arm quantizer 
 partitioner ran, the .pte carries the EthosUBackend delegate, Vela's report is in the
 manifest with operator placement, memory and estimated time per program, probe
 returns those as an estimate (and report/gate never pass them off as measurements),
-and the host reference program (the same int8 graph before delegation) runs.
+the host reference program (the same int8 graph before delegation) runs, and verify runs
+every delegated TOSA subgraph on the TOSA reference model, checks it against the host
+reference value by value, and fails naming the subgraph when one is corrupted. Decode is one
+NPU subgraph with int8 caches and cross K/V at the program boundary.
 """
 
 from __future__ import annotations
