@@ -34,7 +34,10 @@ INT8 = ("format_version: 1\nname: small-int8\ndescription: t\nmax_input_len: 24\
 
 
 def _json(output: str) -> dict:
-    return json.loads(output[output.index("{\n"):] if "{\n" in output else output[output.index("{"):])
+    """The JSON object in a command's output (stage lines may precede it, a failed check's
+    one-line message on stderr follows it)."""
+    start = output.index("{\n") if "{\n" in output else output.index("{")
+    return json.JSONDecoder().raw_decode(output[start:])[0]
 
 
 @pytest.fixture(scope="module")
