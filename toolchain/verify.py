@@ -72,6 +72,9 @@ class VerifyReport:
     # where the program's next_token was compared with greedy's choice from the same step's
     # logits, and how many agreed (must be all); None where decode returns logits only.
     next_token: dict[str, int] | None = None
+    # What the session checked while running, where it checks something (Session.execution_report):
+    # NPU targets, per delegated subgraph its calls and integer agreement with the host reference.
+    delegates: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,10 +141,11 @@ def _teacher_forced(model, eager_in: dict, fed: list[int]) -> np.ndarray:
         return model(**eager_in, decoder_input_ids=ids, use_cache=False).logits[0].numpy()
 
 
-def _executed(target) -> str:
-    """What actually ran: the runtime, plus the backend's own words when that is not the device
-    program itself (an NPU target verifies its int8 graph on the host)."""
-    what = backends.for_target(target).capabilities.executes
+def _executed(target, session) -> str:
+    """What actually ran: the runtime, plus the session's or the backend's own words when that is
+    not the device program itself (an NPU target runs its TOSA subgraphs on the reference model)."""
+    what = session.executed() if hasattr(session, "executed") else None
+    what = what or backends.for_target(target).capabilities.executes
     return f"{target.runtime}/{target.backend}" + (f": {what}" if what else "")
 
 
@@ -217,7 +221,8 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
         sequence_match=seq_hits / len(evals.rows),
         task_accuracy=task_hits / n_targets if n_targets else None,
         reference_accuracy=ref_hits / n_targets if n_targets else None,
-        eval_source=evals.source, runtime=_executed(target) + _native_note(runner, device), passed=True, failures=[],
+        eval_source=evals.source, runtime=_executed(target, session) + _native_note(runner, device),
+        passed=True, failures=[],
         languages=languages if tokens.task_prompt is not None else None,
         next_token=chosen if chosen["steps"] else None)
     if report.max_abs_logit_diff > allowed:
@@ -228,6 +233,10 @@ def verify(artifact: Artifact, checkpoint: str | None = None, eval_file: str | N
     report.metric = metric
     if n_targets:
         _task_check(report, metric, hyps, ref_texts, targets, source.path, tol)
+    checked = session.execution_report() if hasattr(session, "execution_report") else None
+    if checked is not None:  # an NPU subgraph off its host reference: a lowering bug, never advisory
+        report.delegates = checked
+        report.failures.extend(checked.get("failures", []))
     if chosen["agreed"] < chosen["steps"]:  # a program bug, whatever the task metric says: never advisory
         report.failures.append(f"decode's next_token differs from greedy's choice on its own logits at "
                                f"{chosen['steps'] - chosen['agreed']} of {chosen['steps']} steps")

@@ -77,7 +77,7 @@ class Capabilities:
     next_token: bool = False
     # probe reports the compiler's estimate instead of running (NPU programs).
     estimates: bool = False
-    # What "executed" means when it is not the deployed program itself (NPU: host reference).
+    # What "executed" means when it is not the deployed program itself (NPU: TOSA reference model).
     executes: str = ""
 
 
@@ -113,6 +113,16 @@ class Session(ABC):
     @abstractmethod
     def decode(self, token: int, position: int, state: Any) -> np.ndarray:
         """One step's logits [V], a copy the caller may keep."""
+
+    def executed(self) -> str | None:
+        """What this session executes when that is not simply the artifact's runtime (verify's
+        `runtime` says it); None: the backend's Capabilities.executes, if any."""
+        return None
+
+    def execution_report(self) -> dict[str, Any] | None:
+        """Checks the session made while running (an NPU session: per delegated subgraph, its
+        agreement with the host reference), with "failures" (one line each) that fail verify."""
+        return None
 
     def step(self, token: int, position: int, state: Any, token_bias: np.ndarray,
              want_logits: bool) -> tuple[int, np.ndarray | None]:

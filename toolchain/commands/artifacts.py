@@ -71,6 +71,9 @@ def verify_text(artifact: str, rep: dict[str, Any]) -> str:
     if rep.get("next_token"):  # the decode program's own argmax, checked against its logits
         nt = rep["next_token"]
         acc += f"  next_token chosen in the program: {nt['agreed']}/{nt['steps']} steps equal greedy on its logits\n"
+    for g in (rep.get("delegates") or {}).get("subgraphs", []):  # NPU subgraphs on the TOSA reference model
+        acc += (f"  {g['program']} subgraph {g['index']} ({g['file']}): {g['calls']} calls, {g['exact']}/{g['values']} "
+                f"int values bit-equal to the host reference, max diff {g['max_steps']} steps\n")
     if rep.get("advisory"):
         acc += "  advisory (parity, not deciding): " + "; ".join(rep["advisory"]) + "\n"
     return (f"verify {artifact} ({rep['runtime']}, {rep['examples']} examples from {rep['eval_source']})\n"

@@ -21,13 +21,24 @@ The artifact holds two programs:
   the Cortex-M host). It cannot execute here: the NPU needs the silicon or Arm's
   Corstone FVP.
 * ``host_reference.pte``: the *same* quantized graphs (after convert_pt2e, before
-  NPU delegation) for ExecuTorch's portable + quantized CPU kernels. ``run``,
-  ``verify`` and ``probe --measure-host`` execute this one (session.py), and say so:
-  it checks the int8 numerics (quantization ranges, rounding of weights and
-  activations), not Vela's scheduling.
+  NPU delegation) for ExecuTorch's portable + quantized CPU kernels (session.py): the
+  int8 numerics as the quantizer meant them.
+* ``tosa/``: each delegated subgraph's TOSA flatbuffer (what Vela compiles) and the
+  partitioned program that calls them (subgraphs.py). ``run`` and ``verify`` execute
+  these (reference.py): the CPU operators in PyTorch, every delegate call on the TOSA
+  reference model, each delegate's int8 outputs checked against its host-reference
+  graph on the same inputs. That checks the NPU's integer program (lowering,
+  partitioning, TOSA rescales and tables), not Vela's scheduling.
 
 The decode cache is I/O: the Ethos-U delegate has no mutable state, so the caches go in
-as inputs and the updated caches come out, quantized at the delegate boundary.
+as inputs and the updated caches come out. In ``model.pte`` they are int8 at the program
+boundary, and so are encode's cross K/V and cross_bias (export._int8_boundary: one int8
+grid per tensor shared by the program that writes it and the one that reads it, then
+ExecuTorch's quantize_io pass drops the boundary quantize/dequantize), and the position
+one-hot is a SELECT on the NPU (quantize.select_onehots): no float tensor crosses the
+NPU/CPU boundary per step except the logits, and decode is one NPU subgraph. The manifest's
+tensors carry their dtype, scale and zero point (a zeroed cache is its zero point).
+``host_reference.pte`` keeps float I/O on the same grids (its logits equal the TOSA run's).
 
 Performance here is Vela's estimate, never a measurement (vela.py): per delegated
 subgraph, cycles at the system configuration's clock plus SRAM/DRAM use, summed per
@@ -42,17 +53,17 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
 from ...schemes import QuantScheme, same_for_all
-from ..base import Backend, CacheMode, Capabilities, Lowered, check_options
+from ..base import Backend, CacheMode, Capabilities, Lowered, Session, check_options
 from ..executorch import has_modules
 
 if TYPE_CHECKING:
     from ...artifact import Artifact
     from ...specs import Recipe, Target
     from ...split import Seq2SeqParts
-    from .session import EthosHostSession
 
 PTE, HOST = "model.pte", "host_reference.pte"
-EXECUTES = "host reference (the int8 graph before NPU delegation, ExecuTorch CPU kernels)"
+EXECUTES = ("the delegated TOSA subgraphs on the TOSA reference model + CPU for the rest (artifacts "
+            "without them: the host reference, the int8 graph before NPU delegation on ExecuTorch CPU kernels)")
 STATIC = "static int8"  # per-channel int8 weights, per-tensor int8 activations, ranges calibrated
 INT8_SCHEMES = {QuantScheme.W8A8_DYNAMIC: STATIC, QuantScheme.INT8_WEIGHT: STATIC, QuantScheme.STATIC_INT8: STATIC}
 ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u65-512",
@@ -78,7 +89,7 @@ class EthosUBackend(Backend):
         return ok, why + (" (make install adds it)" if why else "")
 
     def can_execute(self) -> tuple[bool, str]:
-        # The NPU program cannot run here; the host reference can, and Sessions run it.
+        # The NPU program cannot run here; its TOSA subgraphs (reference model) and the host reference can.
         return True, ""
 
     def check_target(self, recipe: Recipe, target: Target) -> None:
@@ -97,7 +108,13 @@ class EthosUBackend(Backend):
                              f"calibration inputs; none were found (set recipe calibration: to a JSONL file)")
         return lower(parts, target, out, calibration, self.versions())
 
-    def open_session(self, artifact: Artifact, threads: int | None = None) -> EthosHostSession:
+    def open_session(self, artifact: Artifact, threads: int | None = None) -> Session:
+        """The delegated TOSA subgraphs on the TOSA reference model (reference.py); artifacts
+        exported before they were kept in the artifact: the host reference (session.py)."""
+        if "tosa" in artifact.manifest["programs"]["encode"]:
+            from .reference import TosaReferenceSession
+
+            return TosaReferenceSession(artifact, threads)
         from .session import EthosHostSession
 
         return EthosHostSession(artifact, threads)

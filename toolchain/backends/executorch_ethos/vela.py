@@ -34,10 +34,10 @@ def stdout_to_stderr() -> Iterator[None]:
 
 
 def report(tosa_files: list[Path], spec: Any, workdir: Path) -> dict[str, Any]:
-    """Ask Vela (same flags as the lowering) for its performance report of each subgraph."""
+    """Ask Vela (same flags as the lowering) for its performance report of each subgraph, in order."""
     subgraphs = []
     flags = [f for f in spec.compiler_flags if not f.startswith("--output-dir")]
-    for i, tosa in enumerate(sorted(tosa_files)):
+    for i, tosa in enumerate(tosa_files):  # in delegate call order (subgraphs.keep)
         out = workdir / f"vela-{i}"
         proc = subprocess.run([sys.executable, "-m", "ethosu.vela", *flags, "--verbose-performance",
                                f"--output-dir={out}", str(tosa)], capture_output=True, text=True)
