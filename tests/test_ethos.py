@@ -197,6 +197,10 @@ def test_verify_runs_the_delegated_subgraphs_on_the_tosa_reference_model(ethos):
         tosa = m["programs"][name]["tosa"]
         assert len(tosa["subgraphs"]) == m["npu"]["programs"][name]["delegated_subgraphs"]
         assert all(s["file"] in m["files"] for s in tosa["subgraphs"]) and tosa["graph"] in m["files"]
+        # kept for verify only: hashed, not model bytes (the device loads model.pte)
+        assert {tosa["graph"], *(s["file"] for s in tosa["subgraphs"])} <= set(m["verification_files"])
+    assert "host_reference.pte" in m["verification_files"]
+    assert m["sizes"]["model_bytes"] == m["files"]["model.pte"]["bytes"] == open_artifact(ethos).model_bytes
     r = CliRunner().invoke(main, ["verify", str(ethos), "--json"])
     rep = _json(r.output)
     assert r.exit_code == 0 and rep["passed"], rep

@@ -208,8 +208,9 @@ class Artifact:
 
     @property
     def model_bytes(self) -> int:
-        tokenizer = self.meta.tokenizer_files(str(self.path / MANIFEST))
-        return sum(e.bytes for n, e in self.meta.files.items() if n not in tokenizer)
+        """What a device loads: every file but the tokenizer's and those kept for verify only."""
+        skip = {*self.meta.tokenizer_files(str(self.path / MANIFEST)), *self.meta.verification_files}
+        return sum(e.bytes for n, e in self.meta.files.items() if n not in skip)
 
     @property
     def total_bytes(self) -> int:

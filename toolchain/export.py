@@ -124,7 +124,7 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
                 native_logs(expected=(InputError,)):
             lowered = backend.lower(parts, recipe, target, tmp, calibration=calibration)
         tokenizer, tokenizer_files = source.tokenizer.save(tmp)  # tokenizer.json, or Marian's SentencePiece files
-        files = file_entries(tmp, [*lowered.files, *tokenizer_files])
+        files = file_entries(tmp, [*lowered.files, *lowered.verification_files, *tokenizer_files])
         model_bytes = sum(files[f]["bytes"] for f in lowered.files)
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
@@ -140,6 +140,7 @@ def export(source: SourceModel, recipe: Recipe, target: Target, out: Path, force
             **lowered.report,
             "sizes": {"model_bytes": model_bytes, "fp32_param_bytes": params * 4,
                       "ratio_to_fp32_params": round(model_bytes / (params * 4), 4)},
+            "verification_files": lowered.verification_files,
             "files": files,
             "tool_versions": {**base_versions(), **lowered.tool_versions},
             **({"family_defaults": kept} if kept else {}),

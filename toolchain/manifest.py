@@ -8,6 +8,7 @@
     input            how user input becomes encode's inputs: a kind (toolchain.inputs) + settings
     tokens           start/eos/pad ids, vocabulary size, the tokenizer file(s), generation facts
     files            name -> sha256 and bytes of every file the artifact holds
+    verification_files  the files of `files` kept for verify only (not model bytes)
     tool_versions, sizes, created, export_seconds, verify (the last report, a dict)
 plus each backend's own sections (delegation, quantization, onnx, npu, ...), kept as they are
 (`Manifest.reports`): backends read them from the raw JSON (`Artifact.manifest`).
@@ -202,6 +203,8 @@ class Manifest:
     export_seconds: float | None = None
     verify: dict[str, Any] | None = None  # the last verify report (verify.VerifyReport, or structure only)
     reports: Facts = field(default_factory=dict)  # each backend's own sections, by name
+    # Files kept for verify only (backends.base.Lowered): listed and hashed, not model bytes.
+    verification_files: list[str] = field(default_factory=list)
 
     def tokenizer_files(self, where: str) -> list[str]:
         from .tokenizer import check_spec
@@ -223,6 +226,8 @@ class Manifest:
                 listed(e.file, f"program {name!r} length {e.length} file")
         for ref in self.tokenizer_files(where):
             listed(ref, "tokenizer")
+        for ref in self.verification_files:
+            listed(ref, "verification file")
 
 
 def parse(data: dict[str, Any], where: str) -> Manifest:

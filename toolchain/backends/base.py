@@ -83,12 +83,16 @@ class Capabilities:
 
 @dataclass
 class Lowered:
-    """What a backend wrote: its files, program signatures and per-program facts."""
+    """What a backend wrote: its files, program signatures and per-program facts.
+    `files` are what a device loads (the model bytes); `verification_files` are kept only so
+    `verify` can check what the device will compute (Ethos-U: the host reference program, the
+    partitioned program and each delegate's TOSA subgraph): hashed like the others, not counted."""
 
     files: list[str]
     programs: dict[str, Any]
     report: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
+    verification_files: list[str] = field(default_factory=list)
 
 
 class Session(ABC):

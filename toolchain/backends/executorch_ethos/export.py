@@ -183,5 +183,5 @@ def lower(parts: Seq2SeqParts, target: Target, out_dir: Path, calibration: list[
                "estimate": "Vela's compile-time estimate of NPU time (cycles / clock); the Cortex-M's "
                            "quantize/dequantize at the program boundary is not included",
                "programs": npu}
-    return Lowered(files=[PTE, HOST, *subgraphs.files(kept)], programs=sig, report={"npu": summary},
-                   tool_versions=tool_versions)
+    return Lowered(files=[PTE], programs=sig, report={"npu": summary}, tool_versions=tool_versions,
+                   verification_files=[HOST, *subgraphs.files(kept)])
