@@ -27,7 +27,7 @@ from typing import Annotated, Any, ClassVar
 
 from . import cluster, schema
 from .cache import RESULTS, CacheStore, open_store
-from .errors import InputError
+from .errors import InputError, first_line
 from .schema import AbsentIsNull, AtLeast, Keys, Newer, NonBlank, NonEmpty, Phrase, must, short
 from .shard import cell_name, matrix_digest, parse_shard, shard_of
 
@@ -223,13 +223,14 @@ def run_cell(ck: str, recipe_name: str, target_name: str, out: str | None, store
         if p.get("kind") == "estimate":
             row["note"] = "latency is the NPU compiler's estimate, not a measurement"
     except Exception as e:  # one failing cell must not stop the others
-        _fail(row, e)
+        fail(row, e)
     row["seconds"] = round(time.time() - t0, 2)
     return row
 
 
-def _fail(row: dict[str, Any], e: Exception) -> None:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+def fail(row: dict[str, Any], e: Exception) -> None:
+    """Mark a cell row failed with its one-line error (an InputError as it is, else with its type)."""
+    first = first_line(e)
     row.update(status="failed", error=first if isinstance(e, InputError) else f"{type(e).__name__}: {first}")
 
 
@@ -246,7 +247,7 @@ def fetch_artifact(row: dict[str, Any], store: CacheStore, out: str) -> None:
             _copy_atomic(entry / "artifact", _dest(out, row))
         row["artifact"] = str(_dest(out, row))
     except Exception as e:
-        _fail(row, e)
+        fail(row, e)
 
 
 def _excluded(m: Matrix, ck: Path, recipe: str, target: str) -> bool:

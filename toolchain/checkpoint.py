@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import arch
-from .errors import InputError, read_json_object
+from .errors import InputError, first_line, read_json_object
 from .hashing import sha256_file  # noqa: F401  (re-exported)
 from .tokenizer import CheckpointTokenizer, TextTokenizer
 from .tokenizer import find as find_tokenizer
@@ -29,10 +29,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 SIZE_KEYS = ("vocab_size", "decoder_vocab_size", "d_model", "d_ff", "d_kv", "num_heads", "num_layers",
              "num_decoder_layers", "encoder_layers", "decoder_layers", "encoder_attention_heads",
              "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings")
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,7 @@ class SourceModel:
                 self.path, local_files_only=True, use_safetensors=not self.allow_pickle,
                 dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True)
         except Exception as e:  # config values transformers rejects, unreadable files: all input
-            raise InputError(f"{self.path}: cannot load the model: {_first_line(e)}") from e
+            raise InputError(f"{self.path}: cannot load the model: {first_line(e)}") from e
         _check_loading_info(info, self.weights_label)
         return model.eval()
 

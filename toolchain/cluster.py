@@ -79,6 +79,8 @@ def run_cells(client: Any, args: list[tuple[Any, ...]], done: Callable[[int, dic
     often than the scheduler allows becomes a failed row, not a crash."""
     from distributed import as_completed
 
+    from .build import fail
+
     with quiet():
         run = uuid.uuid4().hex[:12]
         futures = {client.submit(_run_on_worker, a, pure=False, retries=RETRIES, key=f"edgeseq-cell-{run}-{i}"): i
@@ -88,6 +90,6 @@ def run_cells(client: Any, args: list[tuple[Any, ...]], done: Callable[[int, dic
             try:
                 row = fut.result()
             except Exception as e:  # KilledWorker: the cell's workers kept dying
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                row = {"status": "failed", "cache_hit": False, "error": f"{type(e).__name__}: {first}"}
+                row = {"cache_hit": False}
+                fail(row, e)
             done(i, row)

@@ -14,6 +14,11 @@ class CheckFailed(Exception):
     """A verification or regression check failed."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type's name when it has none."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def read_json_object(path, what: str = "a JSON object") -> dict:
     """A JSON file that must hold an object (config.json, manifest.json, vocab.json, ...):
     missing, unreadable, truncated, non-UTF-8 or not an object -> one-line InputError naming it."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, read_json_object
+from .errors import InputError, first_line, read_json_object
 
 SPIECE_UNDERLINE = "▁"  # SentencePiece's word-boundary marker (U+2581)
 MARIAN = "marian-sentencepiece"
@@ -41,10 +41,6 @@ MARIAN_SPEC: dict[str, Any] = {
     "special_ids": list, "added_tokens": list, "clean_up_tokenization_spaces": bool, "split_special_tokens": bool,
 }
 ADDED_TOKEN = {"id": int, "content": str, "lstrip": bool, "rstrip": bool, "single_word": bool}
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,7 @@ class HFTokenizer(TextTokenizer):
         try:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise InputError(f"{path}: invalid tokenizer: {_first_line(e)}") from None
+            raise InputError(f"{path}: invalid tokenizer: {first_line(e)}") from None
 
     def _unk(self) -> tuple[int | None, str | None]:
         name = getattr(self.tok.model, "unk_token", None) or "<unk>"  # WordLevel/WordPiece/BPE name it
@@ -123,7 +119,7 @@ def load_spm(path: Path):
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}") from None
     except Exception as e:  # sentencepiece raises RuntimeError (or others) on a bad model
-        raise InputError(f"{path}: not a SentencePiece model ({_first_line(e)})") from None
+        raise InputError(f"{path}: not a SentencePiece model ({first_line(e)})") from None
     return sp
 
 
@@ -312,7 +308,7 @@ class T5SentencePiece(CheckpointTokenizer):
                 warnings.simplefilter("ignore")
                 self.json = T5Tokenizer.from_pretrained(path, local_files_only=True).backend_tokenizer.to_str()
         except Exception as e:  # transformers' conversion: anything is this checkpoint's input
-            raise InputError(f"{self.label}: cannot convert it to a tokenizer: {_first_line(e)}") from None
+            raise InputError(f"{self.label}: cannot convert it to a tokenizer: {first_line(e)}") from None
 
     def load(self) -> TextTokenizer:
         from tokenizers import Tokenizer
@@ -351,9 +347,9 @@ class MarianFiles(CheckpointTokenizer):
                 warnings.simplefilter("ignore")
                 mt = MarianTokenizer.from_pretrained(self.path, local_files_only=True)
         except KeyError as e:  # "<unk> token must be in the vocab"
-            raise InputError(f"{self.label}: {_first_line(e).strip(chr(34) + chr(39))}") from None
+            raise InputError(f"{self.label}: {first_line(e).strip(chr(34) + chr(39))}") from None
         except Exception as e:
-            raise InputError(f"{self.path}: cannot load the Marian tokenizer: {_first_line(e)}") from None
+            raise InputError(f"{self.path}: cannot load the Marian tokenizer: {first_line(e)}") from None
         if mt.sp_model_kwargs:  # e.g. sampling: no fixed tokenization to reproduce
             raise InputError(f"{self.path / 'tokenizer_config.json'}: sp_model_kwargs {mt.sp_model_kwargs} "
                              f"are not supported")

@@ -28,17 +28,16 @@ no value more than MAX_STEPS apart, at most MAX_OFF_FRACTION of values apart at 
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.overrides import TorchFunctionMode
 
+from ...logs import native_logs
 from ..base import Session
 from ..inputs import encode_arrays
+from .vela import stdout_to_stderr
 
 if TYPE_CHECKING:
     from ...artifact import Artifact
@@ -74,23 +73,6 @@ class SubgraphCheck:
         return d
 
 
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """The reference model prints a spec-version notice on fd 1 at every run; keep stdout for
-    the CLI's own output (JSON)."""
-    import sys
-
-    sys.stdout.flush()
-    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(null)
-
-
 def _to_numpy(t: Any) -> np.ndarray:
     """A boundary tensor as the reference model reads it: its memory order (dim_order), which is
     what the TOSA graph was built for (contiguous for every tensor of the split's programs)."""
@@ -124,7 +106,9 @@ class _Delegate:
 
         host = self.host(*inputs)
         host = tuple(host) if isinstance(host, list | tuple) else (host,)
-        with _quiet_stdout():
+        # It prints a spec-version notice on fd 1 at every run: to stderr, where it is a native log
+        # line like any other (shown with --verbose); stdout stays the CLI's (JSON).
+        with stdout_to_stderr(), native_logs():
             outs, status = trm.run(self.flatbuffer, [_to_numpy(t) for t in inputs], verbosity="NONE",
                                    initialize_variable_tensor_from_numpy=True)
         c = self.check
