@@ -21,7 +21,7 @@ Attribute names are part of the contract: both programs expose the token embeddi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,18 +67,24 @@ class _Program(nn.Module):
     norm_embed: nn.Module | None
 
     def __init__(self, layers: Sequence[nn.Module], kinds: Sequence[str] | None,
-                 self_bias: dict[str, torch.Tensor], final_norm: nn.Module | None):
+                 self_bias: Mapping[str, torch.Tensor | nn.Module], final_norm: nn.Module | None):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.kinds = list(kinds) if kinds is not None else [DEFAULT_KIND] * len(self.layers)
         self.bias_kinds = sorted(set(self.kinds))
         for kind, table in self_bias.items():
-            self.register_buffer(f"self_bias_{kind}", table)
+            if isinstance(table, nn.Module):  # computed in the program (t5.RelativeBias)
+                self.add_module(f"self_bias_{kind}", table)
+            else:
+                self.register_buffer(f"self_bias_{kind}", table)
         self.final_norm = final_norm
 
     def table(self, kind: str) -> torch.Tensor | None:
-        """The self-attention bias table of a layer kind (None: no bias beyond the key mask)."""
+        """The self-attention bias table of a layer kind (None: no bias beyond the key mask);
+        a module in its place computes it (once per call of the program)."""
         t = getattr(self, f"self_bias_{kind}", None)
+        if isinstance(t, nn.Module):
+            return t()
         return t if isinstance(t, torch.Tensor) else None
 
     def _token_input(self, embed: nn.Embedding, embed_scale: float, pos_table: torch.Tensor | None,
@@ -107,7 +113,7 @@ class EncoderStack(_Program):
 
     def __init__(self, layers: Sequence[EncoderLayer], final_norm: nn.Module | None, cross_k: Sequence[nn.Linear],
                  cross_v: Sequence[nn.Linear], heads: int, head_dim: int, *, kinds: Sequence[str] | None = None,
-                 self_bias: dict[str, torch.Tensor] | None = None, rope: Rope | None = None):
+                 self_bias: Mapping[str, torch.Tensor | nn.Module] | None = None, rope: Rope | None = None):
         super().__init__(layers, kinds, self_bias or {}, final_norm)
         self.heads, self.head_dim = heads, head_dim  # the decoder's: cross K/V are laid out for it
         self.cross_k, self.cross_v = nn.ModuleList(cross_k), nn.ModuleList(cross_v)
@@ -133,7 +139,7 @@ class TextEncoder(EncoderStack):
 
     def __init__(self, embed: nn.Embedding, layers: Sequence[EncoderLayer], final_norm: nn.Module | None,
                  cross_k: Sequence[nn.Linear], cross_v: Sequence[nn.Linear], heads: int, head_dim: int, *,
-                 kinds: Sequence[str] | None = None, self_bias: dict[str, torch.Tensor] | None = None,
+                 kinds: Sequence[str] | None = None, self_bias: Mapping[str, torch.Tensor | nn.Module] | None = None,
                  rope: Rope | None = None, embed_scale: float = 1.0, pos_table: torch.Tensor | None = None,
                  norm_embed: nn.Module | None = None):
         super().__init__(layers, final_norm, cross_k, cross_v, heads, head_dim, kinds=kinds, self_bias=self_bias,

@@ -7,7 +7,8 @@ a stack), and the decoder output scaled by d_model**-0.5 when the head is tied
 
 Relative-position bias is a function of positions only, so it is computed here, once, for
 the recipe's fixed lengths and stored as constants:
-  encoder  self_bias_full [H, S, S], added to the key mask
+  encoder  self_bias_full [H, S, S], added to the key mask; past 256 KiB (8 heads: S > 90)
+           the program computes it from its 2S-1 diagonals instead (RelativeBias)
   decoder  self_bias_full [H*T, T] (layers.step_table of the bias plus the causal mask):
            a step takes its row with F.linear(onehot(position), table) -> [1, H*T]
            (a matmul XNNPACK runs) instead of a gather.
@@ -18,11 +19,65 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from . import layers
 from .base import Adapter, Model, register, tied_head
 from .layers import frozen_embedding, frozen_linear
 from .programs import DEFAULT_KIND, Decoder, TextEncoder
+
+# Largest encoder bias stored as a constant (t5-small's 8 heads: up to 90 tokens; the demo's
+# 4 heads x 64 tokens: 64 KiB). Past it the program computes the bias: both the stored bytes
+# and the cost of computing it grow with S^2, and at t5-small's 512 tokens the stored
+# [8, 512, 512] fp32 table is 8.4 MB (14% of the int8 file) while computing it costs ~1 ms of
+# a ~28 ms encode (bit-equal; measured on a 2-core EPYC, 2026-12-03).
+STORED_BIAS_MAX_BYTES = 256 << 10
+
+
+class RelativeBias(nn.Module):
+    """T5's encoder self-attention bias computed in the program from its diagonals: bias
+    [H, S(q), S(k)] is Toeplitz per head, bias[h, i, j] = diagonals[h, S-1 + j - i], so the
+    [H, 2S-1] diagonals (32 KB at t5-small's 8 heads and 512 tokens) hold all of it.
+
+    How, with ops every runtime delegates (broadcast multiply, reshape, slice; no gather, no
+    strides): pad the diagonals to P = 2S columns and repeat them down S rows ([H, S, P]);
+    read the first S*(P-1) values of each head back as rows of P-1: element (r, c) sits at
+    flat r*(P-1) + c, which holds column (c - r) mod P of the padded diagonals, so each row
+    starts one column earlier. Columns S-1..2S-2 are exactly diagonals[S-1 + c' - r] (no
+    wrap-around). Cost: ~2.5 passes over an [H, S, S] tensor per encode, no weights."""
+
+    diagonals: torch.Tensor
+    rows: torch.Tensor
+
+    def __init__(self, diagonals: torch.Tensor):
+        super().__init__()
+        self.length = (diagonals.shape[1] + 1) // 2
+        self.register_buffer("diagonals", F.pad(diagonals, (0, 1))[:, None, :].contiguous())  # [H, 1, P]
+        self.register_buffer("rows", torch.ones(1, self.length, 1))  # the repeat, as a broadcast multiply
+
+    def forward(self) -> torch.Tensor:
+        s = self.length
+        h, _, p = self.diagonals.shape
+        repeated = (self.diagonals * self.rows).reshape(h, s * p)  # [H, S*P]
+        return repeated[:, : s * (p - 1)].reshape(h, s, p - 1)[:, :, s - 1:]
+
+    @staticmethod
+    def of(full: torch.Tensor) -> RelativeBias:
+        """From a stored-form bias [H, S, S]: its first column (going up) then its first row."""
+        return RelativeBias(torch.cat([full[:, 1:, 0].flip(1), full[:, 0, :]], dim=1))
+
+
+def encoder_bias(full: torch.Tensor) -> torch.Tensor | nn.Module:
+    """The encoder's [H, S, S] bias as a constant, or past STORED_BIAS_MAX_BYTES as a
+    RelativeBias (checked bit-equal to the constant here, at build time)."""
+    if full.numel() * full.element_size() <= STORED_BIAS_MAX_BYTES:
+        return full
+    computed = RelativeBias.of(full)
+    with torch.no_grad():
+        if not torch.equal(computed(), full):  # not Toeplitz: keep the constant
+            return full
+    return computed
 
 
 def _ff(hf_ff: Any, act: str) -> layers.FeedForward:
@@ -90,7 +145,7 @@ class T5(Adapter):
             embed, [encoder_layer(b) for b in enc.block], norm(enc.final_layer_norm.weight),
             [frozen_linear(b.layer[1].EncDecAttention.k) for b in dec.block],
             [frozen_linear(b.layer[1].EncDecAttention.v) for b in dec.block], h, dh,
-            self_bias={DEFAULT_KIND: rel_bias(enc, max_input_len)})
+            self_bias={DEFAULT_KIND: encoder_bias(rel_bias(enc, max_input_len))})
         # transformers 5: T5 records it as scale_decoder_outputs; mT5 never scales.
         scale = getattr(cfg, "scale_decoder_outputs", cfg.model_type != "mt5")
         decode = Decoder(embed, [decoder_layer(b) for b in dec.block], norm(dec.final_layer_norm.weight),
