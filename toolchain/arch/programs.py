@@ -59,10 +59,11 @@ def cross_kv_outputs(x: torch.Tensor, cross_bias: torch.Tensor | None, cross_k: 
     return tuple(outs)
 
 
-def store_computed_biases(program: nn.Module) -> list[str]:
+def store_computed_biases(program: nn.Module) -> None:
     """`program`'s computed position biases replaced by constants (_Program.store_computed_biases);
     nothing for programs without any (Whisper's encoder, wrapped programs)."""
-    return program.store_computed_biases() if isinstance(program, _Program) else []
+    if isinstance(program, _Program):
+        program.store_computed_biases()
 
 
 class _Program(nn.Module):
@@ -85,10 +86,9 @@ class _Program(nn.Module):
                 self.register_buffer(f"self_bias_{kind}", table)
         self.final_norm = final_norm
 
-    def store_computed_biases(self) -> list[str]:
+    def store_computed_biases(self) -> None:
         """Replace every bias computed in the program (t5.RelativeBias) with the constant it
-        computes, for runtimes whose kernels make computing it slow; the names replaced."""
-        done = []
+        computes, for runtimes whose kernels make computing it slow."""
         for kind in self.bias_kinds:
             t = getattr(self, f"self_bias_{kind}", None)
             if isinstance(t, nn.Module):
@@ -96,8 +96,6 @@ class _Program(nn.Module):
                     table = t().contiguous()
                 delattr(self, f"self_bias_{kind}")
                 self.register_buffer(f"self_bias_{kind}", table)
-                done.append(f"self_bias_{kind}")
-        return done
 
     def table(self, kind: str) -> torch.Tensor | None:
         """The self-attention bias table of a layer kind (None: no bias beyond the key mask);
