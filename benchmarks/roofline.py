@@ -43,10 +43,12 @@ def precision_of(recipe: str) -> str:
     raise ValueError(recipe)
 
 
-def t5_decode_bytes(config: dict, precision: str, enc_len: int, out_len: int) -> float:
+def t5_decode_bytes(config: dict, precision: str, enc_len: int, out_len: int, cross: str = "kv") -> float:
     """Bytes read by one T5 decoder step: every decoder linear (self q/k/v/o, cross q/o, FF),
     the lm head, the cross K/V of `enc_len` positions and the self-attention K/V of the
-    average generated length (fp32 K/V)."""
+    average generated length (fp32 K/V). `cross` is the recipe's cross_attention: "memory"
+    reads the cross k/v projections' weights per step and the encoder states (memory_t and
+    memory, fp32, shared by every layer: once) instead of each layer's cross K/V."""
     d, h, dh, dff = config["d_model"], config["num_heads"], config["d_kv"], config["d_ff"]
     layers = config.get("num_decoder_layers") or config["num_layers"]
     inner = h * dh
@@ -55,7 +57,11 @@ def t5_decode_bytes(config: dict, precision: str, enc_len: int, out_len: int) ->
     per_layer = (6 * weight_bytes(inner, d, lin_bits)  # self q,k,v,o + cross q,o (cross k,v: in encode)
                  + ff * weight_bytes(dff, d, lin_bits))
     head = weight_bytes(config["vocab_size"], d, head_bits)
-    kv = layers * 2 * inner * (enc_len + (out_len + 1) / 2) * 4
+    if cross == "memory":
+        per_layer += 2 * weight_bytes(inner, d, lin_bits)
+        kv = 2 * d * enc_len * 4 + layers * 2 * inner * (out_len + 1) / 2 * 4
+    else:
+        kv = layers * 2 * inner * (enc_len + (out_len + 1) / 2) * 4
     return layers * per_layer + head + kv
 
 

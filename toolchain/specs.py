@@ -99,6 +99,11 @@ class Recipe:
     # shorter encode pads its cross K/V to max_input_len and masks the tail). Empty: one
     # encode program. Backends that cannot hold several encode programs refuse it.
     encode_lengths: tuple[int, ...] = ()
+    # What encode hands decode for the cross-attention (toolchain/arch/memory.py): "kv", each
+    # decoder layer's keys and values (projected once per input); "memory", the encoder's
+    # states once, the K/V projections applied per step. memory makes encode cheaper and its
+    # outputs 2 * layers times smaller, for more work per step: for long inputs.
+    cross_attention: Annotated[str, OneOf(("kv", "memory"))] = "kv"
     # The task metric verify scores with (toolchain.metrics.METRICS); auto: the input kind's
     # (wer for speech, exact otherwise).
     metric: Annotated[str, OneOf(METRICS)] = "auto"

@@ -105,6 +105,10 @@ class Seq2SeqParts:
     forced_eos_token_id: int | None = None  # forced at the last allowed step (transformers' forced_eos)
     # Whisper: what building the prompt for another language/task at run time takes (prompt.TaskPrompt).
     task_prompt: dict[str, Any] | None = None
+    # "kv": encode returns each decoder layer's cross K/V; "memory": the encoder states, shared
+    # by every layer (arch/memory.py; with_memory_cross sets it, memory_dim is their width D).
+    cross_mode: str = "kv"
+    memory_dim: int = 0
     # decode chooses greedy's next token itself (token_bias in, next_token out); with_next_token sets it.
     next_token: bool = False
     # Shorter encode programs (recipe encode_lengths): length L -> padded_encode.PaddedEncode
@@ -126,6 +130,19 @@ class Seq2SeqParts:
         self.decode.next_token = self.next_token = True
         return self
 
+    def with_memory_cross(self) -> Seq2SeqParts:
+        """Switch the split to memory mode (the recipe's ``cross_attention: memory``): encode
+        returns the encoder states [1, D, S] and [1, S, D] once, and decode's cross-attention
+        applies the K/V projections per step (arch/memory.py says why and when it pays)."""
+        from .arch.programs import DecoderStep, EncoderStack
+
+        if not isinstance(self.encode, EncoderStack) or not isinstance(self.decode, DecoderStep):
+            raise ValueError(f"{type(self.encode).__name__} cannot return its states for memory cross-attention")
+        ks, vs = self.encode.to_memory()
+        self.decode.to_memory(ks, vs)
+        self.cross_mode, self.memory_dim = "memory", ks[0].in_features
+        return self
+
     # -- program signatures (names are what the manifest records) --------------
     def encode_inputs(self) -> tuple[torch.Tensor, ...]:
         return tuple(t.example() for t in self.encode_spec)
@@ -135,6 +152,8 @@ class Seq2SeqParts:
 
     def encode_output_names(self) -> list[str]:
         names = ["cross_bias"] if self.cross_bias else []
+        if self.cross_mode == "memory":
+            return [*names, "memory_t", "memory"]
         for i in range(self.num_layers):
             names += [f"cross_k_{i}", f"cross_v_{i}"]
         return names
@@ -153,7 +172,9 @@ class Seq2SeqParts:
     def decode_inputs(self) -> tuple[torch.Tensor, ...]:
         h, dh, s = self.num_heads, self.head_dim, self.cross_len
         kv = [torch.zeros(1, 1, s)] if self.cross_bias else []
-        for _ in range(self.num_layers):
+        if self.cross_mode == "memory":
+            kv += [torch.zeros(1, self.memory_dim, s), torch.zeros(1, s, self.memory_dim)]
+        for _ in range(self.num_layers if self.cross_mode == "kv" else 0):
             kv += [torch.zeros(h, dh, s), torch.zeros(h, s, dh)]
         io_cache = self.empty_cache() if self.cache_mode == "io" else []
         bias = [torch.zeros(1, self.vocab_size)] if self.next_token else []

@@ -29,6 +29,7 @@ from torch import nn
 
 from .layers import (
     NEG,
+    CrossAttention,
     DecoderLayer,
     EncoderLayer,
     Rope,
@@ -38,6 +39,7 @@ from .layers import (
     register_cache,
     slot_masks,
 )
+from .memory import MemoryCrossAttention, memory_outputs
 
 DEFAULT_KIND = "full"
 
@@ -135,6 +137,7 @@ class EncoderStack(_Program):
         super().__init__(layers, kinds, self_bias or {}, final_norm)
         self.heads, self.head_dim = heads, head_dim  # the decoder's: cross K/V are laid out for it
         self.cross_k, self.cross_v = nn.ModuleList(cross_k), nn.ModuleList(cross_v)
+        self.memory_out = False  # to_memory(): encode returns the states, not per-layer K/V
         optional_buffer(self, "rope_cos", None if rope is None else rope[0])  # [S, Dh]
         optional_buffer(self, "rope_sin", None if rope is None else rope[1])
 
@@ -148,7 +151,18 @@ class EncoderStack(_Program):
             x = layer(x, biases[kind], rope)
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if self.memory_out:
+            return memory_outputs(x, cross_bias)
         return cross_kv_outputs(x, cross_bias, self.cross_k, self.cross_v, self.heads, self.head_dim)
+
+    def to_memory(self) -> tuple[list[nn.Linear], list[nn.Linear]]:
+        """Memory mode (arch/memory.py): encode returns its final states instead of the cross
+        K/V. Hands over the decoder layers' K/V projections (they move into decode)."""
+        ks = [m for m in self.cross_k if isinstance(m, nn.Linear)]
+        vs = [m for m in self.cross_v if isinstance(m, nn.Linear)]
+        self.cross_k, self.cross_v = nn.ModuleList(), nn.ModuleList()
+        self.memory_out = True
+        return ks, vs
 
 
 class TextEncoder(EncoderStack):
@@ -190,6 +204,7 @@ class DecoderStep(_Program):
     """
 
     next_token = False
+    memory_cross = False  # to_memory(): cross-attention over the encoder states (arch/memory.py)
 
     positions: torch.Tensor
     rope_cos_table: torch.Tensor | None
@@ -212,6 +227,16 @@ class DecoderStep(_Program):
         optional_buffer(self, "logits_bias", logits_bias)  # [1, V]
         register_cache(self, len(self.layers), heads, head_dim, max_output_len, cache_mode)
 
+    def to_memory(self, ks: Sequence[nn.Linear], vs: Sequence[nn.Linear]) -> None:
+        """Memory mode: every layer's cross-attention takes the encoder states and the K/V
+        projections encode handed over (EncoderStack.to_memory)."""
+        for layer, k, v in zip(self.layers, ks, vs, strict=True):
+            cross = layer.cross
+            if not isinstance(cross, CrossAttention):
+                raise TypeError(f"{type(cross).__name__} is not a CrossAttention over per-layer K/V")
+            layer.cross = MemoryCrossAttention(cross, k, v)
+        self.memory_cross = True
+
     @property
     def vocab_size(self) -> int:
         return self.embed.num_embeddings if self.lm_head is None else self.lm_head.out_features
@@ -224,9 +249,12 @@ class DecoderStep(_Program):
             rest, token_bias = rest[:-1], rest[-1]
         onehot = position_onehot(position, t, self.positions)  # [1, T]
         slots = slot_masks(onehot)  # the cache slot, once per step for every layer's blends
-        cross_kv = rest[: 2 * n]
+        # Per layer (keys-like, values-like): its own cross K/V, or in memory mode the encoder
+        # states (memory_t, memory) that every layer reads.
+        n_cross = 2 if self.memory_cross else 2 * n
+        cross_kv = [rest[j % n_cross] for j in range(2 * n)]
         in_place = self.cache_mode == "buffer"
-        caches = [getattr(self, f"cache_{kv}_{i}") for i in range(n) for kv in "kv"] if in_place else rest[2 * n:]
+        caches = [getattr(self, f"cache_{kv}_{i}") for i in range(n) for kv in "kv"] if in_place else rest[n_cross:]
         rope = None
         if self.rope_cos_table is not None and self.rope_sin_table is not None:
             rope = F.linear(onehot, self.rope_cos_table), F.linear(onehot, self.rope_sin_table)  # [1, Dh]
