@@ -113,3 +113,17 @@ def test_runtimes_match_eager(checkpoints, target, tmp_path):
                      keep_logits=True, force_length=True)
         assert_allclose(np.stack(gen.logits), ref_logits, **TOL)
         assert gen.tokens == ref_tokens
+
+
+@pytest.mark.slow
+def test_coreml_structure_expects_the_states(checkpoint, tmp_path):
+    """Where the runtime cannot run here (Core ML off macOS) verify checks structure, and its
+    rule on decode's cross inputs follows the recipe: the two states, nothing per layer."""
+    from toolchain.verify import verify_artifact
+
+    art = open_artifact(export(load_checkpoint(checkpoint), load_recipe(_recipe(tmp_path, "mem")),
+                               load_target("coreml-cpu"), tmp_path / "cm").path)
+    report = verify_artifact(art)
+    assert report["passed"], report
+    assert report["structure_only"]
+    assert "decode takes the encoder states once (cross_attention: memory)" in report["checked"]

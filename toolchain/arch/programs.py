@@ -15,6 +15,11 @@ data, passed in when building:
 * output: final norm, ``out_scale`` (tied T5), tied or own head (``lm_head`` None = the
   embedding matrix, stored once), ``logits_bias`` (BART), ``final_softcap`` (Gemma).
 
+Cross-attention comes in two modes (the recipe's ``cross_attention``): "kv", encode projects
+its final states into every decoder layer's cross K/V (cross_kv_outputs); "memory",
+``Seq2SeqParts.with_memory_cross`` moves those projections into decode (``to_memory`` on
+both programs; arch/memory.py) and encode returns the states once.
+
 Attribute names are part of the contract: both programs expose the token embedding as
 ``.embed`` and decode its head as ``.lm_head`` (toolchain/quantize.py and the backends read them).
 """
@@ -186,8 +191,8 @@ class TextEncoder(EncoderStack):
 
 class DecoderStep(_Program):
     """The decode program's base, one decoder step: token int64[1, 1], position int64[1],
-    cross_bias [1, 1, S], per layer cross_k/cross_v, ["io": the caches] [, token_bias]
-    -> logits [1, V] [, the updated caches] [, next_token].
+    cross_bias [1, 1, S], per layer cross_k/cross_v (memory mode: memory_t and memory, once),
+    ["io": the caches] [, token_bias] -> logits [1, V] [, the updated caches] [, next_token].
 
     cache_mode "buffer": the self-attention cache is registered buffers updated in place
     (runtimes with mutable state). "io": the caches are extra inputs after the cross K/V

@@ -55,6 +55,26 @@ def check_options(target: Target, allowed: Mapping[str, str], choices: Mapping[s
                              f"got {value!r}")
 
 
+def cross_input_problem(manifest: Mapping[str, Any],
+                        decode_inputs: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
+    """The structure checks' rule on decode's cross-attention inputs, from the recipe's
+    cross_attention: "kv" decode takes no encoder-states-shaped input [1, S, d_model] (the
+    encoder ran once, its K/V came in per layer); "memory" it takes exactly memory_t
+    [1, D, S] and memory [1, S, D]. Returns (what was checked, the failure or None);
+    `decode_inputs` as the compiled program declares them (dicts with "shape" and "name", or
+    "tensor" as a TFLite signature names them)."""
+    s = manifest["recipe"]["max_input_len"]
+    if manifest["recipe"].get("cross_attention", "kv") == "memory":
+        names = [str(i.get("name", i.get("tensor", ""))) for i in decode_inputs]
+        states = sorted(n for n in names if n.startswith("memory"))
+        ok = states == ["memory", "memory_t"]
+        return "decode takes the encoder states once (cross_attention: memory)", \
+            None if ok else f"decode's encoder-state inputs are {states}, not memory_t and memory"
+    hidden = any(len(i["shape"]) == 3 and list(i["shape"][:2]) == [1, s] for i in decode_inputs)
+    return "decode has no encoder hidden-states input", \
+        "decode has an encoder-hidden-states-shaped input [1, S, d_model]" if hidden else None
+
+
 class CacheMode(StrEnum):
     """Where decode's self-attention KV cache lives."""
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..base import cross_input_problem
 from . import FUNCTIONS
 
 if TYPE_CHECKING:
@@ -139,13 +140,13 @@ def verify_structure(artifact: Artifact) -> dict[str, Any]:
     cache = {c["name"]: c["shape"] for c in progs["decode"].get("cache", [])}
     if {s["name"]: s["shape"] for s in dec.get("states", [])} != cache:
         failures.append("decode states do not match the manifest's cache")
-    s = m["recipe"]["max_input_len"]
-    if any(len(i["shape"]) == 3 and i["shape"][:2] == [1, s] for i in dec.get("inputs", [])):
-        failures.append("decode has an encoder-hidden-states-shaped input [1, S, d_model]")
+    cross_checked, cross_problem = cross_input_problem(m, dec.get("inputs", []))
+    if cross_problem:
+        failures.append(cross_problem)
     return {
         "runtime": f"{m['target']['runtime']}/{m['target']['backend']}",
         "checked": ["file hashes", "functions encode/decode present", "input/output names, shapes, dtypes",
-                    "decode KV cache is Core ML state", "decode has no encoder hidden-states input"],
+                    "decode KV cache is Core ML state", cross_checked],
         "numerics": "not run: needs macOS",
         "functions": {n: {"inputs": len(f["inputs"]), "outputs": len(f["outputs"]), "states": len(f["states"]),
                           "compute_ops": f["compute_ops"]} for n, f in struct["functions"].items()},

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from ..base import cross_input_problem
 from ..litert import SIGNATURES
 
 if TYPE_CHECKING:
@@ -103,16 +104,16 @@ def verify_structure(artifact: Artifact) -> dict[str, Any]:
             failures.append(f"{prog}: {got} {DISPATCH_OP} ops, the manifest says {n}")
     if any(DISPATCH_OP in _ops(fallback, p) for p in SIGNATURES):
         failures.append(f"the cpu fallback model has {DISPATCH_OP} ops")
-    s = m["recipe"]["max_input_len"]
     dec = compiled["signatures"].get("decode", {})
-    if any(len(i["shape"]) == 3 and i["shape"][:2] == [1, s] for i in dec.get("inputs", [])):
-        failures.append("decode has an encoder-hidden-states-shaped input [1, S, d_model]")
+    cross_checked, cross_problem = cross_input_problem(m, dec.get("inputs", []))
+    if cross_problem:
+        failures.append(cross_problem)
     t = m["target"]
     return {
         "runtime": f"{t['runtime']}/{t['backend']}",
         "checked": ["file hashes", "signatures encode/decode in the compiled and the cpu fallback model",
                     "input/output tensor names, shapes, dtypes", f"{DISPATCH_OP} counts as exported",
-                    "decode has no encoder hidden-states input"],
+                    cross_checked],
         "numerics": f"not run: needs the {npu['soc_manufacturer']} {npu['soc_model']} NPU",
         "npu_ops": {p: {"dispatch_ops": _ops(compiled, p).get(DISPATCH_OP, 0),
                         "cpu_ops": sum(n for op, n in _ops(compiled, p).items() if op != DISPATCH_OP)}
