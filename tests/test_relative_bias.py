@@ -48,13 +48,13 @@ def test_computed_bias_is_bit_equal(heads, length):
 
 @pytest.mark.parametrize("heads,length", [(1, 1), (2, 2), (3, 7), (4, 24), (8, 64), (2, 96)])
 def test_gathered_bias_is_bit_equal(heads, length):
-    """LiteRT's construction (litert/bias.py): any S (7: chunks of 1; 24: of 12; 96: of 16), with
+    """LiteRT's construction (litert/bias.py): any S (7: chunks of 1; 24 and 96: of 8), with
     or without the key mask it takes its runtime zero from (0 for real tokens, NEG for padding)."""
     torch.manual_seed(length)
     full = _toeplitz(torch.randn(heads, 2 * length - 1))
     gathered = lrt_bias.gathered_or_constant(full)
     assert isinstance(gathered, lrt_bias.GatheredBias)
-    assert gathered.chunk == max(b for b in range(1, 17) if length % b == 0)
+    assert gathered.chunk == max(b for b in range(1, lrt_bias.CHUNK_MAX + 1) if length % b == 0)
     mask = torch.zeros(1, 1, length)
     mask[..., length // 2:] = NEG
     assert torch.equal(gathered(), full)
@@ -128,18 +128,21 @@ def test_runtimes_run_the_computed_bias(checkpoints, small_recipe, tmp_path, mon
     # operators that use them (shape and slice parameters: < 4 KB in every format) come in.
     # onnxscript's optimizer folds constant subgraphs whose output has at most 512*512 values, so
     # at this size ONNX stores the table again (at 8 heads x 512 tokens it is 8x over that limit).
-    # LiteRT: the [H, 2S-1] diagonals, six int32 index vectors and the lookups (litert/bias.py),
-    # none folded back into a constant (the indices depend on the key mask). Their ~25 operators
-    # and ~40 tensor entries take ~8 KB of flatbuffer, as much as the 9 KB table at this size (at
-    # t5-small's 8 heads x 512 tokens the file is 8.34 MB smaller, the table 8.39 MB), so here the
-    # check is that no constant holds H*S*S values any more.
+    # LiteRT (litert/bias.py): a chunk table [H*(2S-B), B] (B = 8 here) and three int32 index
+    # vectors come in, with ~25 operators and ~40 tensor entries (~8 KB of flatbuffer: at this size
+    # as much as the 9 KB table; at t5-small's 8 heads x 512 tokens the file is 8.1 MB smaller).
+    # The index grid depends on the key mask, so the converter cannot fold the lookup back into a
+    # constant: none holds H*S*S values any more.
     saved = stored.model_bytes - art.model_bytes
     if runtime == "executorch":
         assert saved >= heads * S * S * 4 - 4096, (stored.model_bytes, art.model_bytes)
     elif runtime == "litert":
-        assert saved > 0, (stored.model_bytes, art.model_bytes)
+        chunk = lrt_bias.CHUNK_MAX
+        assert saved >= heads * S * S * 4 - heads * (2 * S - chunk) * chunk * 4 - 8192, (stored.model_bytes,
+                                                                                          art.model_bytes)
         assert [heads, S, S] in _encode_constants(stored.file("model.tflite"))
         shapes = _encode_constants(art.file("model.tflite"))
+        assert [heads * (2 * S - chunk), chunk] in shapes
         assert not [s for s in shapes if int(np.prod(s)) >= heads * S * S], shapes
     session = backends.get(runtime).open_session(art, threads=2)
     model = load_checkpoint(ck).load_model()
