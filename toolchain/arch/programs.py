@@ -59,18 +59,12 @@ def cross_kv_outputs(x: torch.Tensor, cross_bias: torch.Tensor | None, cross_k: 
     return tuple(outs)
 
 
-def store_computed_biases(program: nn.Module) -> None:
-    """`program`'s computed position biases replaced by constants (_Program.store_computed_biases);
-    nothing for programs without any (Whisper's encoder, wrapped programs)."""
-    if isinstance(program, _Program):
-        program.store_computed_biases()
-
-
 def replace_computed_biases(program: nn.Module,
                             replace: Callable[[torch.Tensor], torch.Tensor | nn.Module]) -> None:
     """`program`'s computed position biases replaced by ``replace(the table they compute)``: a
-    constant, or another module computing the same table (a runtime's own construction);
-    nothing for programs without any."""
+    constant (``lambda table: table``), or another module computing the same table (a runtime's
+    own construction: litert/bias.py); nothing for programs without any (Whisper's encoder,
+    wrapped programs)."""
     if isinstance(program, _Program):
         program.replace_computed_biases(replace)
 
@@ -95,13 +89,9 @@ class _Program(nn.Module):
                 self.register_buffer(f"self_bias_{kind}", table)
         self.final_norm = final_norm
 
-    def store_computed_biases(self) -> None:
-        """Replace every bias computed in the program (t5.RelativeBias) with the constant it
-        computes, for runtimes whose kernels make computing it slow."""
-        self.replace_computed_biases(lambda table: table)
-
     def replace_computed_biases(self, replace: Callable[[torch.Tensor], torch.Tensor | nn.Module]) -> None:
-        """Replace every bias computed in the program with ``replace(the table it computes)``."""
+        """Replace every bias computed in the program (t5.RelativeBias) with ``replace(the table
+        it computes)``."""
         for kind in self.bias_kinds:
             t = getattr(self, f"self_bias_{kind}", None)
             if isinstance(t, nn.Module):
