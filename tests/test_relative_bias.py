@@ -1,7 +1,8 @@
-"""T5's encoder position bias computed in the program (arch/t5.RelativeBias) instead of stored
-as an [H, S, S] constant: bit-equal to the stored table, the same tokens and logits as
-transformers in eager and in every runtime that runs here, and the constant gone from the file.
-The real threshold (256 KiB: t5-small past 90 tokens) is lowered to 0 so tiny models take the path."""
+"""T5's encoder position bias computed in the program (arch/t5.RelativeBias; on LiteRT its row
+lookups, backends/litert/bias.GatheredBias) instead of stored as an [H, S, S] constant: bit-equal
+to the stored table, the same tokens and logits as transformers in eager and in every runtime
+that runs here, and the constant gone from the file. The real threshold (256 KiB: t5-small
+past 90 tokens) is lowered to 0 so tiny models take the path."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from numpy.testing import assert_allclose
 
 from toolchain import backends
 from toolchain.arch import t5
+from toolchain.arch.layers import NEG
 from toolchain.artifact import open_artifact
+from toolchain.backends.litert import bias as lrt_bias
 from toolchain.calibrate import EagerSession
 from toolchain.checkpoint import load_checkpoint
 from toolchain.generate import greedy
@@ -41,6 +44,25 @@ def test_computed_bias_is_bit_equal(heads, length):
     computed = t5.RelativeBias.of(full)
     assert computed.diagonals.numel() == heads * 2 * length  # [H, 1, 2S]: the diagonals, padded by one
     assert torch.equal(computed(), full)
+
+
+@pytest.mark.parametrize("heads,length", [(1, 1), (2, 2), (3, 7), (4, 24), (8, 64), (2, 96)])
+def test_gathered_bias_is_bit_equal(heads, length):
+    """LiteRT's construction (litert/bias.py): any S (7: chunks of 1; 24 and 96: of 8), with
+    or without the key mask it takes its runtime zero from (0 for real tokens, NEG for padding)."""
+    torch.manual_seed(length)
+    full = _toeplitz(torch.randn(heads, 2 * length - 1))
+    gathered = lrt_bias.gathered_or_constant(full)
+    assert isinstance(gathered, lrt_bias.GatheredBias)
+    assert gathered.chunk == max(b for b in range(1, lrt_bias.CHUNK_MAX + 1) if length % b == 0)
+    mask = torch.zeros(1, 1, length)
+    mask[..., length // 2:] = NEG
+    assert torch.equal(gathered(), full)
+    assert torch.equal(gathered(mask), full)
+    assert torch.equal(gathered(mask.flip(-1)), full)
+    if length > 1:
+        other = torch.randn(heads, length, length)  # not Toeplitz: stored as it is
+        assert lrt_bias.gathered_or_constant(other) is other
 
 
 def test_threshold_and_non_toeplitz(monkeypatch):
@@ -79,12 +101,24 @@ def _export(ck: Path, recipe: Path, target: str, out: Path) -> Path:
     return export(load_checkpoint(ck), load_recipe(str(recipe)), load_target(target), out).path
 
 
+def _encode_constants(tflite: Path) -> list[list[int]]:
+    """Shapes of the constant tensors (those with stored data) of a flatbuffer's encode signature."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite.read_bytes()))
+    sig = next(s for s in model.signatureDefs if s.signatureKey.decode() == "encode")
+    sg = model.subgraphs[sig.subgraphIndex]
+    return [list(t.shape) for t in sg.tensors
+            if model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("target,runtime", [("executorch-xnnpack", "executorch"), ("litert-cpu", "litert"),
                                             ("onnx-cpu", "onnx")])
 def test_runtimes_run_the_computed_bias(checkpoints, small_recipe, tmp_path, monkeypatch, target, runtime):
-    """Each runtime converts the broadcast multiply / reshape / slice (LiteRT: the constant),
-    matches eager, and ExecuTorch's file loses the [H, S, S] constant (keeps the [H, 2S] diagonals)."""
+    """Each runtime converts the broadcast multiply / reshape / slice (LiteRT: its row lookups,
+    litert/bias.py), matches eager, and ExecuTorch's and LiteRT's files lose the [H, S, S]
+    constant (keep the [H, 2S] diagonals)."""
     ck = checkpoints["v1.0"]
     stored = open_artifact(_export(ck, small_recipe, target, tmp_path / "stored"))
     monkeypatch.setattr(t5, "STORED_BIAS_MAX_BYTES", 0)
@@ -94,12 +128,22 @@ def test_runtimes_run_the_computed_bias(checkpoints, small_recipe, tmp_path, mon
     # operators that use them (shape and slice parameters: < 4 KB in every format) come in.
     # onnxscript's optimizer folds constant subgraphs whose output has at most 512*512 values, so
     # at this size ONNX stores the table again (at 8 heads x 512 tokens it is 8x over that limit).
-    # LiteRT stores it on purpose (litert/export.convert: TFLite's SLICE is element by element).
+    # LiteRT (litert/bias.py): a chunk table [H*(2S-B), B] (B = 8 here) and three int32 index
+    # vectors come in, with ~25 operators and ~40 tensor entries (~8 KB of flatbuffer: at this size
+    # as much as the 9 KB table; at t5-small's 8 heads x 512 tokens the file is 8.1 MB smaller).
+    # The index grid depends on the key mask, so the converter cannot fold the lookup back into a
+    # constant: none holds H*S*S values any more.
     saved = stored.model_bytes - art.model_bytes
     if runtime == "executorch":
         assert saved >= heads * S * S * 4 - 4096, (stored.model_bytes, art.model_bytes)
     elif runtime == "litert":
-        assert saved == 0, (stored.model_bytes, art.model_bytes)
+        chunk = lrt_bias.CHUNK_MAX
+        assert saved >= heads * S * S * 4 - heads * (2 * S - chunk) * chunk * 4 - 8192, (stored.model_bytes,
+                                                                                          art.model_bytes)
+        assert [heads, S, S] in _encode_constants(stored.file("model.tflite"))
+        shapes = _encode_constants(art.file("model.tflite"))
+        assert [heads * (2 * S - chunk), chunk] in shapes
+        assert not [s for s in shapes if int(np.prod(s)) >= heads * S * S], shapes
     session = backends.get(runtime).open_session(art, threads=2)
     model = load_checkpoint(ck).load_model()
     for length in (4, S):

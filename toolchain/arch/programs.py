@@ -26,7 +26,7 @@ Attribute names are part of the contract: both programs expose the token embeddi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,11 +66,14 @@ def cross_kv_outputs(x: torch.Tensor, cross_bias: torch.Tensor | None, cross_k: 
     return tuple(outs)
 
 
-def store_computed_biases(program: nn.Module) -> None:
-    """`program`'s computed position biases replaced by constants (_Program.store_computed_biases);
-    nothing for programs without any (Whisper's encoder, wrapped programs)."""
+def replace_computed_biases(program: nn.Module,
+                            replace: Callable[[torch.Tensor], torch.Tensor | nn.Module]) -> None:
+    """`program`'s computed position biases replaced by ``replace(the table they compute)``: a
+    constant (``lambda table: table``), or another module computing the same table (a runtime's
+    own construction: litert/bias.py); nothing for programs without any (Whisper's encoder,
+    wrapped programs)."""
     if isinstance(program, _Program):
-        program.store_computed_biases()
+        program.replace_computed_biases(replace)
 
 
 class _Program(nn.Module):
@@ -93,23 +96,28 @@ class _Program(nn.Module):
                 self.register_buffer(f"self_bias_{kind}", table)
         self.final_norm = final_norm
 
-    def store_computed_biases(self) -> None:
-        """Replace every bias computed in the program (t5.RelativeBias) with the constant it
-        computes, for runtimes whose kernels make computing it slow."""
+    def replace_computed_biases(self, replace: Callable[[torch.Tensor], torch.Tensor | nn.Module]) -> None:
+        """Replace every bias computed in the program (t5.RelativeBias) with ``replace(the table
+        it computes)``."""
         for kind in self.bias_kinds:
             t = getattr(self, f"self_bias_{kind}", None)
             if isinstance(t, nn.Module):
                 with torch.no_grad():
-                    table = t().contiguous()
+                    new = replace(t().contiguous())
                 delattr(self, f"self_bias_{kind}")
-                self.register_buffer(f"self_bias_{kind}", table)
+                if isinstance(new, nn.Module):
+                    self.add_module(f"self_bias_{kind}", new)
+                else:
+                    self.register_buffer(f"self_bias_{kind}", new)
 
-    def table(self, kind: str) -> torch.Tensor | None:
+    def table(self, kind: str, anchor: torch.Tensor | None = None) -> torch.Tensor | None:
         """The self-attention bias table of a layer kind (None: no bias beyond the key mask);
-        a module in its place computes it (once per call of the program)."""
+        a module in its place computes it (once per call of the program), given `anchor`, a
+        tensor computed from the program's inputs (encode: the key mask), which it may make
+        its result depend on (by a zero) so a converter cannot fold it back into a constant."""
         t = getattr(self, f"self_bias_{kind}", None)
         if isinstance(t, nn.Module):
-            return t()
+            return t(anchor)
         return t if isinstance(t, torch.Tensor) else None
 
     def _token_input(self, embed: nn.Embedding, embed_scale: float, pos_table: torch.Tensor | None,
@@ -149,7 +157,7 @@ class EncoderStack(_Program):
     def encode(self, x: torch.Tensor, cross_bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         biases: dict[str, torch.Tensor | None] = {}
         for kind in self.bias_kinds:  # per layer kind: [R, S, S] + the key mask [1, 1, S]
-            table = self.table(kind)
+            table = self.table(kind, cross_bias)
             biases[kind] = table if cross_bias is None else cross_bias if table is None else table + cross_bias
         rope = None if self.rope_cos is None or self.rope_sin is None else (self.rope_cos, self.rope_sin)
         for layer, kind in zip(self.layers, self.kinds, strict=True):

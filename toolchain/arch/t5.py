@@ -56,7 +56,7 @@ class RelativeBias(nn.Module):
         self.register_buffer("diagonals", F.pad(diagonals, (0, 1))[:, None, :].contiguous())  # [H, 1, P]
         self.register_buffer("rows", torch.ones(1, self.length, 1))  # the repeat, as a broadcast multiply
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, anchor: torch.Tensor | None = None) -> torch.Tensor:  # anchor: unused (_Program.table)
         s = self.length
         h, _, p = self.diagonals.shape
         repeated = (self.diagonals * self.rows).reshape(h, s * p)  # [H, S*P]

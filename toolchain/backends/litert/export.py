@@ -41,16 +41,17 @@ def _quiet_progress() -> Iterator[None]:
 
 def convert(parts: Seq2SeqParts) -> bytes:
     """The fp32 flatbuffer: one signature per program, weights they share stored once.
-    A position bias the encode program would compute (T5 past 256 KiB) is stored as a
-    constant here instead: TFLite runs SLICE element by element on these shapes (a
-    [8, 512, 1024] -> [8, 512, 512] slice: ~29 ms, the whole computed bias ~30 ms, against
-    ~1 ms on ExecuTorch/XNNPACK; measured 2026-12-03), which would double a 512-token encode."""
+    A position bias the encode program computes (T5 past 256 KiB) is computed here by row
+    lookups instead (bias.py): TFLite runs the slices of t5.RelativeBias element by element
+    on these shapes (a [8, 512, 1024] -> [8, 512, 512] slice: ~29 ms, the whole computed bias
+    ~30 ms, against ~1 ms on ExecuTorch/XNNPACK; measured 2026-12-03)."""
     import litert_torch
     import torch
 
-    from ...arch.programs import store_computed_biases
+    from ...arch.programs import replace_computed_biases
+    from .bias import gathered_or_constant
 
-    store_computed_biases(parts.encode)
+    replace_computed_biases(parts.encode, gathered_or_constant)
     with _quiet_progress(), torch.no_grad():
         model = (litert_torch.signature("encode", parts.encode, parts.encode_inputs())
                  .signature("decode", parts.decode, parts.decode_inputs())
