@@ -244,6 +244,8 @@ BAD_RECIPES = [
     (_with(RECIPE, encode_lengths=[4, "x"]), "'encode_lengths' must be a list of integers"),
     (_with(RECIPE, encode_lengths=[6, 4]), "'encode_lengths' must be at most 8 increasing lengths"),
     (_with(RECIPE, encode_lengths=[8]), "'encode_lengths' must be at most 8 increasing lengths"),
+    (_with(RECIPE, cross_attention="memroy"), "'cross_attention' must be one of kv, memory, got 'memroy'"),
+    (_with(RECIPE, cross_attention=True), "'cross_attention' must be"),
 ]
 BAD_TARGETS = [
     (_with(TARGET, runtime="tensorrt"), "'runtime' must be one of"),
