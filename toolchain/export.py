@@ -38,11 +38,12 @@ def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str
     if recipe.encode_lengths and (not codec_for(parts.input.get("kind")).padded or not parts.cross_bias):
         raise InputError(f"recipe {recipe.name}: encode_lengths needs a text family (padded token inputs); "
                          f"{source.adapter.family} encodes {parts.input.get('kind')}")
-    if recipe.cross_attention == "memory":
+    memory = recipe.cross_attention == "memory"
+    if memory:
         parts.with_memory_cross()
     for length in recipe.encode_lengths:
         bucket = source.adapter.build(model, length, recipe.max_output_len, cache_mode)
-        inner = (bucket.with_memory_cross() if recipe.cross_attention == "memory" else bucket).encode
+        inner = (bucket.with_memory_cross() if memory else bucket).encode
         if hasattr(parts.encode, "embed"):
             inner.embed = parts.encode.embed
         parts.encode_buckets[length] = PaddedEncode(inner, length, recipe.max_input_len).eval()

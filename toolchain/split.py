@@ -174,8 +174,8 @@ class Seq2SeqParts:
         kv = [torch.zeros(1, 1, s)] if self.cross_bias else []
         if self.cross_mode == "memory":
             kv += [torch.zeros(1, self.memory_dim, s), torch.zeros(1, s, self.memory_dim)]
-        for _ in range(self.num_layers if self.cross_mode == "kv" else 0):
-            kv += [torch.zeros(h, dh, s), torch.zeros(h, s, dh)]
+        else:  # distinct tensors per layer: torch.export would take one object passed twice as one input
+            kv += [t for _ in range(self.num_layers) for t in (torch.zeros(h, dh, s), torch.zeros(h, s, dh))]
         io_cache = self.empty_cache() if self.cache_mode == "io" else []
         bias = [torch.zeros(1, self.vocab_size)] if self.next_token else []
         return (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), *kv, *io_cache, *bias)

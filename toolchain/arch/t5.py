@@ -16,6 +16,7 @@ the recipe's fixed lengths and stored as constants:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -64,20 +65,31 @@ class RelativeBias(nn.Module):
 
     @staticmethod
     def of(full: torch.Tensor) -> RelativeBias:
-        """From a stored-form bias [H, S, S]: its first column (going up) then its first row."""
-        return RelativeBias(torch.cat([full[:, 1:, 0].flip(1), full[:, 0, :]], dim=1))
+        """From a stored-form bias [H, S, S] (toeplitz_diagonals)."""
+        return RelativeBias(toeplitz_diagonals(full))
+
+
+def toeplitz_diagonals(full: torch.Tensor) -> torch.Tensor:
+    """bias [H, S, S] -> its [H, 2S-1] diagonals, diagonals[h, S-1 + j - i] = bias[h, i, j]
+    where the bias is Toeplitz: its first column (going up), then its first row."""
+    return torch.cat([full[:, 1:, 0].flip(1), full[:, 0, :]], dim=1)
+
+
+def computed_or_constant(full: torch.Tensor, build: Callable[[torch.Tensor], nn.Module]) -> torch.Tensor | nn.Module:
+    """``build(toeplitz_diagonals(full))``, a module computing `full` [H, S, S] in the program,
+    when it computes it bit-equal (checked here, at build time); else `full` itself, stored
+    (a table that is not Toeplitz is never approximated)."""
+    computed = build(toeplitz_diagonals(full))
+    with torch.no_grad():
+        return computed if torch.equal(computed(), full) else full
 
 
 def encoder_bias(full: torch.Tensor) -> torch.Tensor | nn.Module:
     """The encoder's [H, S, S] bias as a constant, or past STORED_BIAS_MAX_BYTES as a
-    RelativeBias (checked bit-equal to the constant here, at build time)."""
+    RelativeBias (computed_or_constant)."""
     if full.numel() * full.element_size() <= STORED_BIAS_MAX_BYTES:
         return full
-    computed = RelativeBias.of(full)
-    with torch.no_grad():
-        if not torch.equal(computed(), full):  # not Toeplitz: keep the constant
-            return full
-    return computed
+    return computed_or_constant(full, RelativeBias)
 
 
 def _ff(hf_ff: Any, act: str) -> layers.FeedForward:

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...arch.t5 import computed_or_constant, toeplitz_diagonals
+
 # Largest chunk: B is the largest divisor of S up to this (512 tokens: 8). Lookups copy B
 # floats each: a smaller B means more of them, a larger one a larger stored chunk table
 # (B = 16 was no faster at 512 tokens and stores twice the bytes).
@@ -78,13 +80,11 @@ class GatheredBias(nn.Module):
 
     @staticmethod
     def of(full: torch.Tensor) -> GatheredBias:
-        """From a bias [H, S, S]: its first column (going up) then its first row."""
-        return GatheredBias(torch.cat([full[:, 1:, 0].flip(1), full[:, 0, :]], dim=1))
+        """From a bias [H, S, S] (t5.toeplitz_diagonals)."""
+        return GatheredBias(toeplitz_diagonals(full))
 
 
 def gathered_or_constant(full: torch.Tensor) -> torch.Tensor | nn.Module:
-    """`full` [H, S, S] as a GatheredBias when that builds it bit-equal (checked here, at
-    build time), else `full` itself, stored (not Toeplitz)."""
-    gathered = GatheredBias.of(full)
-    with torch.no_grad():
-        return gathered if torch.equal(gathered(), full) else full
+    """`full` [H, S, S] as a GatheredBias when that builds it bit-equal, else `full` itself,
+    stored (t5.computed_or_constant)."""
+    return computed_or_constant(full, GatheredBias)
