@@ -99,3 +99,29 @@ def test_manifest_fields_and_hashes(artifacts):
         assert sha256_file(art.file(name)) == entry["sha256"]
     assert {"torch", "transformers", "executorch"} <= set(m["tool_versions"])
     assert m["programs"]["decode"]["kv_cache"].startswith("in-program")
+
+
+def test_step_reads_this_calls_inputs(artifacts):
+    """Decode's inputs are bound once and read in place (session Method.bind/run): every step
+    must still see its own token, position, state and token_bias, across encodes of other
+    inputs and changing bias rows; equal to handing every input over on each step."""
+    from toolchain.generate import pad
+
+    art, bound = _session(artifacts["v1.0"])
+    _, per_call = _session(artifacts["v1.0"])
+    assert bound._in_place  # decode's inputs are not memory-planned (test above)
+    per_call._in_place = False
+    s, v = art.recipe.max_input_len, bound.vocab_size
+    rng = np.random.default_rng(7)
+    free, only = np.zeros((1, v), np.float32), np.full((1, v), -1e9, np.float32)
+    only[0, 11] = 0.0  # allows token 11 alone: the program's choice shows this step's bias was read
+    inputs = [pad([int(x) for x in rng.integers(3, 45, size=n)] + [1], s, 0) for n in (5, s - 1, 5)]
+    inputs[2][0][0, 1] = 44  # a third input, unlike the first
+    for enc in inputs:
+        states = [sess.encode(*enc) for sess in (bound, per_call)]
+        for pos, (token, bias) in enumerate([(0, free), (9, only), (4, only), (13, free), (2, free.copy())]):
+            (t1, l1), (t2, l2) = (s_.step(token, pos, st, bias, True)
+                                  for s_, st in zip((bound, per_call), states, strict=True))
+            assert t1 == t2 and np.array_equal(l1, l2)
+            if bias is only:
+                assert t1 == 11
