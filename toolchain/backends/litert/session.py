@@ -15,19 +15,13 @@ if TYPE_CHECKING:
 
 
 class LiteRTState:
-    """One input's decode feeds, keyed by signature tensor name.
+    """One input's decode inputs: what encode returned for decode (cross_bias and the cross K/V
+    or encoder states, by decode input tensor index) and, while another input's state holds the
+    interpreter, this input's own self-attention caches (None: not started, zeros)."""
 
-    Holds the cross-attention K/V (set once by encode) and the current self-attention
-    caches; `decode` swaps each cache for the array the previous step returned.
-    """
-
-    def __init__(self, feeds: dict[str, np.ndarray], cache_tensors: list[str]):
-        self.feeds = feeds
-        self._cache_tensors = cache_tensors
-
-    @property
-    def cache(self) -> list[np.ndarray]:
-        return [self.feeds[t] for t in self._cache_tensors]
+    def __init__(self, cross: list[tuple[int, np.ndarray]]):
+        self.cross = cross
+        self.caches: list[np.ndarray] | None = None
 
 
 class LiteRTSession(Session):
@@ -57,27 +51,61 @@ class LiteRTSession(Session):
         self._position, self._position_dtype = dec_in["position"]
         # encode output i -> the decode input of the same name (cross_bias, cross_k_l, cross_v_l)
         self._cross = [(t, dec_in[e["name"]][0]) for e, t in zip(enc["outputs"], self._enc_out, strict=True)]
-        self._caches = [(dec_in[c["name"]][0], np.zeros(c["shape"], dtype=np.float32)) for c in dec["cache"]]
         outs = {e["name"]: e["tensor"] for e in dec["outputs"]}
         self._logits = outs["logits"]
         # decode output tensor -> the decode input it feeds at the next step
         self._feedback = [(outs[f"new_{c['name']}"], dec_in[c["name"]][0]) for c in dec["cache"]]
+        # Decode runs on the interpreter's own tensors, not through the signature runner, which
+        # resizes, re-allocates and copies in all 27 inputs and copies out all 13 outputs on every
+        # call: the encode outputs are set once per input (_bind), the caches are copied from
+        # output to input in place, and only the logits are copied out. The runner's index maps
+        # (signature name -> tensor index, subgraph) are what its own __call__ uses.
+        self._w, self._sub = self._dec._interpreter_wrapper, self._dec._subgraph_index
+        self._dec_index = dict(self._dec._inputs)
+        self._out_index = dict(self._dec._outputs)
+        self._bound: LiteRTState | None = None
+        self._views: dict[str, np.ndarray] | None = None  # decode's token/position/cache tensors
 
     def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> LiteRTState:
         # Our dtypes first (shape checks), then the flatbuffer's (int64 ids are int32 there).
         arrays = encode_arrays(self._enc_spec, inputs)
         out = self._enc(**{self._enc_in[e["name"]][0]: np.ascontiguousarray(a, dtype=self._enc_in[e["name"]][1])
                            for e, a in zip(self._enc_spec, arrays, strict=True)})
-        feeds = {dec_t: out[enc_t] for enc_t, dec_t in self._cross}
-        # Zero caches are shared read-only templates: decode never writes into an input array.
-        feeds.update(self._caches)
-        return LiteRTState(feeds, [t for t, _ in self._caches])
+        self._views = None  # the runner re-allocated: views into the interpreter are fetched again
+        return LiteRTState([(self._dec_index[dec_t], out[enc_t]) for enc_t, dec_t in self._cross])
+
+    def _view(self, name: str, output: bool = False) -> np.ndarray:
+        """A numpy view of one of decode's tensors, in the interpreter's memory (valid until the
+        interpreter re-allocates: refetched after every encode)."""
+        return self._w.tensor(self._w, (self._out_index if output else self._dec_index)[name], self._sub)
+
+    def _bind(self, state: LiteRTState) -> dict[str, np.ndarray]:
+        """Make `state` the input decode's tensors hold: its encode outputs set, its caches (or
+        zeros) in place; the state that held them before keeps a copy of its caches."""
+        if self._views is None:
+            self._w.AllocateTensors(self._sub)  # a no-op once allocated; decode's shapes never change
+            self._views = {n: self._view(n) for n in (self._token, self._position, *(i for _, i in self._feedback))}
+            self._views.update({n: self._view(n, output=True) for n, _ in self._feedback})
+        views = self._views
+        if state is not self._bound:
+            if self._bound is not None:
+                self._bound.caches = [views[i].copy() for _, i in self._feedback]
+            for index, array in state.cross:
+                self._w.SetTensor(index, array, self._sub)
+            for k, (_, i) in enumerate(self._feedback):
+                if state.caches is None:
+                    views[i].fill(0.0)
+                else:
+                    np.copyto(views[i], state.caches[k])
+            state.caches = None  # the interpreter holds them now
+            self._bound = state
+        return views
 
     def decode(self, token: int, position: int, state: LiteRTState) -> np.ndarray:
-        feeds = state.feeds
-        feeds[self._token] = np.array([[token]], dtype=self._token_dtype)
-        feeds[self._position] = np.array([position], dtype=self._position_dtype)
-        out = self._dec(**feeds)
-        for new, old in self._feedback:
-            feeds[old] = out[new]
-        return out[self._logits].reshape(-1)
+        views = self._bind(state)
+        views[self._token][...] = token
+        views[self._position][...] = position
+        self._w.Invoke(self._sub)
+        for new, old in self._feedback:  # this step's caches become the next step's inputs
+            np.copyto(views[old], views[new])
+        return self._w.GetTensor(self._out_index[self._logits], self._sub).reshape(-1)
