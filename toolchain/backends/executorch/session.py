@@ -4,7 +4,7 @@ executorch-xnnpack (or executorch-coreml) artifact. Imports nothing of the expor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -148,7 +148,7 @@ class ExecuTorchSession(Session):
         # memory-planned, so the runtime reads these tensors (and the cross K/V) where they are.
         self._token_np[0, 0] = token
         self._pos_np[0] = position
-        out = self._run_decode(state, None, self._no_bias)
+        out = self._run_decode(state, None)
         return out[0].reshape(-1).float().numpy().copy()
 
     def step(self, token: int, position: int, state: list, token_bias: np.ndarray,
@@ -157,18 +157,21 @@ class ExecuTorchSession(Session):
         # the logits stay in the runtime's output unless asked for.
         self._token_np[0, 0] = token
         self._pos_np[0] = position
-        out = self._run_decode(state, token_bias, None)
+        out = self._run_decode(state, token_bias)
         # The outputs alias decode's buffers: the token is read now, the logits copied if asked.
         return int(out[-1]), (out[0].reshape(-1).float().numpy().copy() if want_logits else None)
 
-    def _run_decode(self, state: list, token_bias: np.ndarray | None, extra: list | None) -> Any:
+    def _run_decode(self, state: list, token_bias: np.ndarray | None) -> Any:
         """One decode execute on (token, position, *state, bias); the outputs alias decode's
-        buffers. `extra` is the bias tensor list when there is no caller's token_bias."""
-        bias = extra if token_bias is None else [self._torch.from_numpy(token_bias)]
-        inputs = [self._token, self._pos, *state, *cast(list, bias)]
+        buffers. The bias is the caller's token_bias, or for decode() the program's zero row
+        (if it takes one). Inputs are bound again only when the state or the bias row changed."""
+        if self._in_place and self._bound_to is not None and self._bound_to[0] is state \
+                and self._bound_to[1] is token_bias:
+            return self._decode.run()
+        bias = self._no_bias if token_bias is None else [self._torch.from_numpy(token_bias)]
+        inputs = [self._token, self._pos, *state, *bias]
         if not self._in_place:  # a planned input is copied when set: hand all over every step
             return self._decode.execute(inputs, clone=False)
-        if self._bound_to is None or self._bound_to[0] is not state or self._bound_to[1] is not token_bias:
-            self._decode.bind(inputs)
-            self._bound_to = (state, token_bias)
+        self._decode.bind(inputs)
+        self._bound_to = (state, token_bias)
         return self._decode.run()

@@ -47,8 +47,7 @@ class LiteRTSession(Session):
         self._enc_spec = enc["inputs"]
         self._enc_out = [e["tensor"] for e in enc["outputs"]]
         dec_in = tensors(dec["inputs"])
-        self._token, self._token_dtype = dec_in["token"]
-        self._position, self._position_dtype = dec_in["position"]
+        self._token, self._position = dec_in["token"][0], dec_in["position"][0]
         # encode output i -> the decode input of the same name (cross_bias, cross_k_l, cross_v_l)
         self._cross = [(t, dec_in[e["name"]][0]) for e, t in zip(enc["outputs"], self._enc_out, strict=True)]
         outs = {e["name"]: e["tensor"] for e in dec["outputs"]}
