@@ -61,9 +61,13 @@ demo-whisper: whisper-tiny
 	$(VENV)/bin/edgeseq verify $(WHISPER_OUT) --eval demo/speech/eval.jsonl
 	$(VENV)/bin/edgeseq run $(WHISPER_OUT) demo/speech/03.wav
 
-# Every test (what .ci/run runs).
+# Every test (what .ci/run runs). Most tests export with one core busy each, so they run in
+# TEST_WORKERS pytest-xdist processes, a test file per worker (its module fixtures built once);
+# the few that compare timings (marked serial) run after them, alone on the machine.
+TEST_WORKERS ?= 2
 test: install test-deps runner
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(VPY) -m pytest -q -m serial
 
 # The edit-test loop: every test not marked slow (`pytestmark = pytest.mark.slow` on the modules
 # that export models to the runtimes, build matrices or probe in other processes; a few single

@@ -18,8 +18,21 @@ logging.disable(logging.WARNING)
 from helpers import BAD_INPUTS, DEMO, VARIANTS, tiny_t5  # noqa: E402
 
 
+# `make test` runs the tests in two pytest-xdist workers: each worker counts its own bad-input
+# cases and hands the counts to the controller when it ends (workeroutput), which prints the total.
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # in a worker
+        workeroutput["bad_inputs"] = dict(BAD_INPUTS)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown (and unused) when xdist is not loaded
+def pytest_testnodedown(node, error):
+    BAD_INPUTS.update(getattr(node, "workeroutput", {}).get("bad_inputs", {}))
+
+
 def pytest_terminal_summary(terminalreporter):
-    if not BAD_INPUTS:
+    if not BAD_INPUTS or hasattr(terminalreporter.config, "workeroutput"):
         return
     failed = [r for r in terminalreporter.stats.get("failed", []) if "test_bad_input" in r.nodeid]
     parts = ", ".join(f"{section} {n}" for section, n in sorted(BAD_INPUTS.items()))

@@ -106,21 +106,19 @@ def test_cell_that_cannot_execute_here_is_structure_checked(checkpoint, tmp_path
         assert "structure only" in cell["note"] and cell["decode_ms_per_token"] is None
 
 
-def test_other_vela_version_rebuilds_the_ethos_cell(checkpoint, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_other_tool_version_rebuilds_only_that_backends_cell(checkpoint, tmp_path, monkeypatch):
     """A cell's cache key holds its backend's tool versions (`Backend.versions()`): a cell built with
-    another Vela is rebuilt, the other cells are still served from the cache."""
+    another version of its converter (here onnx's) is rebuilt, the other cells are still served from
+    the cache. Ethos-U's versions name Vela, so a new Vela rebuilds its cells the same way (an Ethos-U
+    cell is not built here: its export takes ~6 minutes on 2 cores; test_ethos builds them)."""
     from toolchain import backends
 
+    assert backends.get("executorch-ethos-u").versions()["ethos-u-vela"] != "missing"
     matrix = _setup(tmp_path, checkpoint)
-    (tmp_path / "int8.yaml").write_text(
-        "format_version: 1\nname: int8\ndescription: t\nmax_input_len: 24\nmax_output_len: 12\n"
-        "quantization: {encoder: 8da8w, decoder: 8da8w, embeddings: int8-weight, lm_head: 8da8w}\n"
-        "tolerance: {max_abs_logit_diff: 1.0e+9, min_sequence_match: 0.0, max_accuracy_drop: 1.0}\n")
     matrix.write_text(matrix.read_text()
-                      .replace("[small.yaml, small8.yaml]", "[small.yaml, int8.yaml]")
-                      .replace("[executorch-xnnpack]", "[executorch-xnnpack, executorch-ethos-u85]")
-                      + "exclude: [{recipe: small, target: executorch-ethos-u85},"
-                        " {recipe: int8, target: executorch-xnnpack}]\n")
+                      .replace("[small.yaml, small8.yaml]", "[small.yaml]")
+                      .replace("[executorch-xnnpack]", "[executorch-xnnpack, onnx-cpu]"))
     out, cache = tmp_path / "out", tmp_path / "cache"
 
     def cells() -> dict[str, dict]:
@@ -129,18 +127,16 @@ def test_other_vela_version_rebuilds_the_ethos_cell(checkpoint, tmp_path, monkey
         return {c["target"]: c for c in summary(text)["cells"]}
 
     first = cells()
-    assert set(first) == {"executorch-xnnpack", "executorch-ethos-u85"}
+    assert set(first) == {"executorch-xnnpack", "onnx-cpu"}
     assert not any(c["cache_hit"] for c in first.values()) and all(c["status"] == "ok" for c in first.values())
-    assert first["executorch-ethos-u85"]["latency_kind"] == "estimate"
 
-    ethos = backends.get("executorch-ethos-u")
-    installed = ethos.versions()
-    assert installed["ethos-u-vela"] != "missing"
-    monkeypatch.setattr(ethos, "versions", lambda: {**installed, "ethos-u-vela": installed["ethos-u-vela"] + ".post1"})
+    onnx = backends.get("onnx")
+    installed = onnx.versions()
+    monkeypatch.setattr(onnx, "versions", lambda: {**installed, "onnxruntime": installed["onnxruntime"] + ".post1"})
     second = cells()
-    assert {t: c["cache_hit"] for t, c in second.items()} == {"executorch-xnnpack": True,
-                                                              "executorch-ethos-u85": False}
-    assert second["executorch-ethos-u85"]["key"] != first["executorch-ethos-u85"]["key"]
+    assert {t: c["cache_hit"] for t, c in second.items()} == {"executorch-xnnpack": True, "onnx-cpu": False}
+    assert second["onnx-cpu"]["key"] != first["onnx-cpu"]["key"]
     assert second["executorch-xnnpack"]["key"] == first["executorch-xnnpack"]["key"]
-    art = out / "ck" / "executorch-ethos-u85" / "int8" / "manifest.json"
-    assert json.loads(art.read_text())["tool_versions"]["ethos-u-vela"] == installed["ethos-u-vela"] + ".post1"
+    art = out / "ck" / "onnx-cpu" / "small" / "manifest.json"
+    assert json.loads(art.read_text())["tool_versions"]["onnxruntime"] == installed["onnxruntime"] + ".post1"
+
