@@ -66,7 +66,7 @@ demo-whisper: whisper-tiny
 # the few that compare timings (marked serial) run after them, alone on the machine.
 TEST_WORKERS ?= 2
 test: install test-deps runner
-	$(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(VPY) -m pytest -q -rx -n $(TEST_WORKERS) --dist loadfile -m "not serial"
 	$(VPY) -m pytest -q -m serial
 
 # The edit-test loop: every test not marked slow (`pytestmark = pytest.mark.slow` on the modules
