@@ -139,4 +139,3 @@ def test_other_tool_version_rebuilds_only_that_backends_cell(checkpoint, tmp_pat
     assert second["executorch-xnnpack"]["key"] == first["executorch-xnnpack"]["key"]
     art = out / "ck" / "onnx-cpu" / "small" / "manifest.json"
     assert json.loads(art.read_text())["tool_versions"]["onnxruntime"] == installed["onnxruntime"] + ".post1"
-

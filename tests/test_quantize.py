@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow  # exports each quantization scheme
 # (teacher-forced on eager's tokens, so one flip does not cascade).
 SCHEMES = {
     "8da8w": ({"encoder": "8da8w", "decoder": "8da8w", "lm_head": "8da8w", "embeddings": "int8-weight"}, 0.05, 0.9),
-    # 8da4w top-1: 12 teacher-forced steps of a tiny random model, whose logits are near-ties; 9 of
-    # 12 agree on AVX512-VNNI machines, 8 of 12 on an AVX2 one (XNNPACK's 4-bit kernels round differently).
+    # 8da4w top-1: 12 teacher-forced steps of a tiny random model, whose logits are near-ties; at
+    # least 9 of 12 agreed on the AVX512-VNNI machines (the old 0.7 bound), 8 of 12 on an AVX2
+    # one (XNNPACK's 4-bit kernels round differently).
     "8da4w": ({"encoder": "8da4w", "decoder": "8da4w", "lm_head": "8da4w", "embeddings": "int4-weight"}, 0.25, 0.65),
 }
 
