@@ -128,6 +128,18 @@ def test_probe_is_an_estimate_and_never_mixed_silently(ethos, artifact, tmp_path
     r = CliRunner().invoke(main, ["probe", str(artifact), "--json", "--runs", "2", "--warmup", "0"])
     meas = _json(r.output)
     assert meas["kind"] == "measured"
+    # A build cell keeps the kind (latency_kind, a note), and its gate never compares an
+    # estimate with a measured baseline.
+    from toolchain.build import result_fields, verdict
+
+    verify = {"passed": True, "sequence_match": 1.0, "task_accuracy": None, "reference_accuracy": None}
+    cell = result_fields({"verify": verify, "probe": est, "model_bytes": 1})
+    assert cell["latency_kind"] == "estimate" and "estimate" in cell["note"]
+    assert cell["decode_ms_per_token"] == npu["decode"]["estimated_ms"]
+    base = result_fields({"verify": verify, "probe": meas, "model_bytes": 1})
+    assert base["latency_kind"] == "measured"
+    verdict(cell, {"max_slowdown_pct": 0.0}, {**base, "decode_ms_per_token": cell["decode_ms_per_token"] / 100})
+    assert cell["verdict"] == "pass" and "slowdown_pct" not in cell
     (tmp_path / "m.json").write_text(json.dumps(meas))
     (tmp_path / "e.json").write_text(json.dumps(est))
     r = CliRunner().invoke(main, ["report", str(tmp_path / "m.json"), str(tmp_path / "e.json"),

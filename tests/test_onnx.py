@@ -18,24 +18,6 @@ from toolchain.generate import greedy
 from helpers import DEMO, VARIANTS, reference
 
 
-# ONNX Runtime multiplies u8 activations by s8 weights. On x86 without VNNI (AVX2, or AVX-512
-# without VNNI) its kernels add pairs of u8*s8 products in int16 (vpmaddubsw), which saturates
-# with full-range int8 weights: seen on an AVX2 EPYC, logits ~25% off on the tiny models and one
-# demo row of 100 lost, where an AVX512-VNNI machine stays within these bounds. ORT's remedy is
-# 7-bit weights (reduce_range); that needs the tied embedding's int8 rows on the same 7-bit grid
-# to keep the table stored once (onnx/tied.py), which is not done yet. Until then these accuracy
-# checks are expected to fail there, and say so.
-def _vnni() -> bool:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return True  # not Linux x86: nothing known against it
-    return bool({"avx512_vnni", "avx_vnni"} & set(flags.split()))
-
-
-ORT_U8S8_SATURATES = pytest.mark.xfail(not _vnni(), strict=False, reason=(
-    "ONNX Runtime's u8s8 int8 kernels saturate in int16 on x86 without VNNI (7-bit weights: to do)"))
-
 pytestmark = pytest.mark.slow  # exports every tiny T5 variant and quantized ONNX
 
 onnx = pytest.importorskip("onnx")
@@ -179,7 +161,6 @@ def test_decode_graph_has_no_encoder_state_input(onnx_artifacts, checkpoints):
     assert art.manifest["programs"]["decode"]["cache_mode"] == "io"
 
 
-@ORT_U8S8_SATURATES
 @pytest.mark.parametrize("case", ["8da8w-v1.0", "8da8w-v1.1-untied", "static-v1.0"])
 def test_int8_runs_and_stays_close(onnx_quantized, onnx_artifacts, case):
     variant = "v1.1-untied" if "untied" in case else "v1.0"
@@ -255,6 +236,63 @@ def test_int8_embedding_rows_stored_once(onnx_quantized):
     assert refs["encode"] == refs["decode"]
 
 
+def test_int8_weights_on_the_7bit_grid(onnx_quantized):
+    """onnx-cpu's default weight_bits 7: every int8 weight (linears, the embedding rows, a tied head)
+    within -64..64, so ORT's u8s8 kernels cannot saturate their int16 pair sums on x86 without VNNI
+    (onnx/__init__.py); each row of the table reaches the edge of the grid."""
+    from onnx import numpy_helper
+
+    for case in ("8da8w-v1.0", "static-v1.0"):
+        art = open_artifact(onnx_quantized[case])
+        assert art.manifest["onnx"]["weight_bits"] == 7
+        model = onnx.load(str(art.file("decode.onnx")))  # its weights.data beside it
+        int8 = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
+                if i.data_type == onnx.TensorProto.INT8}
+        assert int8 and all(np.abs(w.astype(int)).max() <= 64 for w in int8.values()), case
+        assert (np.abs(int8["embed.weight.int8"].astype(int)).max(axis=1) == 64).all()
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_embedding_rows_are_ort_numbers(bits):
+    """quantize_embeddings' rows and scales are bit-equal to onnxruntime.quantization's symmetric
+    per-channel int8 of the same rows on either grid: what lets a tied head share the table."""
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    from toolchain.backends.onnx.quantize import quantize_embeddings
+
+    w = np.random.default_rng(bits).standard_normal((40, 16)).astype(np.float32) * 0.3
+    w[3] = 0.0  # an all-zero row: scale 1, zeros
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["out"], name="g")], "g",
+                              [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [2, 16])],
+                              [numpy_helper.from_array(w, "table")])
+    model = helper.make_model(graph)
+    assert quantize_embeddings(model, {"g"}, bits) == 1
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for row in range(40):
+        if row == 3:
+            assert not inits["table.int8"][row].any() and inits["table.scale"][row, 0] == 1.0
+            continue
+        _, scale, q = quantize_data(w[row], onnx.TensorProto.INT8, symmetric=True, reduce_range=bits == 7)
+        assert np.array_equal(inits["table.int8"][row], q) and inits["table.scale"][row, 0] == scale, row
+
+
+@pytest.mark.parametrize("bits, error", [(9, "must be 7 or 8, got 9"), (True, "must be 7 or 8, got True")])
+def test_weight_bits_option_is_checked(tmp_path, bits, error):
+    import dataclasses
+
+    from toolchain.specs import load_recipe, load_target
+
+    target = load_target("onnx-cpu")
+    recipe = load_recipe(str(_recipe(tmp_path / "r.yaml", "r", ALL_8DA8W)))
+    backends.get("onnx").check(recipe, target)
+    with pytest.raises(InputError, match=error):
+        backends.get("onnx").check(recipe, dataclasses.replace(target, options={"weight_bits": bits}))
+    with pytest.raises(InputError, match="unknown option 'bits'; allowed: weight_bits"):
+        backends.get("onnx").check(recipe, dataclasses.replace(target, options={"bits": 8}))
+
+
 def _table_copies(path: Path, vocab: int, d_model: int) -> list[tuple[str, int]]:
     """(dtype, bytes) of each distinct stretch of weights.data that decode.onnx reads as a [V, D]
     or [D, V] tensor (the table, or a copy of it)."""
@@ -326,7 +364,6 @@ def test_demo_fp32_verifies(demo_onnx):
     assert r.passed, r.failures
 
 
-@ORT_U8S8_SATURATES
 def test_demo_int8_accuracy(demo_onnx):
     from toolchain.verify import verify
 

@@ -210,22 +210,30 @@ def run_cell(ck: str, recipe_name: str, target_name: str, out: str | None, store
             if out is not None:
                 _copy_atomic(entry / "artifact", _dest(out, row))
                 row["artifact"] = str(_dest(out, row))
-        v, p = results["verify"], results["probe"] or {}
-        row.update(status="ok", model_bytes=results["model_bytes"],
-                   sequence_match=v.get("sequence_match"), task_accuracy=v.get("task_accuracy"),
-                   reference_accuracy=v.get("reference_accuracy"), verify_passed=v["passed"],
-                   verify_failures=list(v.get("failures") or []),
-                   ttft_ms=(p.get("ttft_ms") or {}).get("p50"),
-                   decode_ms_per_token=(p.get("decode_ms_per_token") or {}).get("p50"),
-                   latency_kind=p.get("kind", "measured") if p else None)
-        if "numerics" in v:
-            row["note"] = f"structure only: {v['numerics']}"
-        if p.get("kind") == "estimate":
-            row["note"] = "latency is the NPU compiler's estimate, not a measurement"
+        row.update(result_fields(results))
     except Exception as e:  # one failing cell must not stop the others
         fail(row, e)
     row["seconds"] = round(time.time() - t0, 2)
     return row
+
+
+def result_fields(results: dict[str, Any]) -> dict[str, Any]:
+    """A built cell's row fields from its stored results (verify, probe, size). A probe's kind
+    passes through as ``latency_kind``: an NPU compiler's estimate stays labelled one, with a
+    note, so the gate never compares it with a measurement (``verdict``)."""
+    v, p = results["verify"], results["probe"] or {}
+    out = dict(status="ok", model_bytes=results["model_bytes"],
+               sequence_match=v.get("sequence_match"), task_accuracy=v.get("task_accuracy"),
+               reference_accuracy=v.get("reference_accuracy"), verify_passed=v["passed"],
+               verify_failures=list(v.get("failures") or []),
+               ttft_ms=(p.get("ttft_ms") or {}).get("p50"),
+               decode_ms_per_token=(p.get("decode_ms_per_token") or {}).get("p50"),
+               latency_kind=p.get("kind", "measured") if p else None)
+    if "numerics" in v:
+        out["note"] = f"structure only: {v['numerics']}"
+    if p.get("kind") == "estimate":
+        out["note"] = "latency is the NPU compiler's estimate, not a measurement"
+    return out
 
 
 def fail(row: dict[str, Any], e: Exception) -> None:

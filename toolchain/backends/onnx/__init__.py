@@ -12,7 +12,12 @@ the cross K/V and returns ``new_cache_*`` after the logits (``session.OnnxSessio
 Quantization works on the fp32 graphs node by node, so each recipe component is honoured
 separately (``quantize``): linears take ``8da8w`` (ORT dynamic int8) or ``static-int8``
 (QDQ, activation ranges calibrated), one of the two per artifact; the embedding takes
-``int8-weight`` (int8 rows, per-row scale).
+``int8-weight`` (int8 rows, per-row scale). All int8 weights sit on one grid, the target's
+``weight_bits`` option: 7 (the default, values -64..64) or 8 (-127..127). ORT multiplies u8
+activations by s8 weights; on x86 without VNNI (AVX2, AVX-512 without VNNI) its kernels add
+pairs of those products in int16 (``vpmaddubsw``), which saturates with 8-bit weights (seen:
+logits ~25% off on tiny models, a demo row lost) and cannot with 7-bit ones
+(2 * 255 * 64 = 32640). 8 is for deployments known to have VNNI or Arm dot products.
 
 Modules: ``export`` (torch -> ONNX, shared weights file, the artifact's signatures),
 ``quantize`` (onnxruntime.quantization and the embedding rewrite), ``tied`` (a tied head
@@ -41,6 +46,14 @@ LINEAR_SCHEMES = {QuantScheme.NONE: "fp32",
                   QuantScheme.W8A8_DYNAMIC: "int8 per-channel weights, activations quantized per call",
                   QuantScheme.STATIC_INT8: "int8 weights and activations (QDQ), ranges calibrated"}
 EMBEDDING_SCHEMES = {QuantScheme.NONE: "fp32", QuantScheme.INT8_WEIGHT: "int8 rows, one scale per row"}
+# target.options: name -> what it sets (said when a target names another one).
+OPTIONS = {"weight_bits": "int8 weight grid: 7 (-64..64, exact on every x86) or 8 (-127..127, VNNI/Arm only)"}
+WEIGHT_BITS = (7, 8)
+
+
+def weight_bits(target: Target) -> int:
+    """The target's int8 weight grid (module docstring); 7 when it does not say."""
+    return int(target.options.get("weight_bits", 7))
 
 
 class OnnxBackend(Backend):
@@ -64,6 +77,12 @@ class OnnxBackend(Backend):
         if target.backend not in PROVIDERS:
             raise InputError(f"target {target.name}: onnx backend {target.backend!r} is not available; "
                              f"available: {', '.join(sorted(PROVIDERS))}")
+        unknown = sorted(set(target.options) - set(OPTIONS))
+        if unknown:
+            raise InputError(f"target {target.name}: unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
+        bits = target.options.get("weight_bits", 7)
+        if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+            raise InputError(f"target {target.name}: option 'weight_bits' must be 7 or 8, got {bits!r}")
 
     def check(self, recipe: Recipe, target: Target) -> None:
         super().check(recipe, target)
@@ -80,7 +99,8 @@ class OnnxBackend(Backend):
 
         self.check(recipe, target)
         self.check_parts(parts)
-        return lower(parts, recipe, PROVIDERS[target.backend], out, calibration, self.versions())
+        return lower(parts, recipe, PROVIDERS[target.backend], out, calibration, self.versions(),
+                     weight_bits(target))
 
     def open_session(self, artifact: Artifact, threads: int | None = None) -> Session:
         from .session import OnnxSession

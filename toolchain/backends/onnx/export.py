@@ -103,9 +103,10 @@ def write_shared(models: dict[str, onnx.ModelProto], out_dir: Path) -> list[str]
 
 
 def lower(parts: Seq2SeqParts, recipe: Recipe, provider: str, out_dir: Path, calibration: list[Any] | None,
-          tool_versions: dict[str, str]) -> Lowered:
-    """Export encode, the shorter encodes and decode; quantize them per the recipe (a tied head
-    pointed at the embedding's table, tied.py); write the graphs and weights.data into `out_dir`."""
+          tool_versions: dict[str, str], weight_bits: int = 7) -> Lowered:
+    """Export encode, the shorter encodes and decode; quantize them per the recipe, int8 weights
+    on the `weight_bits` grid (a tied head pointed at the embedding's table, tied.py); write the
+    graphs and weights.data into `out_dir`."""
     import onnx
 
     from ...schemes import Component, QuantScheme, requested
@@ -121,7 +122,7 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, provider: str, out_dir: Path, cal
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".quant-") as tmp:
         graphs, quantized = quantize.quantize_programs(
             {"encode": enc, **{f"encode_{n}": m for n, m in shorter.items()}, "decode": dec},
-            parts, recipe, calibration, Path(tmp))
+            parts, recipe, calibration, Path(tmp), weight_bits)
     is_tied = getattr(parts.decode, "lm_head", None) is None
     not_shared = tied.share_table(graphs["decode"]) if is_tied else ""
     files = {"encode": ENCODE, **{f"encode_{n}": f"encode_{n}.onnx" for n in shorter}, "decode": DECODE}
@@ -133,6 +134,8 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, provider: str, out_dir: Path, cal
     if shorter:  # inputs [1, L] each; outputs as the full encode's
         sig["encode"]["lengths"] = [{"length": n, "file": f"encode_{n}.onnx"} for n in shorter]
     report: dict[str, Any] = {}
+    if any(quantized[p] for p in files):
+        report["weight_bits"] = weight_bits
     for prog, file in files.items():
         model = graphs[prog]
         report[prog] = {"nodes": len(model.graph.node),

@@ -4,7 +4,9 @@ Linears (encoder, decoder, lm_head) go through ``onnxruntime.quantization``: ``8
 ``quantize_dynamic`` (int8 per-channel weights, activations quantized per call),
 ``static-int8`` is ``quantize_static`` in QDQ format with activation ranges from the
 calibration set; one of the two per artifact. The embedding takes ``int8-weight``: int8 rows
-with a per-row scale (``quantize_embeddings``). Only linear layers and the embedding are
+with a per-row scale (``quantize_embeddings``). Every int8 weight is on the target's
+``weight_bits`` grid: 7 is ORT's ``reduce_range`` (-64..64, no int16 saturation in its u8s8
+kernels on x86 without VNNI; the package docstring), 8 its full symmetric range (-127..127). Only linear layers and the embedding are
 quantized: attention score/probability products, the position-bias tables (buffers with
 -1e9 masks) and the caches stay fp32.
 
@@ -152,12 +154,19 @@ def shorter_feeds(feeds: Feeds | None, n: int) -> Feeds | None:
     return [{k: np.ascontiguousarray(v[:, :n]) for k, v in f.items()} for f in fits]
 
 
-def quantize_embeddings(model: onnx.ModelProto, names: set[str]) -> int:
+def qmax(bits: int) -> int:
+    """The largest int8 weight magnitude on a `bits` grid, as ``onnxruntime.quantization`` sets it
+    for symmetric int8: 127 (8 bits, -127..127) or 64 (7 bits, reduce_range: -64..64)."""
+    return {8: 127, 7: 64}[bits]
+
+
+def quantize_embeddings(model: onnx.ModelProto, names: set[str], bits: int = 8) -> int:
     """Int8 rows for the named embedding gathers, in place; returns how many were rewritten.
 
     Gather(table float[V, D], ids) becomes Cast(Gather(table_int8 int8[V, D], ids)) *
-    Gather(scale float[V, 1], ids): symmetric, one scale per row (a token's vector),
-    and the table stays int8 in memory (a DequantizeLinear in front of the Gather would
+    Gather(scale float[V, 1], ids): symmetric, one scale per row (a token's vector), on
+    ORT's grid for `bits` (``qmax``) with its arithmetic, so a tied head's int8 weights
+    are the same numbers transposed (tied.py); the table stays int8 in memory (a DequantizeLinear in front of the Gather would
     be constant-folded back to fp32 when the session loads). The int8 table and scales
     get the same names and bytes in both programs, so the shared weights file holds
     them once.
@@ -173,9 +182,12 @@ def quantize_embeddings(model: onnx.ModelProto, names: set[str]) -> int:
         table = node.input[0]
         if f"{table}.int8" not in inits:
             w = numpy_helper.to_array(inits[table]).astype(np.float32)
-            scale = np.abs(w).max(axis=1, keepdims=True) / 127.0
+            # ORT: scale = 2 * max|x| / (2 * qmax) in float64, stored as float32; x / scale
+            # rounded half to even in float32.
+            top = qmax(bits)
+            scale = (2.0 * np.abs(w).max(axis=1, keepdims=True).astype(np.float64) / (2 * top)).astype(np.float32)
             scale[scale == 0] = 1.0
-            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            q = np.clip((w / scale).round(), -top, top).astype(np.int8)
             for arr, name in ((q, f"{table}.int8"), (scale.astype(np.float32), f"{table}.scale")):
                 inits[name] = numpy_helper.from_array(arr, name)
                 model.graph.initializer.append(inits[name])
@@ -201,16 +213,16 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
 
 def quantize_graph(model: onnx.ModelProto, name: str, components: dict[str, Component],
                    schemes: dict[Component, QuantScheme], feeds: Feeds | None,
-                   tmp: Path) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Quantize one program's nodes (`components`: node -> component) per `schemes`; returns
-    (ModelProto, {component: nodes quantized})."""
+                   tmp: Path, bits: int = 8) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Quantize one program's nodes (`components`: node -> component) per `schemes`, int8 weights
+    on the `bits` grid; returns (ModelProto, {component: nodes quantized})."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     chosen = {n: c for n, c in components.items() if schemes[c] != QuantScheme.NONE}
     counts = Counter(chosen.values())
     # Embeddings first (our own rewrite), so the linear quantizers never see the gathers.
-    quantize_embeddings(model, {n for n, c in chosen.items() if c == Component.EMBEDDINGS})
+    quantize_embeddings(model, {n for n, c in chosen.items() if c == Component.EMBEDDINGS}, bits)
     linears = sorted(n for n, c in chosen.items() if c != Component.EMBEDDINGS)
     if linears:
         scheme = schemes[chosen[linears[0]]]  # one linear scheme per artifact (OnnxBackend.check)
@@ -220,12 +232,14 @@ def quantize_graph(model: onnx.ModelProto, name: str, components: dict[str, Comp
         _gemm_to_matmul(model, {n.name for n in model.graph.node if n.op_type == "Gemm" and n.name in chosen})
         onnx.save(model, src)
         if scheme == QuantScheme.W8A8_DYNAMIC:
-            quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+            quantize_dynamic(src, dst, per_channel=True, reduce_range=bits == 7, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul"],
                              nodes_to_quantize=linears, extra_options={"MatMulConstBOnly": True})
         else:  # static-int8
             # Symmetric int8 activations and weights (QDQ), per-channel weights; only the chosen
             # linears get QDQ pairs, so softmax inputs and masks never see int8.
             quantize_static(src, dst, _Feeds(feeds or []), quant_format=QuantFormat.QDQ, per_channel=True,
+                            reduce_range=bits == 7,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=["MatMul"], nodes_to_quantize=linears,
                             calibrate_method=CalibrationMethod.MinMax,
@@ -236,8 +250,8 @@ def quantize_graph(model: onnx.ModelProto, name: str, components: dict[str, Comp
 
 
 def quantize_programs(graphs: dict[str, onnx.ModelProto], parts: Seq2SeqParts, recipe: Recipe,
-                      calibration: list[Any] | None, tmp: Path) -> tuple[dict[str, onnx.ModelProto],
-                                                                         dict[str, dict[str, int]]]:
+                      calibration: list[Any] | None, tmp: Path,
+                      bits: int = 8) -> tuple[dict[str, onnx.ModelProto], dict[str, dict[str, int]]]:
     """Quantize every program ("encode", "encode_<L>", "decode" -> ModelProto) per the recipe;
     returns the graphs and, per program, {component: nodes quantized}."""
     schemes = requested(recipe)
@@ -256,5 +270,6 @@ def quantize_programs(graphs: dict[str, onnx.ModelProto], parts: Seq2SeqParts, r
         else:
             prog_feeds = feeds["encode" if prog == "encode" else "decode"]
         # Shorter encodes are quantized like the full one: same tensors, so weights.data holds them once.
-        out[prog], quantized[prog] = quantize_graph(model, prog.split("_")[0], comps, schemes, prog_feeds, tmp)
+        out[prog], quantized[prog] = quantize_graph(model, prog.split("_")[0], comps, schemes, prog_feeds, tmp,
+                                                    bits)
     return out, quantized
