@@ -17,7 +17,6 @@ from toolchain.generate import greedy
 
 from helpers import DEMO, VARIANTS, reference
 
-
 pytestmark = pytest.mark.slow  # exports every tiny T5 variant and quantized ONNX
 
 onnx = pytest.importorskip("onnx")

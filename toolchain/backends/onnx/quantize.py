@@ -6,8 +6,8 @@ Linears (encoder, decoder, lm_head) go through ``onnxruntime.quantization``: ``8
 calibration set; one of the two per artifact. The embedding takes ``int8-weight``: int8 rows
 with a per-row scale (``quantize_embeddings``). Every int8 weight is on the target's
 ``weight_bits`` grid: 7 is ORT's ``reduce_range`` (-64..64, no int16 saturation in its u8s8
-kernels on x86 without VNNI; the package docstring), 8 its full symmetric range (-127..127). Only linear layers and the embedding are
-quantized: attention score/probability products, the position-bias tables (buffers with
+kernels on x86 without VNNI; the package docstring), 8 its full symmetric range (-127..127).
+Only linear layers and the embedding are quantized: attention score/probability products, the position-bias tables (buffers with
 -1e9 masks) and the caches stay fp32.
 
 Which component a node belongs to comes from ``Seq2SeqParts.weight_components`` (the one map
@@ -166,10 +166,10 @@ def quantize_embeddings(model: onnx.ModelProto, names: set[str], bits: int = 8) 
     Gather(table float[V, D], ids) becomes Cast(Gather(table_int8 int8[V, D], ids)) *
     Gather(scale float[V, 1], ids): symmetric, one scale per row (a token's vector), on
     ORT's grid for `bits` (``qmax``) with its arithmetic, so a tied head's int8 weights
-    are the same numbers transposed (tied.py); the table stays int8 in memory (a DequantizeLinear in front of the Gather would
-    be constant-folded back to fp32 when the session loads). The int8 table and scales
-    get the same names and bytes in both programs, so the shared weights file holds
-    them once.
+    are the same numbers transposed (tied.py); the table stays int8 in memory (a
+    DequantizeLinear in front of the Gather would be constant-folded back to fp32 when the
+    session loads). The int8 table and scales get the same names and bytes in both
+    programs, so the shared weights file holds them once.
     """
     from onnx import TensorProto, helper, numpy_helper
 
