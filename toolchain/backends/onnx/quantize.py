@@ -7,8 +7,8 @@ calibration set; one of the two per artifact. The embedding takes ``int8-weight`
 with a per-row scale (``quantize_embeddings``). Every int8 weight is on the target's
 ``weight_bits`` grid: 7 is ORT's ``reduce_range`` (-64..64, no int16 saturation in its u8s8
 kernels on x86 without VNNI; the package docstring), 8 its full symmetric range (-127..127).
-Only linear layers and the embedding are quantized: attention score/probability products, the position-bias tables (buffers with
--1e9 masks) and the caches stay fp32.
+Only linear layers and the embedding are quantized: attention score/probability products,
+the position-bias tables (buffers with -1e9 masks) and the caches stay fp32.
 
 Which component a node belongs to comes from ``Seq2SeqParts.weight_components`` (the one map
 every backend uses), matched on the parameter each node reads; static-int8 calibration
