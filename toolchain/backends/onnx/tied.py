@@ -9,8 +9,8 @@ target's default 7-bit grid, 127 on the 8-bit one) times a Gather on
 turns into int8 ``[D, V]`` weights per output channel, symmetric (zero points all 0), scale
 ``2 * max|column| / (2 * qmax)`` (``reduce_range`` on the 7-bit grid): the same numbers as the
 embedding's, transposed (T5's ``d_model**-0.5`` is a Mul on the head's *input*, not folded into
-the weights). Content-keyed ``write_shared`` cannot see it: [D, V] and [V, D] are different bytes, so the table was stored
-twice (t5-small int8: 77.7 MB, of which 16.4 MB the second copy).
+the weights). Content-keyed ``write_shared`` cannot see it: [D, V] and [V, D] are different
+bytes, so the table was stored twice (t5-small int8: 77.7 MB, of which 16.4 MB the second copy).
 
 `share_table` makes the head read the embedding's own tensors when they are bit-equal: its
 weights become ``Transpose(<table>.int8)`` and its scales ``Reshape(<table>.scale, [-1])``.
