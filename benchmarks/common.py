@@ -222,6 +222,39 @@ def measure(runners: dict[str, object], runs: int, warmup: int) -> dict[str, dic
     return out
 
 
+# The /proc/cpuinfo flags that decide which GEMM kernels the runtimes pick (int8: VNNI or not).
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+             "amx_int8", "amx_bf16")
+
+
+def isa_flags() -> list[str]:
+    """Which of ISA_FLAGS this CPU has ([] where /proc/cpuinfo cannot be read)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def ct2_said(logs: list[Path]) -> str:
+    """What CTranslate2 said about the CPU when it loaded (CT2_VERBOSE=1: the ISA it selected,
+    whether it uses MKL, its SGEMM and int8 GEMM backends), from the first of `logs` (a row
+    process's stderr) that has it; "not reported" when none does."""
+    import re
+
+    for f in logs:
+        if not f.is_file():
+            continue
+        said = [re.sub(r"^.*\[info\]\s*-?\s*", "", ln) for ln in f.read_text(errors="replace").splitlines()
+                if "[ctranslate2]" in ln and ("ISA" in ln or "backend" in ln or "MKL" in ln)]
+        if said:
+            return "; ".join(said)
+    return "not reported"
+
+
 def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):

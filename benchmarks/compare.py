@@ -40,7 +40,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import roofline  # noqa: E402
-from common import ROOT, artifact_dir, build, cpu_model, fresh_export, rejects, summarize, t5_small_random  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    artifact_dir,
+    build,
+    cpu_model,
+    ct2_said,
+    fresh_export,
+    isa_flags,
+    rejects,
+    summarize,
+    t5_small_random,
+)
 
 HERE = Path(__file__).resolve().parent
 PEERS = ("optimum-onnx", "optimum-executorch", "ctranslate2")
@@ -80,6 +91,7 @@ class Row:
     rss_mb: float | None = None
     roof_ms: float | None = None
     cross: str = "kv"  # an edgeseq row's recipe cross_attention (its roofline's bytes depend on it)
+    env: dict = field(default_factory=dict)  # the row process's extra environment
 
     @property
     def name(self) -> str:
@@ -184,8 +196,9 @@ def section_rows(name: str, sec: dict, work: Path, ckpt: Path, peers: bool, only
     o32 = Row(name, "optimum-onnx (ORT)", "fp32", "fp32", spec=dict(kind="optimum-onnx", **base))
     o8 = Row(name, "optimum-onnx (ORT)", "int8-dynamic", "int8", spec=dict(kind="optimum-onnx", **base))
     oet = Row(name, "optimum-executorch", "fp32", "fp32", spec=dict(kind="optimum-executorch", **base))
-    c32 = Row(name, "CTranslate2", "float32", "fp32", spec=dict(kind="ctranslate2", **base))
-    c8 = Row(name, "CTranslate2", "int8", "int8", spec=dict(kind="ctranslate2", **base))
+    # CT2_VERBOSE=1: CTranslate2 logs the ISA and GEMM backends it picked (MKL or oneDNN, by CPU vendor).
+    c32 = Row(name, "CTranslate2", "float32", "fp32", spec=dict(kind="ctranslate2", **base), env={"CT2_VERBOSE": "1"})
+    c8 = Row(name, "CTranslate2", "int8", "int8", spec=dict(kind="ctranslate2", **base), env={"CT2_VERBOSE": "1"})
     rows += [o32, o8, oet, c32, c8]
     if peers:
         if want(o32, o8):
@@ -241,14 +254,19 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def row_log(row, logdir: Path) -> Path:
+    """Where a row process's stderr goes: logdir/<section>-<row>.log."""
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{row.section} {row.name}".lower()).strip("-")
+    return logdir / f"{slug}.log"
+
+
 class Worker:
     """A row's own process: `script` (worker.py, or whisper_rows.py) with the row's spec, speaking
     one JSON line per command; its stderr goes to logdir/<section>-<row>.log."""
 
     def __init__(self, row, logdir: Path, script: Path = HERE / "worker.py", env: dict[str, str] | None = None):
         logdir.mkdir(parents=True, exist_ok=True)
-        slug = re.sub(r"[^a-z0-9]+", "-", f"{row.section} {row.name}".lower()).strip("-")
-        self.logf = logdir / f"{slug}.log"
+        self.logf = row_log(row, logdir)
         self.p = subprocess.Popen([row.python, str(script), json.dumps(row.spec)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=open(self.logf, "w"), text=True,
                                   env={**worker_env(), **(env or {})}, cwd=ROOT)
@@ -289,7 +307,7 @@ class Worker:
 def measure(rows: list[Row], runs: int, warmup: int, logdir: Path, label: str) -> None:
     """Interleaved rounds over the rows that can run; fills row.stats and row.rss_mb."""
     live: list[tuple[Row, Worker]] = []
-    started = [(row, Worker(row, logdir)) for row in rows if not row.why]  # load side by side
+    started = [(row, Worker(row, logdir, env=row.env)) for row in rows if not row.why]  # load side by side
     for row, w in started:
         msg = w.recv()
         if "error" in msg:
@@ -619,11 +637,15 @@ def main() -> int:
     wall = time.time() - started
     # ---- report
     date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    ct2_rows = [r for rows in results.values() for r in rows if r.tool == "CTranslate2" and r.stats]
     lines = ["## edgeseq vs every other way to run the model (`benchmarks/compare.py`)", "",
-             f"{date}; {cpu_model()}, {os.cpu_count()} cores; every row 2 threads (but the 1-thread reference row), in its own process; "
+             f"{date}; {cpu_model()}, {os.cpu_count()} cores, ISA flags: {', '.join(isa_flags()) or 'none read'}; "
+             f"every row 2 threads (but the 1-thread reference row), in its own process; "
              f"`compare.py{' --quick' if a.quick else ''} --runs {a.runs} --warmup {a.warmup}`; "
              f"wall time {wall / 60:.0f} min.", "",
              f"Versions: {versions(a.work)}.", "",
+             *([f"CTranslate2 on this CPU (its own log at load, CT2_VERBOSE=1): "
+                f"{ct2_said([row_log(r, logdir) for r in ct2_rows])}.", ""] if ct2_rows else []),
              f"Memory bandwidth (2 threads, {bw['buffer_mb']} MB buffer, sampled {len(samples)} times: at the start and "
              f"after each section): read {min(x['read_gbs'] for x in samples):.1f}-{best:.1f} GB/s (copy, read+write "
              f"counted: {max(x['copy_gbs'] for x in samples):.1f} GB/s best); rooflines use the best read value. "

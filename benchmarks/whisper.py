@@ -31,7 +31,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,15 +39,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, artifact_dir, build, cpu_model, fresh_export, rejects  # noqa: E402
+from common import ROOT, artifact_dir, build, cpu_model, ct2_said, fresh_export, isa_flags, rejects  # noqa: E402
 from compare import Worker, clean, fmt, log, peer_python, replace_block  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MARK = ("<!-- whisper:begin -->", "<!-- whisper:end -->")
 PEER = "faster-whisper"
 MAX_OUTPUT_LEN = 64  # decoder positions, the prompt included
-ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
-             "amx_int8", "amx_bf16")
 
 
 @dataclass
@@ -70,17 +67,6 @@ class Row:
     @property
     def name(self) -> str:
         return f"{self.tool} {self.variant}"
-
-
-def isa_flags() -> list[str]:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def features(ckpt: Path, rows: list[dict], base: Path, out: Path) -> Path:
@@ -195,14 +181,7 @@ def measure(rows: list[Row], clips: list[int], passes: int, logdir: Path) -> lis
 def ct2_backend(logdir: Path) -> str:
     """What CTranslate2 said about the CPU at load (CT2_VERBOSE=1 in its rows' logs), from a row
     that left the ISA to CTranslate2 (not a CT2_FORCE_CPU_ISA row)."""
-    for f in sorted(logdir.glob("whisper-ctranslate2-*.log")):
-        if "-isa-" in f.name:
-            continue
-        said = [re.sub(r"^.*\[info\]\s*-?\s*", "", ln) for ln in f.read_text(errors="replace").splitlines()
-                if "[ctranslate2]" in ln and ("ISA" in ln or "backend" in ln or "MKL" in ln)]
-        if said:
-            return "; ".join(said)
-    return "not reported"
+    return ct2_said([f for f in sorted(logdir.glob("whisper-ctranslate2-*.log")) if "-isa-" not in f.name])
 
 
 def stats(row: Row, refs: list[str], norm, base_texts: dict[int, str] | None) -> dict:
