@@ -239,6 +239,13 @@ def isa_flags() -> list[str]:
     return []
 
 
+def machine() -> str:
+    """The CPU as every benchmark header names it: model, core count and ISA flags."""
+    import os
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, ISA flags: {', '.join(isa_flags()) or 'none read'}"
+
+
 def ct2_said(logs: list[Path]) -> str:
     """What CTranslate2 said about the CPU when it loaded (CT2_VERBOSE=1: the ISA it selected,
     whether it uses MKL, its SGEMM and int8 GEMM backends), from the first of `logs` (a row

@@ -44,10 +44,9 @@ from common import (  # noqa: E402
     ROOT,
     artifact_dir,
     build,
-    cpu_model,
     ct2_said,
     fresh_export,
-    isa_flags,
+    machine,
     rejects,
     summarize,
     t5_small_random,
@@ -639,7 +638,7 @@ def main() -> int:
     date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     ct2_rows = [r for rows in results.values() for r in rows if r.tool == "CTranslate2" and r.stats]
     lines = ["## edgeseq vs every other way to run the model (`benchmarks/compare.py`)", "",
-             f"{date}; {cpu_model()}, {os.cpu_count()} cores, ISA flags: {', '.join(isa_flags()) or 'none read'}; "
+             f"{date}; {machine()}; "
              f"every row 2 threads (but the 1-thread reference row), in its own process; "
              f"`compare.py{' --quick' if a.quick else ''} --runs {a.runs} --warmup {a.warmup}`; "
              f"wall time {wall / 60:.0f} min.", "",

@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -28,20 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import t5_small_random  # noqa: E402
+from benchmarks.common import cpu_model, machine, t5_small_random  # noqa: E402
 
 
 def _cpu() -> float:
     """User+sys seconds of this process, all threads (torch's and the progress heartbeat's)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -88,7 +80,7 @@ def main() -> None:
         print(json.dumps({"cpu": cpu_model(), "load1": [load0, load1], "total": total,
                           "stages": [{"stage": s, "wall": w, "cpu": c} for s, w, c in rows]}))
         return
-    print(f"{cpu_model()}, {os.cpu_count()} CPUs; load average (1 min) {load0:.2f} before, {load1:.2f} after")
+    print(f"{machine()}; load average (1 min) {load0:.2f} before, {load1:.2f} after")
     print(f"{'stage':70s} {'wall s':>7s} {'cpu s':>7s}")
     for what, w, c in sorted(rows, key=lambda r: r[0].startswith("  ")):  # outer stages first
         print(f"{what.strip()[:70]:70s} {w:7.1f} {c:7.1f}")

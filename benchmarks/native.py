@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import roofline  # noqa: E402
-from common import ROOT, artifact_dir, build, cpu_model, t5_small_random  # noqa: E402
+from common import ROOT, artifact_dir, build, machine, t5_small_random  # noqa: E402
 
 MARKS = ("<!-- native:begin -->", "<!-- native:end -->")
 TARGET = "executorch-xnnpack"
@@ -80,7 +80,7 @@ def main() -> int:
     bw = max(bws)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [MARKS[0], "## Native C++ runner vs Python Session (`benchmarks/native.py`)", "",
-             f"{date}; {cpu_model()}, {os.cpu_count()} cores; t5-small-sized T5 (random weights), "
+             f"{date}; {machine()}; t5-small-sized T5 (random weights), "
              f"executorch-xnnpack, 64 input / 32 forced output tokens, 2 threads; `--runs {a.runs} --warmup "
              f"{a.warmup}`, {a.rounds} alternating rounds per runner, best round shown; read bandwidth "
              f"{bw:.1f} GB/s (best of {len(bws)} samples, {min(bws):.1f}-{bw:.1f}); load average (1 min) at "

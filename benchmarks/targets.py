@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, ArtifactRunner, EagerRunner, build, cpu_model, measure, t5_small_random  # noqa: E402
+from common import ROOT, ArtifactRunner, EagerRunner, build, machine, measure, t5_small_random  # noqa: E402
 
 RECIPES = ["fp32", "int8", "int4", "mixed"]
 TARGETS = ["executorch-xnnpack", "litert-cpu", "onnx-cpu"]
@@ -74,7 +73,7 @@ def main() -> None:
     res = measure(runners, a.runs, a.warmup)
     date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [MARK_BEGIN, "## edgeseq targets x recipes vs eager transformers (ratios to eager `generate` fp32 of the same model)", "",
-             f"{date}; {cpu_model()}, {os.cpu_count()} cores, 2 runtime threads; "
+             f"{date}; {machine()}; 2 runtime threads; "
              f"`benchmarks/targets.py --runs {a.runs}` (all artifacts in one process, interleaved "
              f"rounds); input 64 tokens, output 32 forced; medians (p90).", "",
              "| model | target | recipe | TTFT ms | decode ms/token | model MB | TTFT ratio | decode ratio | size ratio | export s |",

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, artifact_dir, build, cpu_model, ct2_said, fresh_export, isa_flags, rejects  # noqa: E402
+from common import ROOT, artifact_dir, build, cpu_model, ct2_said, fresh_export, isa_flags, machine, rejects  # noqa: E402
 from compare import Worker, clean, fmt, log, peer_python, replace_block  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -303,7 +303,7 @@ def main() -> int:
     cmd = clean(" ".join(["whisper.py", *sys.argv[1:]]))
     busy = max(load0[0], load1[0], *(x[0] for x in loads)) > (os.cpu_count() or 1) + 0.5
     out = ["## Whisper tiny.en vs CTranslate2 / faster-whisper (`benchmarks/whisper.py`)", "",
-           f"{date}; {cpu_model()}, {os.cpu_count()} cores, ISA flags: {', '.join(isa_flags()) or 'none read'}; "
+           f"{date}; {machine()}; "
            f"`{cmd}`: {n} clips of `demo/speech` (espeak-ng), {passes} pass{'es' if passes > 1 else ''} after one warmup clip per row; "
            f"{a.threads} threads per row, each row in its own process; wall time {(time.time() - started) / 60:.0f} min.", "",
            f"Load average (1 min) at start / after each pass / end: {load0[0]:.1f} / "
