@@ -332,6 +332,7 @@ def test_inspect_says_how_the_table_is_stored(onnx_quantized):
 
     _, text = inspect_artifact(onnx_quantized["8da8w-v1.0"])
     assert "component lm_head    tied to embeddings: table stored once" in text, text
+    assert "int8 weights on a 7-bit grid (-64..64)" in text, text
 
 
 @pytest.mark.parametrize("quant, why", [
