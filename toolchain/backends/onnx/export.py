@@ -103,7 +103,7 @@ def write_shared(models: dict[str, onnx.ModelProto], out_dir: Path) -> list[str]
 
 
 def lower(parts: Seq2SeqParts, recipe: Recipe, provider: str, out_dir: Path, calibration: list[Any] | None,
-          tool_versions: dict[str, str], weight_bits: int = 7) -> Lowered:
+          tool_versions: dict[str, str], weight_bits: int) -> Lowered:
     """Export encode, the shorter encodes and decode; quantize them per the recipe, int8 weights
     on the `weight_bits` grid (a tied head pointed at the embedding's table, tied.py); write the
     graphs and weights.data into `out_dir`."""

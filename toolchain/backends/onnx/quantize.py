@@ -160,7 +160,7 @@ def qmax(bits: int) -> int:
     return {8: 127, 7: 64}[bits]
 
 
-def quantize_embeddings(model: onnx.ModelProto, names: set[str], bits: int = 8) -> int:
+def quantize_embeddings(model: onnx.ModelProto, names: set[str], bits: int) -> int:
     """Int8 rows for the named embedding gathers, in place; returns how many were rewritten.
 
     Gather(table float[V, D], ids) becomes Cast(Gather(table_int8 int8[V, D], ids)) *
@@ -213,7 +213,7 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
 
 def quantize_graph(model: onnx.ModelProto, name: str, components: dict[str, Component],
                    schemes: dict[Component, QuantScheme], feeds: Feeds | None,
-                   tmp: Path, bits: int = 8) -> tuple[onnx.ModelProto, dict[str, int]]:
+                   tmp: Path, bits: int) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Quantize one program's nodes (`components`: node -> component) per `schemes`, int8 weights
     on the `bits` grid; returns (ModelProto, {component: nodes quantized})."""
     import onnx
@@ -251,7 +251,7 @@ def quantize_graph(model: onnx.ModelProto, name: str, components: dict[str, Comp
 
 def quantize_programs(graphs: dict[str, onnx.ModelProto], parts: Seq2SeqParts, recipe: Recipe,
                       calibration: list[Any] | None, tmp: Path,
-                      bits: int = 8) -> tuple[dict[str, onnx.ModelProto], dict[str, dict[str, int]]]:
+                      bits: int) -> tuple[dict[str, onnx.ModelProto], dict[str, dict[str, int]]]:
     """Quantize every program ("encode", "encode_<L>", "decode" -> ModelProto) per the recipe;
     returns the graphs and, per program, {component: nodes quantized}."""
     schemes = requested(recipe)
