@@ -130,8 +130,11 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
             lines.append(f"  component {'lm_head':<10} {tied.describe(head)}")
     bits = (m.get("onnx") or {}).get("weight_bits")
     if bits:  # onnx-cpu's int8 grid (target option weight_bits)
-        lines.append(f"  int8 weights on a {bits}-bit grid ({'-64..64' if bits == 7 else '-127..127'})"
-                     + ("" if bits == 7 else ": ONNX Runtime's u8s8 kernels can saturate on x86 without VNNI"))
+        from .backends.onnx import DEFAULT_WEIGHT_BITS, GRIDS
+
+        lines.append(f"  int8 weights on a {bits}-bit grid (-{GRIDS[bits]}..{GRIDS[bits]})"
+                     + ("" if bits == DEFAULT_WEIGHT_BITS else
+                        ": ONNX Runtime's u8s8 kernels can saturate on x86 without VNNI"))
     for name, p in m["programs"].items():
         if p.get("quantization"):
             lines.append(f"  program {name} weights: " + ", ".join(f"{k} {v}" for k, v in p["quantization"].items()))

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
 from ...schemes import Component, QuantScheme
-from ..base import Backend, CacheMode, Capabilities, Lowered, Session
+from ..base import Backend, CacheMode, Capabilities, Lowered, Session, check_options
 
 if TYPE_CHECKING:
     from ...artifact import Artifact
@@ -48,12 +48,15 @@ LINEAR_SCHEMES = {QuantScheme.NONE: "fp32",
 EMBEDDING_SCHEMES = {QuantScheme.NONE: "fp32", QuantScheme.INT8_WEIGHT: "int8 rows, one scale per row"}
 # target.options: name -> what it sets (said when a target names another one).
 OPTIONS = {"weight_bits": "int8 weight grid: 7 (-64..64, exact on every x86) or 8 (-127..127, VNNI/Arm only)"}
-WEIGHT_BITS = (7, 8)
+# weight_bits -> the largest int8 weight magnitude, as onnxruntime.quantization sets it for
+# symmetric int8: 64 with reduce_range (7 bits), 127 without.
+GRIDS = {7: 64, 8: 127}
+DEFAULT_WEIGHT_BITS = 7
 
 
 def weight_bits(target: Target) -> int:
     """The target's int8 weight grid (module docstring); 7 when it does not say."""
-    return int(target.options.get("weight_bits", 7))
+    return int(target.options.get("weight_bits", DEFAULT_WEIGHT_BITS))
 
 
 class OnnxBackend(Backend):
@@ -77,11 +80,9 @@ class OnnxBackend(Backend):
         if target.backend not in PROVIDERS:
             raise InputError(f"target {target.name}: onnx backend {target.backend!r} is not available; "
                              f"available: {', '.join(sorted(PROVIDERS))}")
-        unknown = sorted(set(target.options) - set(OPTIONS))
-        if unknown:
-            raise InputError(f"target {target.name}: unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
-        bits = target.options.get("weight_bits", 7)
-        if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+        check_options(target, OPTIONS, {})  # unknown keys; weight_bits may be left out (the default)
+        bits = target.options.get("weight_bits", DEFAULT_WEIGHT_BITS)
+        if bits not in GRIDS:
             raise InputError(f"target {target.name}: option 'weight_bits' must be 7 or 8, got {bits!r}")
 
     def check(self, recipe: Recipe, target: Target) -> None:

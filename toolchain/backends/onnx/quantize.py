@@ -27,6 +27,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...schemes import Component, QuantScheme, requested
+from . import GRIDS
 
 if TYPE_CHECKING:
     import onnx
@@ -154,18 +155,12 @@ def shorter_feeds(feeds: Feeds | None, n: int) -> Feeds | None:
     return [{k: np.ascontiguousarray(v[:, :n]) for k, v in f.items()} for f in fits]
 
 
-def qmax(bits: int) -> int:
-    """The largest int8 weight magnitude on a `bits` grid, as ``onnxruntime.quantization`` sets it
-    for symmetric int8: 127 (8 bits, -127..127) or 64 (7 bits, reduce_range: -64..64)."""
-    return {8: 127, 7: 64}[bits]
-
-
 def quantize_embeddings(model: onnx.ModelProto, names: set[str], bits: int) -> int:
     """Int8 rows for the named embedding gathers, in place; returns how many were rewritten.
 
     Gather(table float[V, D], ids) becomes Cast(Gather(table_int8 int8[V, D], ids)) *
     Gather(scale float[V, 1], ids): symmetric, one scale per row (a token's vector), on
-    ORT's grid for `bits` (``qmax``) with its arithmetic, so a tied head's int8 weights
+    ORT's grid for `bits` (``GRIDS``) with its arithmetic, so a tied head's int8 weights
     are the same numbers transposed (tied.py); the table stays int8 in memory (a
     DequantizeLinear in front of the Gather would be constant-folded back to fp32 when the
     session loads). The int8 table and scales get the same names and bytes in both
@@ -182,9 +177,9 @@ def quantize_embeddings(model: onnx.ModelProto, names: set[str], bits: int) -> i
         table = node.input[0]
         if f"{table}.int8" not in inits:
             w = numpy_helper.to_array(inits[table]).astype(np.float32)
-            # ORT: scale = 2 * max|x| / (2 * qmax) in float64, stored as float32; x / scale
+            # ORT: scale = 2 * max|x| / (2 * top) in float64, stored as float32; x / scale
             # rounded half to even in float32.
-            top = qmax(bits)
+            top = GRIDS[bits]
             scale = (2.0 * np.abs(w).max(axis=1, keepdims=True).astype(np.float64) / (2 * top)).astype(np.float32)
             scale[scale == 0] = 1.0
             q = np.clip((w / scale).round(), -top, top).astype(np.int8)
