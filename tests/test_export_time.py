@@ -1,11 +1,13 @@
-"""The executorch-xnnpack export-time cuts (provenance sharing, skipped no-op XNNPACK passes):
-each is scoped, undone afterwards, and leaves the artifact the same bytes."""
+"""The executorch-xnnpack export-time cuts (provenance sharing, skipped no-op XNNPACK passes, the
+programs lowered on two processes): each is scoped, undone afterwards, and leaves the artifact the
+same bytes."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 from contextlib import nullcontext
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 
@@ -38,6 +40,43 @@ def test_skipping_restores_the_pass_manager():
 
 @pytest.mark.skipif(version("executorch") != xnnpack_passes._PATTERN_OPS_VERSION,
                     reason="pattern ops are checked for one ExecuTorch release; others build the patterns")
+def test_retrace_skipping_restores_torch_and_executorch():
+    from executorch.exir.program import _program
+    from torch.export import ExportedProgram
+
+    from toolchain.backends.executorch import retraces
+
+    run, replace = ExportedProgram.run_decompositions, _program._replace_aten_ops_with_transformed_ops
+    with retraces.skipping():
+        with retraces.skipping():
+            pass
+        assert ExportedProgram.run_decompositions is retraces._run_decompositions
+        assert _program._replace_aten_ops_with_transformed_ops is retraces._replace
+    assert ExportedProgram.run_decompositions is run
+    assert _program._replace_aten_ops_with_transformed_ops is replace
+
+
+def test_retrace_is_skipped_only_after_renaming_and_with_nothing_to_decompose():
+    import torch
+
+    from toolchain.backends.executorch import retraces
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.silu(x) + 1
+
+    ep = torch.export.export(Net(), (torch.randn(3),), strict=False).run_decompositions({})
+    silu = torch.ops.aten.silu.default
+    with retraces.skipping():
+        assert ep.run_decompositions({torch.ops.aten.tanh.default: None}) is not ep  # not renamed: runs
+        retraces._renamed.add(ep)
+        assert ep.run_decompositions({torch.ops.aten.tanh.default: None}) is ep  # nothing in it: skipped
+        retraces._renamed.add(ep)
+        table = torch.export.default_decompositions()
+        assert silu in table
+        assert ep.run_decompositions(table) is not ep  # silu is in the table: decomposed
+
+
 def test_pattern_ops_occur_in_every_pattern():
     from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
 
@@ -61,10 +100,110 @@ def test_cuts_leave_the_int8_artifact_byte_identical(checkpoint, tmp_path, monke
     recipe = tmp_path / "int8-small.yaml"
     recipe.write_text("format_version: 1\nname: int8-small\ndescription: test\nmax_input_len: 24\n"
                       "max_output_len: 12\nquantization: {encoder: 8da8w, decoder: 8da8w, "
-                      "embeddings: int8-weight, lm_head: 8da8w}\ntolerance: {max_abs_logit_diff: 1.0e+9}\n")
+                      "embeddings: int8-weight, lm_head: 8da8w}\nencode_lengths: [8]\n"
+                      "tolerance: {max_abs_logit_diff: 1.0e+9}\n")
     target = load_target("executorch-xnnpack")
+    monkeypatch.setenv(et_export.parallel.ENV, "2")  # three programs: decode here, encode + encode_8 forked
     export(load_checkpoint(checkpoint), load_recipe(str(recipe)), target, tmp_path / "cut")
     monkeypatch.setattr(et_export.provenance, "shared", nullcontext)
     monkeypatch.setattr(et_export.xnnpack_passes, "skipping", nullcontext)
+    monkeypatch.setattr(et_export.retraces, "skipping", nullcontext)
+    monkeypatch.setenv(et_export.parallel.ENV, "1")
     export(load_checkpoint(checkpoint), load_recipe(str(recipe)), target, tmp_path / "plain")
     assert _digest(tmp_path / "cut") == _digest(tmp_path / "plain")
+
+
+def test_lowering_groups_keep_decode_here_and_share_the_encodes():
+    from toolchain.backends.executorch import parallel
+
+    assert parallel.groups(["encode", "decode"]) == (["decode"], ["encode"])
+    assert parallel.groups(["encode", "decode", "encode_64", "encode_128", "encode_256"]) == (
+        ["decode", "encode_256"], ["encode", "encode_128", "encode_64"])
+    assert parallel.groups(["encode"]) == (["encode"], [])
+
+
+@pytest.mark.parametrize(("value", "jobs"), [("1", 1), ("2", 2), ("0", 1), ("two", 1)])
+def test_lower_jobs_from_the_environment(monkeypatch, value, jobs):
+    from toolchain.backends.executorch import parallel
+
+    monkeypatch.setenv(parallel.ENV, value)
+    assert parallel.jobs() == jobs
+
+
+def test_deserialized_keyword_arguments_go_back_to_positions():
+    """exir.serde returns arguments after a defaulted one as keywords; ExecuTorch's pattern passes
+    (the int8 embedding's quant fusion) compare positions, so they are put back."""
+    import torch
+
+    from toolchain.backends.executorch import parallel
+
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    node = g.call_function(torch.ops.aten.clamp.default, (x,), {"min": -1.0, "max": 1.0})
+    keep = g.call_function(torch.ops.aten.sum.dim_IntList, (x, [0]), {"dtype": torch.float32})
+    g.output((node, keep))
+    parallel._positional(g)
+    assert node.args == (x, -1.0, 1.0) and node.kwargs == {}
+    assert keep.args == (x, [0]) and keep.kwargs == {"dtype": torch.float32}  # keepdim absent: stays a keyword
+
+
+def _tiny_traces() -> dict:
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            torch.manual_seed(width)
+            self.a, self.b = torch.nn.Linear(8, width), torch.nn.Linear(width, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    x = (torch.randn(2, 8),)
+    return {name: partial(torch.export.export, Net(w), x, strict=False) for name, w in (("encode", 16), ("decode", 32))}
+
+
+def _lower_xnnpack(group: dict):
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    return to_edge_transform_and_lower({n: trace() for n, trace in group.items()}, partitioner=[XnnpackPartitioner()])
+
+
+@pytest.mark.slow
+def test_parallel_lowering_gives_the_same_program(monkeypatch):
+    from toolchain.backends.executorch import parallel
+
+    monkeypatch.setenv(parallel.ENV, "2")
+    together = parallel.lower(_tiny_traces(), _lower_xnnpack, parallel.jobs())
+    assert sorted(together.methods) == ["decode", "encode"]
+    monkeypatch.setenv(parallel.ENV, "1")
+    alone = parallel.lower(_tiny_traces(), _lower_xnnpack, parallel.jobs())
+    assert together.to_executorch().buffer == alone.to_executorch().buffer
+
+
+@pytest.mark.slow
+def test_a_failed_child_is_lowered_here_and_a_failure_here_ends_the_child(monkeypatch):
+    import os
+
+    from toolchain.backends.executorch import parallel
+
+    monkeypatch.setenv(parallel.ENV, "2")
+    parent = os.getpid()
+
+    def child_fails(group: dict):
+        if os.getpid() != parent:
+            raise RuntimeError("child")
+        return _lower_xnnpack(group)
+
+    assert sorted(parallel.lower(_tiny_traces(), child_fails, 2).methods) == ["decode", "encode"]
+
+    def parent_fails(group: dict):
+        if os.getpid() == parent:
+            raise ValueError("here")
+        return _lower_xnnpack(group)
+
+    with pytest.raises(ValueError, match="here"):
+        parallel.lower(_tiny_traces(), parent_fails, 2)
+    with pytest.raises(ChildProcessError):  # the child was reaped, none left behind
+        os.waitpid(-1, os.WNOHANG)

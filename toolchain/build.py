@@ -181,6 +181,14 @@ def base_row(ck: str, recipe_name: str, target_name: str) -> dict[str, Any]:
             "status": "failed", "cache_hit": False}
 
 
+def _cell_worker() -> None:
+    """A `--jobs` worker lowers its programs in one process: the cells already use the cores
+    (ExecuTorch's two-process lowering, backends/executorch/parallel.py, is for a lone export)."""
+    from .backends.executorch.parallel import ENV
+
+    os.environ.setdefault(ENV, "1")
+
+
 def run_cell(ck: str, recipe_name: str, target_name: str, out: str | None, store: CacheStore | str,
              verify_limit: int | None, probe_runs: int) -> dict[str, Any]:
     """One cell, end to end: served from `store` if an intact entry is there, else built and
@@ -355,7 +363,8 @@ def _build(m: Matrix, matrix_path: str, outp: Path, store: CacheStore, jobs: int
     elif jobs > 1:
         import multiprocessing
 
-        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_cell_worker) as pool:
             for i, row in enumerate(pool.map(run_cell, *zip(*args, strict=True))):
                 done(i, row)
     else:

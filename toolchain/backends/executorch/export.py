@@ -23,14 +23,16 @@ weight is still NaN).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import progress
 from .. import tied
 from ..base import Lowered
-from . import PTD, PTE, provenance, quantize, xnnpack_passes
+from . import PTD, PTE, parallel, provenance, quantize, retraces, xnnpack_passes
 
 if TYPE_CHECKING:
     from ...specs import Recipe
@@ -162,19 +164,26 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
     with progress.stage("  quantize (torchao)") if recipe.quantization else nullcontext():
         quant = quantize.apply(parts, recipe)
     # Export-time cuts, each leaving the artifact byte-identical: node provenance shared instead of
-    # deep-copied by every pass (provenance.py); XNNPACK passes with nothing to rewrite skipped
-    # (xnnpack_passes.py).
-    with provenance.shared(), xnnpack_passes.skipping():
-        with progress.stage("  torch.export"):
-            programs = {"encode": _export("encode", parts.encode, parts.encode_inputs()),
-                        "decode": _export("decode", parts.decode, parts.decode_inputs())}
-            for n, module in sorted(parts.encode_buckets.items()):
-                programs[f"encode_{n}"] = _export(f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
-        with progress.stage("  partition and lower to XNNPACK"):
-            edge = to_edge_transform_and_lower(programs, partitioner=[_external_weights_partitioner()])
-        report = {name: delegation(edge.exported_program(name).graph_module, "XnnpackBackend") for name in programs}
+    # deep-copied by every pass (provenance.py); XNNPACK passes and to_edge's last decomposition
+    # retrace skipped when they have nothing to rewrite (xnnpack_passes.py, retraces.py); the
+    # programs traced and lowered on two processes (parallel.py).
+    traces: dict[str, Callable[[], Any]] = {
+        "encode": lambda: _export("encode", parts.encode, parts.encode_inputs()),
+        "decode": lambda: _export("decode", parts.decode, parts.decode_inputs())}
+    for n, module in sorted(parts.encode_buckets.items()):
+        traces[f"encode_{n}"] = partial(_export, f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
+
+    def export_and_lower(group: dict[str, Callable[[], Any]]) -> Any:
+        return to_edge_transform_and_lower({name: trace() for name, trace in group.items()},
+                                           partitioner=[_external_weights_partitioner()])
+
+    with provenance.shared(), xnnpack_passes.skipping(), retraces.skipping():
+        jobs = parallel.jobs()
+        with progress.stage(f"  torch.export, partition and lower to XNNPACK ({jobs} process{'es' * (jobs > 1)})"):
+            edge = parallel.lower(traces, export_and_lower, jobs)
+        report = {name: delegation(edge.exported_program(name).graph_module, "XnnpackBackend") for name in traces}
         with progress.stage("  serialize model.pte + weights.ptd"):
-            et = _to_executorch(edge, programs, quant)
+            et = _to_executorch(edge, list(traces), quant)
             (out_dir / PTE).write_bytes(et.buffer)
             et.write_tensor_data_to_file(str(out_dir))
     runtime_ops(et, report)
@@ -219,7 +228,7 @@ def tied_storage(ptd: Path, quant: dict[str, Any]) -> dict[str, Any]:
                         schemes=(quant["embeddings"]["scheme"], quant["lm_head"]["scheme"]), known=_NOT_SHARED)
 
 
-def _to_executorch(edge: Any, programs: dict, quant: dict) -> Any:
+def _to_executorch(edge: Any, programs: list[str], quant: dict) -> Any:
     """The edge programs as one ExecuTorch program, every constant tagged for weights.ptd."""
     from executorch.exir import ExecutorchBackendConfig
     from executorch.exir.passes import MemoryPlanningPass
