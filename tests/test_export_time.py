@@ -41,19 +41,53 @@ def test_skipping_restores_the_pass_manager():
 @pytest.mark.skipif(version("executorch") != xnnpack_passes._PATTERN_OPS_VERSION,
                     reason="pattern ops are checked for one ExecuTorch release; others build the patterns")
 def test_retrace_skipping_restores_torch_and_executorch():
+    import importlib
+
     from executorch.exir.program import _program
     from torch.export import ExportedProgram
 
     from toolchain.backends.executorch import retraces
 
     run, replace = ExportedProgram.run_decompositions, _program._replace_aten_ops_with_transformed_ops
+    # the module, not the operator the package exports under the same name
+    call_delegate = importlib.import_module("torch._higher_order_ops.executorch_call_delegate")
+    delegate = call_delegate.call_delegate_cpu
     with retraces.skipping():
         with retraces.skipping():
             pass
         assert ExportedProgram.run_decompositions is retraces._run_decompositions
         assert _program._replace_aten_ops_with_transformed_ops is retraces._replace
+        assert call_delegate.call_delegate_cpu is retraces._delegate_outputs
     assert ExportedProgram.run_decompositions is run
     assert _program._replace_aten_ops_with_transformed_ops is replace
+    assert call_delegate.call_delegate_cpu is delegate
+
+
+@pytest.mark.slow
+def test_delegate_outputs_from_the_recorded_shapes_match_a_run():
+    """A delegate called on fake tensors: the recorded outputs' shapes, strides and dtypes are what
+    running its original program gives, and real inputs still run it."""
+    import torch
+    from torch._higher_order_ops.executorch_call_delegate import executorch_call_delegate
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from toolchain.backends.executorch import retraces
+
+    edge = _lower_xnnpack(_tiny_traces())
+    gm = edge.exported_program("decode").graph_module
+    lowered = next(m for m in gm.modules() if type(m).__name__ == "LoweredBackendModule")
+    x = torch.randn(2, 8)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:  # the program's weights are real
+        fake = mode.from_tensor(x)
+        ran = executorch_call_delegate(lowered, fake)
+        with retraces.skipping():
+            recorded = executorch_call_delegate(lowered, fake)
+    assert type(recorded) is type(ran) and len(recorded) == len(ran)
+    for a, b in zip(recorded, ran, strict=True):
+        assert (a.shape, a.stride(), a.dtype) == (b.shape, b.stride(), b.dtype)
+    with retraces.skipping():
+        real = executorch_call_delegate(lowered, x)
+    assert not isinstance(real[0], type(fake)) and real[0].shape == ran[0].shape
 
 
 def test_retrace_is_skipped_only_after_renaming_and_with_nothing_to_decompose():
