@@ -230,7 +230,10 @@ def test_a_failed_child_is_lowered_here_and_a_failure_here_ends_the_child(monkey
             raise RuntimeError("child")
         return _lower_xnnpack(group)
 
+    notes: list[str] = []
+    monkeypatch.setattr("toolchain.progress.note", notes.append)
     assert sorted(parallel.lower(_tiny_traces(), child_fails, 2).methods) == ["decode", "encode"]
+    assert notes == ["lowering encode in a second process failed (RuntimeError: child); lowering them here"]
 
     def parent_fails(group: dict):
         if os.getpid() == parent:

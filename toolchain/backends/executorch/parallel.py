@@ -88,7 +88,12 @@ def lower(traces: dict[str, Callable[[], Any]], lower_group: Callable[[dict[str,
             _kill(pid)
             raise
         lowered = _collect(pid, there, Path(tmp))
+        why = _last_line(Path(tmp) / "child.log") if lowered is None else ""
     if lowered is None:  # the child failed: lower its programs here (same error, in-process traceback)
+        from ... import progress
+
+        progress.note(f"lowering {', '.join(there)} in a second process failed ({why or 'no message'}); "
+                      "lowering them here")
         edge_there = lower_group({n: traces[n] for n in there})
         lowered = {n: edge_there.exported_program(n) for n in there}
     return _merge({**{n: edge_here.exported_program(n) for n in here}, **lowered}, list(traces))
@@ -122,7 +127,11 @@ def _fork_child(programs: dict[str, Callable[[], Any]], lower_group: Callable[[d
 
 def _collect(pid: int, names: list[str], tmp: Path) -> dict[str, Any] | None:
     """The child's lowered programs, or None when it did not finish cleanly."""
-    _, status = os.waitpid(pid, 0)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # interrupted while waiting (Ctrl-C): the child goes too, reaped
+        _kill(pid)
+        raise
     if os.waitstatus_to_exitcode(status) != 0:
         return None
     from executorch.exir.serde.serialize import load
@@ -152,6 +161,14 @@ def _positional(graph: Any) -> None:
                 break
             args.append(kwargs.pop(arg.name))
         node.args, node.kwargs = tuple(args), kwargs
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
 
 
 def _kill(pid: int) -> None:

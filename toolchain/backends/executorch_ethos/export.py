@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..base import Lowered
+from ..executorch import provenance, retraces
 from . import HOST, PTE, quantize, subgraphs, vela
 
 if TYPE_CHECKING:
@@ -142,9 +143,12 @@ def lower(parts: Seq2SeqParts, target: Target, out_dir: Path, calibration: list[
             quantized[name] = torch.export.export(gms[name], args[name], strict=False)
             partitioners[name] = _partitioner(specs[name])
         config = EdgeCompileConfig(_check_ir_validity=False)
-        host = to_edge_transform_and_lower(dict(quantized), compile_config=config).to_executorch()
-        device = to_edge_transform_and_lower(dict(quantized), compile_config=config,
-                                             partitioner={n: [p] for n, p in partitioners.items()})
+        # ExecuTorch's export-time cuts that leave the program the same bytes (executorch/provenance.py,
+        # retraces.py): the host reference and the partitioned program retrace ~40 passes each.
+        with provenance.shared(), retraces.skipping():
+            host = to_edge_transform_and_lower(dict(quantized), compile_config=config).to_executorch()
+            device = to_edge_transform_and_lower(dict(quantized), compile_config=config,
+                                                 partitioner={n: [p] for n, p in partitioners.items()})
         kept = {}
         for name in modules:
             program = device.exported_program(name)
@@ -157,7 +161,8 @@ def lower(parts: Seq2SeqParts, target: Target, out_dir: Path, calibration: list[
             report = vela.report([out_dir / s["file"] for s in kept[name]["subgraphs"]], specs[name],
                                  tmp / f"{name}-report")
             npu[name] = {**placement, **report}
-        et = device.to_executorch()
+        with provenance.shared(), retraces.skipping():
+            et = device.to_executorch()
     (out_dir / PTE).write_bytes(et.buffer)
     (out_dir / HOST).write_bytes(host.buffer)
     sig = parts.describe()
