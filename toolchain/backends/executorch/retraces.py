@@ -32,21 +32,17 @@ Both leave the artifact the same bytes (tests/test_export_time.py).
 
 from __future__ import annotations
 
-import threading
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
-_lock = threading.Lock()
-_depth = 0
-_originals: dict[str, Callable[..., Any]] = {}
+from .patching import ScopedPatch
+
 _renamed: weakref.WeakSet[Any] = weakref.WeakSet()  # programs just renamed by step 3
 
 
 def _replace(name: str, program: Any, partitioner: Any) -> Any:
     """_replace_aten_ops_with_transformed_ops, remembering the program it renamed."""
-    preserved = _originals["replace"](name, program, partitioner)
+    preserved = skipping.original("_replace_aten_ops_with_transformed_ops")(name, program, partitioner)
     _renamed.add(program)
     return preserved
 
@@ -60,7 +56,7 @@ def _run_decompositions(self: Any, decomp_table: Any = None, *args: Any, **kwarg
         _renamed.discard(self)
         if decomp_table is not None and not contains_any_call_fn_target_op(self.graph_module, decomp_table):
             return self
-    return _originals["run"](self, decomp_table, *args, **kwargs)
+    return skipping.original("ExportedProgram.run_decompositions")(self, decomp_table, *args, **kwargs)
 
 
 def _delegate_outputs(lowered_module: Any, *args: Any) -> Any:
@@ -75,46 +71,14 @@ def _delegate_outputs(lowered_module: Any, *args: Any) -> Any:
     vals = [n.meta.get("val") if isinstance(n, torch.fx.Node) else None for n in outputs]
     tensors = [v for v in vals if isinstance(v, torch.Tensor)]
     if like is None or len(ep.graph_signature.user_outputs) != len(outputs) or len(tensors) != len(vals):
-        return _originals["delegate"](lowered_module, *args)
+        return skipping.original("call_delegate_cpu")(lowered_module, *args)
     fresh = [like.new_empty_strided(v.shape, v.stride(), dtype=v.dtype) for v in tensors]
     return pytree.tree_unflatten(fresh, ep.call_spec.out_spec)
 
 
-_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
-    # (key, module, attribute, replacement)
-    ("replace", "executorch.exir.program._program", "_replace_aten_ops_with_transformed_ops", _replace),
-    ("run", "torch.export.exported_program", "ExportedProgram.run_decompositions", _run_decompositions),
-    ("delegate", "torch._higher_order_ops.executorch_call_delegate", "call_delegate_cpu", _delegate_outputs),
+# Installed by `with skipping():` (patching.py); the replacements call the originals through it.
+skipping = ScopedPatch(
+    ("executorch.exir.program._program", "_replace_aten_ops_with_transformed_ops", _replace),
+    ("torch.export.exported_program", "ExportedProgram.run_decompositions", _run_decompositions),
+    ("torch._higher_order_ops.executorch_call_delegate", "call_delegate_cpu", _delegate_outputs),
 )
-
-
-def _owner(module: str, attribute: str) -> tuple[Any, str]:
-    import importlib
-
-    owner: Any = importlib.import_module(module)
-    *path, name = attribute.split(".")
-    for part in path:
-        owner = getattr(owner, part)
-    return owner, name
-
-
-@contextmanager
-def skipping() -> Iterator[None]:
-    """Both retraces are skipped where they change nothing, for the duration of the block."""
-    global _depth
-    with _lock:
-        if _depth == 0:
-            for key, module, attribute, replacement in _PATCHES:
-                owner, name = _owner(module, attribute)
-                _originals[key] = getattr(owner, name)
-                setattr(owner, name, replacement)
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                for key, module, attribute, _ in _PATCHES:
-                    owner, name = _owner(module, attribute)
-                    setattr(owner, name, _originals.pop(key))

@@ -24,14 +24,10 @@ named here, and any other pass list (a `passes=` argument), runs unchanged.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-_lock = threading.Lock()
-_depth = 0
-_original: Callable[..., Any] | None = None
+from .patching import ScopedPatch
 
 
 def _targets(graph: Any) -> set[str]:
@@ -110,22 +106,5 @@ def _transform(self: Any) -> Any:
     return ep
 
 
-@contextmanager
-def skipping() -> Iterator[None]:
-    """XNNPACK preprocess skips its passes that have no work, for the duration of the block."""
-    global _depth, _original
-    from executorch.backends.xnnpack._passes import XNNPACKPassManager
-
-    with _lock:
-        if _depth == 0:
-            _original = XNNPACKPassManager.transform
-            XNNPACKPassManager.transform = _transform
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                XNNPACKPassManager.transform = _original
-                _original = None
+# XNNPACK preprocess skips its passes that have no work while a `with skipping():` block runs.
+skipping = ScopedPatch(("executorch.backends.xnnpack._passes", "XNNPACKPassManager.transform", _transform))
