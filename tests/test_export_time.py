@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import sys
 from contextlib import nullcontext
 from functools import partial
 from importlib.metadata import version
@@ -244,3 +245,40 @@ def test_a_failed_child_is_lowered_here_and_a_failure_here_ends_the_child(monkey
         parallel.lower(_tiny_traces(), parent_fails, 2)
     with pytest.raises(ChildProcessError):  # the child was reaped, none left behind
         os.waitpid(-1, os.WNOHANG)
+
+
+def _gone(pid: int) -> bool:
+    """Ended (or a zombie nobody reaped yet: PID 1 of a container may not)."""
+    from pathlib import Path
+
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" in status.read_text()
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the child is forked on Linux only")
+def test_a_killed_export_takes_its_lowering_child_along(tmp_path):
+    import subprocess
+    import time
+
+    marker = tmp_path / "child.pid"
+    script = (f"import os, sys, time\nsys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+              "from toolchain.backends.executorch import parallel\nparent = os.getpid()\n"
+              "def group(traces):\n    if os.getpid() != parent:\n"
+              f"        open({str(marker)!r}, 'w').write(str(os.getpid()))\n    time.sleep(120)\n"
+              "parallel.lower({'encode': None, 'decode': None}, group, 2)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(marker.read_text())
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(child)

@@ -101,11 +101,13 @@ def lower(traces: dict[str, Callable[[], Any]], lower_group: Callable[[dict[str,
 
 def _fork_child(programs: dict[str, Callable[[], Any]], lower_group: Callable[[dict[str, Callable[[], Any]]], Any],
                 tmp: Path) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:  # the child: lower, save each method, leave without running the parent's exit handlers
+        _die_with(parent)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (fresh objects with fresh locks; see module doc)
         sys.stderr = open(tmp / "child.log", "w")  # noqa: SIM115
         import torch
@@ -123,6 +125,21 @@ def _fork_child(programs: dict[str, Callable[[], Any]], lower_group: Callable[[d
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def _die_with(parent: int) -> None:
+    """Linux: the kernel ends this process when its parent ends (a killed export leaves no
+    child lowering on)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before the call took effect
+        os._exit(1)
 
 
 def _collect(pid: int, names: list[str], tmp: Path) -> dict[str, Any] | None:
