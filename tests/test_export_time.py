@@ -241,10 +241,21 @@ def test_a_failed_child_is_lowered_here_and_a_failure_here_ends_the_child(monkey
             raise ValueError("here")
         return _lower_xnnpack(group)
 
+    forked: list[int] = []
+    fork = os.fork
+
+    def recording_fork() -> int:
+        pid = fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", recording_fork)
     with pytest.raises(ValueError, match="here"):
         parallel.lower(_tiny_traces(), parent_fails, 2)
-    with pytest.raises(ChildProcessError):  # the child was reaped, none left behind
-        os.waitpid(-1, os.WNOHANG)
+    assert len(forked) == 1
+    with pytest.raises(ChildProcessError):  # that child was killed and reaped: no longer ours to wait for
+        os.waitpid(forked[0], os.WNOHANG)
 
 
 def _gone(pid: int) -> bool:
