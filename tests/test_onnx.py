@@ -353,12 +353,22 @@ def test_tied_table_stored_once(onnx_quantized, onnx_artifacts, checkpoints, cas
     assert "lm_head" not in open_artifact(onnx_quantized["8da8w-v1.1-untied"]).manifest["onnx"]  # its own values
 
 
-def test_inspect_says_how_the_table_is_stored(onnx_quantized):
+def test_inspect_says_how_the_table_is_stored(onnx_quantized, tmp_path):
+    import json
+    import shutil
+
     from toolchain.inspection import inspect_artifact
 
     _, text = inspect_artifact(onnx_quantized["8da8w-v1.0"])
     assert "component lm_head    tied to embeddings: table stored once" in text, text
     assert "int8 weights on a 7-bit grid (-64..64)" in text, text
+    edited = shutil.copytree(onnx_quantized["8da8w-v1.0"], tmp_path / "a")
+    for bits in (9, ["7"]):  # a hand-edited manifest: said as unknown, not a traceback
+        manifest = json.loads((edited / "manifest.json").read_text())
+        manifest["onnx"]["weight_bits"] = bits
+        (edited / "manifest.json").write_text(json.dumps(manifest))
+        _, text = inspect_artifact(edited)
+        assert f"int8 weights on an unknown grid (weight_bits {bits!r})" in text, text
 
 
 @pytest.mark.parametrize("quant, why", [

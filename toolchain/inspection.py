@@ -132,9 +132,11 @@ def inspect_artifact(path: Path) -> tuple[dict, str]:
     if bits:  # onnx-cpu's int8 grid (target option weight_bits)
         from .backends.onnx import DEFAULT_WEIGHT_BITS, GRIDS
 
-        lines.append(f"  int8 weights on a {bits}-bit grid (-{GRIDS[bits]}..{GRIDS[bits]})"
-                     + ("" if bits == DEFAULT_WEIGHT_BITS else
-                        ": ONNX Runtime's u8s8 kernels can saturate on x86 without VNNI"))
+        top = GRIDS.get(bits) if isinstance(bits, int) else None  # a hand-edited manifest may say anything
+        lines.append(f"  int8 weights on a {bits}-bit grid (-{top}..{top})" if top else
+                     f"  int8 weights on an unknown grid (weight_bits {bits!r})")
+        if top and bits != DEFAULT_WEIGHT_BITS:
+            lines[-1] += ": ONNX Runtime's u8s8 kernels can saturate on x86 without VNNI"
     for name, p in m["programs"].items():
         if p.get("quantization"):
             lines.append(f"  program {name} weights: " + ", ".join(f"{k} {v}" for k, v in p["quantization"].items()))

@@ -168,8 +168,8 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
     # retrace skipped when they have nothing to rewrite (xnnpack_passes.py, retraces.py); the
     # programs traced and lowered on two processes (parallel.py).
     traces: dict[str, Callable[[], Any]] = {
-        "encode": lambda: _export("encode", parts.encode, parts.encode_inputs()),
-        "decode": lambda: _export("decode", parts.decode, parts.decode_inputs())}
+        "encode": partial(_export, "encode", parts.encode, parts.encode_inputs()),
+        "decode": partial(_export, "decode", parts.decode, parts.decode_inputs())}
     for n, module in sorted(parts.encode_buckets.items()):
         traces[f"encode_{n}"] = partial(_export, f"encode_{n}", module, tuple(t.example() for t in text_inputs(n)))
 

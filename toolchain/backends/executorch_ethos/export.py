@@ -149,19 +149,18 @@ def lower(parts: Seq2SeqParts, target: Target, out_dir: Path, calibration: list[
             host = to_edge_transform_and_lower(dict(quantized), compile_config=config).to_executorch()
             device = to_edge_transform_and_lower(dict(quantized), compile_config=config,
                                                  partitioner={n: [p] for n, p in partitioners.items()})
-        kept = {}
-        for name in modules:
-            program = device.exported_program(name)
-            _keep_int8_io(program, name, io[name], parts)
-            placement = _placement(program.graph_module, partitioners[name].rejected)
-            # The TOSA flatbuffers Vela compiles, kept in the artifact with the partitioned program
-            # (verify runs them on the TOSA reference model); the Vela report follows the same
-            # delegate order, so its subgraph n is delegate call n.
-            kept[name] = subgraphs.keep(program, name, tmp / name, out_dir)
-            report = vela.report([out_dir / s["file"] for s in kept[name]["subgraphs"]], specs[name],
-                                 tmp / f"{name}-report")
-            npu[name] = {**placement, **report}
-        with provenance.shared(), retraces.skipping():
+            kept = {}
+            for name in modules:
+                program = device.exported_program(name)
+                _keep_int8_io(program, name, io[name], parts)
+                placement = _placement(program.graph_module, partitioners[name].rejected)
+                # The TOSA flatbuffers Vela compiles, kept in the artifact with the partitioned program
+                # (verify runs them on the TOSA reference model); the Vela report follows the same
+                # delegate order, so its subgraph n is delegate call n.
+                kept[name] = subgraphs.keep(program, name, tmp / name, out_dir)
+                report = vela.report([out_dir / s["file"] for s in kept[name]["subgraphs"]], specs[name],
+                                     tmp / f"{name}-report")
+                npu[name] = {**placement, **report}
             et = device.to_executorch()
     (out_dir / PTE).write_bytes(et.buffer)
     (out_dir / HOST).write_bytes(host.buffer)
