@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 DEMO_CKPT := demo/date-t5
 DEMO_OUT  := build/demo-xnnpack
 
-.PHONY: lint install demo whisper-tiny demo-whisper test test-fast test-deps clean bench bench-quick bench-peers bench-whisper support-table runner runner-aarch64 bench-native
+.PHONY: lint install demo whisper-tiny demo-whisper test test-fast test-deps clean bench bench-quick bench-peers bench-whisper support-table runner runner-aarch64 bench-native bench-kernels
 
 install: $(VENV)/.installed
 
@@ -126,6 +126,7 @@ PEERS := optimum-onnx optimum-executorch faster-whisper ctranslate2
 bench: install bench-peers runner whisper-tiny
 	$(VPY) benchmarks/compare.py $(BENCH_ARGS)
 	$(VPY) benchmarks/native.py
+	$(VPY) benchmarks/kernels.py
 	$(VPY) benchmarks/whisper.py $(WHISPER_BENCH_ARGS)
 
 # Whisper tiny.en through edgeseq's targets vs CTranslate2 / faster-whisper on the same weights
@@ -139,6 +140,11 @@ bench-whisper: install whisper-tiny $(BENCH_DIR)/venv-faster-whisper/.installed
 # The native C++ runner vs the Python Session on the same t5-small-sized artifacts.
 bench-native: install runner
 	$(VPY) benchmarks/native.py
+
+# XNNPACK's kernels alone under each recipe's decode step and encode (the floor under the
+# roofline ratios; about 5 minutes).
+bench-kernels: install
+	$(VPY) benchmarks/kernels.py
 
 bench-quick: install bench-peers
 	$(VPY) benchmarks/compare.py --quick $(BENCH_ARGS)

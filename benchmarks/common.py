@@ -270,3 +270,19 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def replace_block(path: Path, marks: tuple[str, str], block: str, default_head: str, before: str | None = None) -> None:
+    """Put `block` between `marks` in the file at `path` (replacing what they held), else before the
+    `before` marker if present, else at the end; a missing file starts as `default_head`."""
+    import re
+
+    text = path.read_text() if path.is_file() else default_head
+    body = f"{marks[0]}\n{block}\n{marks[1]}"
+    if marks[0] in text:
+        text = re.sub(re.escape(marks[0]) + ".*?" + re.escape(marks[1]), lambda _: body, text, flags=re.S)
+    elif before and before in text:
+        text = text.replace(before, body + "\n\n" + before, 1)
+    else:
+        text = text.rstrip() + "\n\n" + body + "\n"
+    path.write_text(text)

@@ -48,6 +48,7 @@ from common import (  # noqa: E402
     fresh_export,
     machine,
     rejects,
+    replace_block,
     summarize,
     t5_small_random,
 )
@@ -514,18 +515,6 @@ def chart(path: Path, main_rows: list[Row], pairs: list[tuple[int, Row, Row]], t
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def replace_block(path: Path, marks: tuple[str, str], block: str, default_head: str, before: str | None = None) -> None:
-    text = path.read_text() if path.is_file() else default_head
-    body = f"{marks[0]}\n{block}\n{marks[1]}"
-    if marks[0] in text:
-        text = re.sub(re.escape(marks[0]) + ".*?" + re.escape(marks[1]), lambda _: body, text, flags=re.S)
-    elif before and before in text:
-        text = text.replace(before, body + "\n\n" + before, 1)
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    path.write_text(text)
 
 
 # ---------------------------------------------------------------- main

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import roofline  # noqa: E402
-from common import ROOT, artifact_dir, build, machine, t5_small_random  # noqa: E402
+from common import ROOT, artifact_dir, build, machine, replace_block, t5_small_random  # noqa: E402
 
 MARKS = ("<!-- native:begin -->", "<!-- native:end -->")
 TARGET = "executorch-xnnpack"
@@ -79,7 +79,7 @@ def main() -> int:
               f"{nat['decode_ms_per_token']['p50']} ms", file=sys.stderr, flush=True)
     bw = max(bws)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [MARKS[0], "## Native C++ runner vs Python Session (`benchmarks/native.py`)", "",
+    lines = ["## Native C++ runner vs Python Session (`benchmarks/native.py`)", "",
              f"{date}; {machine()}; t5-small-sized T5 (random weights), "
              f"executorch-xnnpack, 64 input / 32 forced output tokens, 2 threads; `--runs {a.runs} --warmup "
              f"{a.warmup}`, {a.rounds} alternating rounds per runner, best round shown; read bandwidth "
@@ -109,15 +109,9 @@ def main() -> int:
                         f"{'met' if dr <= 0.85 else 'NOT met'}); TTFT {tr:.2f}x (target <= 1x: "
                         f"{'met' if tr <= 1.0 else 'NOT met'}); native peak RSS = artifact + {mem:.0f} MB "
                         f"(target <= +64 MB: {'met' if mem <= 64 else 'NOT met'})")
-    lines += ["", *verdicts, MARKS[1]]
+    lines += ["", *verdicts]
     block = "\n".join(lines)
-    text = a.results.read_text() if a.results.is_file() else "# Benchmark results\n"
-    if MARKS[0] in text and MARKS[1] in text:
-        head, rest = text.split(MARKS[0], 1)
-        text = head + block + rest.split(MARKS[1], 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    a.results.write_text(text)
+    replace_block(a.results, MARKS, block, "# Benchmark results\n")
     print(block)
     return 0
 

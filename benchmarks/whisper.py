@@ -39,8 +39,19 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, artifact_dir, build, cpu_model, ct2_said, fresh_export, isa_flags, machine, rejects  # noqa: E402
-from compare import Worker, clean, fmt, log, peer_python, replace_block  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    artifact_dir,
+    build,
+    cpu_model,
+    ct2_said,
+    fresh_export,
+    isa_flags,
+    machine,
+    rejects,
+    replace_block,
+)
+from compare import Worker, clean, fmt, log, peer_python  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MARK = ("<!-- whisper:begin -->", "<!-- whisper:end -->")

@@ -44,7 +44,8 @@ def _weight(module: nn.Module) -> torch.Tensor:
     return w
 
 
-def _config(scheme: QuantScheme, group_size: int) -> Any:
+def torchao_config(scheme: QuantScheme, group_size: int) -> Any:
+    """The torchao config that quantizes one module to `scheme` (benchmarks/kernels.py uses it too)."""
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
@@ -136,7 +137,7 @@ def apply(parts: Seq2SeqParts, recipe: Recipe) -> dict[str, Any]:
 
     for scheme, module in plan:
         # quantize_ on the leaf module itself: its weight becomes a torchao tensor subclass.
-        quantize_(module, _config(scheme, recipe.group_size), filter_fn=lambda m, fqn, mod=module: m is mod)
+        quantize_(module, torchao_config(scheme, recipe.group_size), filter_fn=lambda m, fqn, mod=module: m is mod)
     return report
 
 
