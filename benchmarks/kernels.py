@@ -122,9 +122,9 @@ def lowered(shapes: list[tuple[int, int, Component]], schemes: dict[Component, Q
     return Program(portable_lib._load_for_executorch_from_buffer(buffer), xs, buffer)
 
 
-def weight_mb(shapes: list[tuple[int, int, Component]], schemes: dict[Component, QuantScheme]) -> float:
-    """Bytes of the weights as roofline.py counts them (fp32 scales per row / per group of 32)."""
-    return sum(roofline.weight_bytes(o, i, BITS[schemes[c]]) for o, i, c in shapes) / 1e6
+def weight_mb(shapes: list[tuple[int, int, Component]], schemes: dict[Component, QuantScheme], group: int) -> float:
+    """Bytes of the weights as roofline.py counts them (scales included)."""
+    return sum(roofline.weight_bytes(o, i, BITS[schemes[c]], group) for o, i, c in shapes) / 1e6
 
 
 def main() -> int:
@@ -184,7 +184,7 @@ def main() -> int:
     for name, (schemes, group, dec, enc, _, _) in progs.items():
         d_ms = statistics.median(times[name][0]) * 1e3
         e_ms = statistics.median(times[name][1]) * 1e3
-        mb = weight_mb(dec, schemes)
+        mb = weight_mb(dec, schemes, group)
         roof_ms = (mb + kv_mb) / bw  # MB / (GB/s) = ms
         flops = 2 * a.input_len * sum(o * i for o, i, _ in enc)
         scheme = f"decoder {schemes[Component.DECODER]}, lm head {schemes[Component.LM_HEAD]}"

@@ -15,19 +15,21 @@ from pathlib import Path
 # machine measures less (a shared machine only ever lowers the samples).
 IDLE_GBS = 15.0
 
-# Bytes per weight for a scheme, and the per-row/per-group scale overhead (fp32 scales,
-# as toolchain/backends/executorch/quantize.py estimates them): 8-bit per output channel, 4-bit per group of 32.
+# Bytes per weight for a scheme, and the scale overhead as the XNNPACK artifact stores it (and
+# toolchain/backends/executorch/quantize.py estimates it): 8-bit, one fp32 scale per output
+# channel; 4-bit, one bf16 scale per group of GROUP (the recipes' group_size). A .pte of
+# 12 x 2048 x 512 4-bit weights is 2.06 bytes per group over the nibbles: bf16, not fp32.
 GROUP = 32
 
 
-def weight_bytes(rows: int, cols: int, bits: int) -> float:
+def weight_bytes(rows: int, cols: int, bits: int, group: int = GROUP) -> float:
     n = rows * cols
     if bits == 32:
         return 4.0 * n
     if bits == 8:
         return n + 4.0 * rows
     if bits == 4:
-        return n / 2 + 4.0 * rows * cols / GROUP
+        return n / 2 + 2.0 * rows * cols / group
     raise ValueError(bits)
 
 

@@ -98,15 +98,17 @@ def _check_groups(name: str, module: nn.Module, scheme: QuantScheme, group_size:
 
 
 def _weight_bytes(module: nn.Module, scheme: QuantScheme, group_size: int) -> int:
-    """Stored bytes of one weight under a scheme: values plus fp32 scales (estimate of the layout
-    XNNPACK / the quantized kernels serialize; the artifact's files give the exact total)."""
+    """Stored bytes of one weight under a scheme: values plus scales (estimate of the layout XNNPACK
+    / the quantized kernels serialize: fp32 per row; bf16 per group for XNNPACK's 8da4w, fp32 per
+    group for int4 embeddings; the artifact's files give the exact total)."""
     rows, cols = _weight(module).shape
     n = rows * cols
     if scheme == QuantScheme.NONE:
         return n * 4
     bits = BITS[scheme]
     groups = rows * (cols // group_size) if bits == 4 else rows
-    return n * bits // 8 + groups * 4
+    scale = 2 if scheme == QuantScheme.W4A8_DYNAMIC else 4
+    return n * bits // 8 + groups * scale
 
 
 def apply(parts: Seq2SeqParts, recipe: Recipe) -> dict[str, Any]:
