@@ -286,3 +286,12 @@ def replace_block(path: Path, marks: tuple[str, str], block: str, default_head: 
     else:
         text = text.rstrip() + "\n\n" + body + "\n"
     path.write_text(text)
+
+
+def publish(path: Path, marks: tuple[str, str], lines: list[str]) -> int:
+    """A benchmark's block of RESULTS.md: written between its markers (see replace_block) and
+    printed; the exit status."""
+    block = "\n".join(lines)
+    replace_block(path, marks, block, "# Benchmark results\n")
+    print(block)
+    return 0

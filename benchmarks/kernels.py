@@ -32,7 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import roofline  # noqa: E402
-from common import ROOT, machine, replace_block  # noqa: E402
+from common import ROOT, machine, publish  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from toolchain.backends.executorch.quantize import torchao_config  # noqa: E402
@@ -192,10 +192,7 @@ def main() -> int:
             scheme += f", groups of {group}"
         lines.append(f"| {name} | {scheme} | {mb:.1f} | {d_ms:.3f} | {mb / d_ms:.1f} GB/s | "
                      f"{d_ms / roof_ms:.2f}x ({roof_ms:.2f} ms) | {e_ms:.2f} | {flops / e_ms / 1e6:.0f} |")
-    block = "\n".join(lines)
-    replace_block(a.results, MARKS, block, "# Benchmark results\n")
-    print(block)
-    return 0
+    return publish(a.results, MARKS, lines)
 
 
 if __name__ == "__main__":

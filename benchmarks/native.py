@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import roofline  # noqa: E402
-from common import ROOT, artifact_dir, build, machine, replace_block, t5_small_random  # noqa: E402
+from common import ROOT, artifact_dir, build, machine, publish, t5_small_random  # noqa: E402
 
 MARKS = ("<!-- native:begin -->", "<!-- native:end -->")
 TARGET = "executorch-xnnpack"
@@ -110,10 +110,7 @@ def main() -> int:
                         f"{'met' if tr <= 1.0 else 'NOT met'}); native peak RSS = artifact + {mem:.0f} MB "
                         f"(target <= +64 MB: {'met' if mem <= 64 else 'NOT met'})")
     lines += ["", *verdicts]
-    block = "\n".join(lines)
-    replace_block(a.results, MARKS, block, "# Benchmark results\n")
-    print(block)
-    return 0
+    return publish(a.results, MARKS, lines)
 
 
 if __name__ == "__main__":
