@@ -32,18 +32,15 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import roofline  # noqa: E402
-from common import ROOT, machine, publish  # noqa: E402
+from common import ROOT, T5_SMALL, machine, publish  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-from toolchain.backends.executorch.quantize import torchao_config  # noqa: E402
+from toolchain.backends.executorch.quantize import stored_bytes, torchao_config  # noqa: E402
 from toolchain.schemes import Component, QuantScheme, requested  # noqa: E402
 from toolchain.specs import load_recipe  # noqa: E402
 
 MARKS = ("<!-- kernels:begin -->", "<!-- kernels:end -->")
-# t5-small's shapes (benchmarks/common.py t5_small_random builds the same config).
-T5_SMALL = {"d_model": 512, "d_kv": 64, "num_heads": 8, "d_ff": 2048, "num_layers": 6,
-            "num_decoder_layers": 6, "vocab_size": 32128, "feed_forward_proj": "relu"}
-BITS = {QuantScheme.NONE: 32, QuantScheme.W8A8_DYNAMIC: 8, QuantScheme.W4A8_DYNAMIC: 4}
+# The linear schemes measured here: XNNPACK takes all three.
+MEASURED = (QuantScheme.NONE, QuantScheme.W8A8_DYNAMIC, QuantScheme.W4A8_DYNAMIC)
 
 
 def decode_shapes(cfg: dict) -> list[tuple[int, int, Component]]:
@@ -122,9 +119,20 @@ def lowered(shapes: list[tuple[int, int, Component]], schemes: dict[Component, Q
     return Program(portable_lib._load_for_executorch_from_buffer(buffer), xs, buffer)
 
 
-def weight_mb(shapes: list[tuple[int, int, Component]], schemes: dict[Component, QuantScheme], group: int) -> float:
-    """Bytes of the weights as roofline.py counts them (scales included)."""
-    return sum(roofline.weight_bytes(o, i, BITS[schemes[c]], group) for o, i, c in shapes) / 1e6
+@dataclass
+class Measured:
+    """One recipe's two programs and their call times."""
+
+    schemes: dict[Component, QuantScheme]
+    group: int
+    decode: Program
+    encode: Program
+    decode_s: list[float]
+    encode_s: list[float]
+
+    def decode_mb(self, shapes: list[tuple[int, int, Component]]) -> float:
+        """The decode linears' weights as stored (scales included), as roofline.py counts them."""
+        return sum(stored_bytes(o, i, self.schemes[c], self.group) for o, i, c in shapes) / 1e6
 
 
 def main() -> int:
@@ -145,27 +153,26 @@ def main() -> int:
     t0 = time.time()
     load0 = os.getloadavg()[0]
     bws = [roofline.measure_bandwidth(a.threads)["read_gbs"]]
-    progs = {}
+    dec, enc = decode_shapes(T5_SMALL), encode_shapes(T5_SMALL)
+    rows: dict[str, Measured] = {}
     for name in a.recipes:
         recipe = load_recipe(name)
         schemes = requested(recipe)
-        if any(schemes[c] not in BITS for c in (Component.ENCODER, Component.DECODER, Component.LM_HEAD)):
+        if any(schemes[c] not in MEASURED for c in (Component.ENCODER, Component.DECODER, Component.LM_HEAD)):
             raise SystemExit(f"kernels bench: {name}: only none/8da8w/8da4w linears are measured here")
         print(f"kernels bench: lowering {name} ...", file=sys.stderr, flush=True)
-        dec, enc = decode_shapes(T5_SMALL), encode_shapes(T5_SMALL)
-        progs[name] = (schemes, recipe.group_size, dec, enc, lowered(dec, schemes, recipe.group_size, 1),
-                       lowered(enc, schemes, recipe.group_size, a.input_len))
-    times: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in progs}
+        rows[name] = Measured(schemes, recipe.group_size, lowered(dec, schemes, recipe.group_size, 1),
+                              lowered(enc, schemes, recipe.group_size, a.input_len), [], [])
     for _ in range(a.rounds):  # interleaved: a slow moment of the VM lands on every recipe alike
-        for name, (_, _, _, _, decode, encode) in progs.items():
-            decode.time_calls(5)
-            times[name][0].extend(decode.time_calls(a.calls))
-            encode.time_calls(2)
-            times[name][1].extend(encode.time_calls(max(4, a.calls // 4)))
+        for r in rows.values():
+            r.decode.time_calls(5)
+            r.decode_s.extend(r.decode.time_calls(a.calls))
+            r.encode.time_calls(2)
+            r.encode_s.extend(r.encode.time_calls(max(4, a.calls // 4)))
     bws.append(roofline.measure_bandwidth(a.threads)["read_gbs"])
     bw = max(bws)
-    kv_mb = (roofline.t5_decode_bytes(T5_SMALL, "fp32", a.input_len, 32)
-             - sum(roofline.weight_bytes(o, i, 32) for o, i, _ in decode_shapes(T5_SMALL))) / 1e6
+    kv_mb = roofline.t5_kv_bytes(T5_SMALL, a.input_len, 32) / 1e6
+    flops = 2 * a.input_len * sum(o * i for o, i, _ in enc)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = ["## What XNNPACK's kernels alone cost (`benchmarks/kernels.py`)", "",
              f"{date}; {machine()}; read bandwidth {bw:.1f} GB/s (best of {len(bws)}: "
@@ -181,15 +188,14 @@ def main() -> int:
              "floor / step roofline | encode linears, "
              f"{a.input_len} rows: ms p50 | GFLOP/s |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, (schemes, group, dec, enc, _, _) in progs.items():
-        d_ms = statistics.median(times[name][0]) * 1e3
-        e_ms = statistics.median(times[name][1]) * 1e3
-        mb = weight_mb(dec, schemes, group)
+    for name, r in rows.items():
+        d_ms = statistics.median(r.decode_s) * 1e3
+        e_ms = statistics.median(r.encode_s) * 1e3
+        mb = r.decode_mb(dec)
         roof_ms = (mb + kv_mb) / bw  # MB / (GB/s) = ms
-        flops = 2 * a.input_len * sum(o * i for o, i, _ in enc)
-        scheme = f"decoder {schemes[Component.DECODER]}, lm head {schemes[Component.LM_HEAD]}"
-        if QuantScheme.W4A8_DYNAMIC in schemes.values():
-            scheme += f", groups of {group}"
+        scheme = f"decoder {r.schemes[Component.DECODER]}, lm head {r.schemes[Component.LM_HEAD]}"
+        if QuantScheme.W4A8_DYNAMIC in r.schemes.values():
+            scheme += f", groups of {r.group}"
         lines.append(f"| {name} | {scheme} | {mb:.1f} | {d_ms:.3f} | {mb / d_ms:.1f} GB/s | "
                      f"{d_ms / roof_ms:.2f}x ({roof_ms:.2f} ms) | {e_ms:.2f} | {flops / e_ms / 1e6:.0f} |")
     return publish(a.results, MARKS, lines)

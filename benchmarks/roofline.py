@@ -15,22 +15,20 @@ from pathlib import Path
 # machine measures less (a shared machine only ever lowers the samples).
 IDLE_GBS = 15.0
 
-# Bytes per weight for a scheme, and the scale overhead as the XNNPACK artifact stores it (and
-# toolchain/backends/executorch/quantize.py estimates it): 8-bit, one fp32 scale per output
-# channel; 4-bit, one bf16 scale per group of GROUP (the recipes' group_size). A .pte of
-# 12 x 2048 x 512 4-bit weights is 2.06 bytes per group over the nibbles: bf16, not fp32.
+# The recipes' group_size for the 4-bit schemes.
 GROUP = 32
 
 
 def weight_bytes(rows: int, cols: int, bits: int, group: int = GROUP) -> float:
-    n = rows * cols
-    if bits == 32:
-        return 4.0 * n
-    if bits == 8:
-        return n + 4.0 * rows
-    if bits == 4:
-        return n / 2 + 2.0 * rows * cols / group
-    raise ValueError(bits)
+    """Bytes of a [rows, cols] weight at 32 (fp32), 8 (8da8w) or 4 (8da4w) bits, scales
+    included, as the XNNPACK artifact stores them (the toolchain's own estimate)."""
+    from toolchain.backends.executorch.quantize import stored_bytes
+    from toolchain.schemes import QuantScheme
+
+    scheme = {32: QuantScheme.NONE, 8: QuantScheme.W8A8_DYNAMIC, 4: QuantScheme.W4A8_DYNAMIC}.get(bits)
+    if scheme is None:
+        raise ValueError(bits)
+    return float(stored_bytes(rows, cols, scheme, group))
 
 
 # Row precision -> (bits of the decoder's linears, bits of the lm head).
@@ -61,10 +59,17 @@ def t5_decode_bytes(config: dict, precision: str, enc_len: int, out_len: int, cr
     head = weight_bytes(config["vocab_size"], d, head_bits)
     if cross == "memory":
         per_layer += 2 * weight_bytes(inner, d, lin_bits)
-        kv = 2 * d * enc_len * 4 + layers * 2 * inner * (out_len + 1) / 2 * 4
-    else:
-        kv = layers * 2 * inner * (enc_len + (out_len + 1) / 2) * 4
-    return layers * per_layer + head + kv
+    return layers * per_layer + head + t5_kv_bytes(config, enc_len, out_len, cross)
+
+
+def t5_kv_bytes(config: dict, enc_len: int, out_len: int, cross: str = "kv") -> float:
+    """The fp32 K/V (or encoder states) one T5 decoder step reads (see t5_decode_bytes)."""
+    d, inner = config["d_model"], config["num_heads"] * config["d_kv"]
+    layers = config.get("num_decoder_layers") or config["num_layers"]
+    self_kv = layers * 2 * inner * (out_len + 1) / 2 * 4
+    if cross == "memory":
+        return 2 * d * enc_len * 4 + self_kv
+    return layers * 2 * inner * enc_len * 4 + self_kv
 
 
 def llama_decode_bytes(config: dict, precision: str, prompt_len: int, out_len: int) -> float:

@@ -97,11 +97,12 @@ def _check_groups(name: str, module: nn.Module, scheme: QuantScheme, group_size:
                              f"({scheme}); choose a group_size that divides it")
 
 
-def _weight_bytes(module: nn.Module, scheme: QuantScheme, group_size: int) -> int:
-    """Stored bytes of one weight under a scheme: values plus scales (estimate of the layout XNNPACK
-    / the quantized kernels serialize: fp32 per row; bf16 per group for XNNPACK's 8da4w, fp32 per
-    group for int4 embeddings; the artifact's files give the exact total)."""
-    rows, cols = _weight(module).shape
+def stored_bytes(rows: int, cols: int, scheme: QuantScheme, group_size: int) -> int:
+    """Stored bytes of a [rows, cols] weight under a scheme: values plus scales, as XNNPACK / the
+    quantized kernels serialize them: fp32 scale per row; bf16 per group for XNNPACK's 8da4w (a
+    .pte of 12 x 2048 x 512 such weights holds 2.06 bytes per group over the nibbles), fp32 per
+    group for int4 embeddings. An estimate: the artifact's files give the exact total.
+    benchmarks/roofline.py counts a decode step's bytes with it."""
     n = rows * cols
     if scheme == QuantScheme.NONE:
         return n * 4
@@ -109,6 +110,11 @@ def _weight_bytes(module: nn.Module, scheme: QuantScheme, group_size: int) -> in
     groups = rows * (cols // group_size) if bits == 4 else rows
     scale = 2 if scheme == QuantScheme.W4A8_DYNAMIC else 4
     return n * bits // 8 + groups * scale
+
+
+def _weight_bytes(module: nn.Module, scheme: QuantScheme, group_size: int) -> int:
+    rows, cols = _weight(module).shape
+    return stored_bytes(rows, cols, scheme, group_size)
 
 
 def apply(parts: Seq2SeqParts, recipe: Recipe) -> dict[str, Any]:
