@@ -35,6 +35,7 @@ import roofline  # noqa: E402
 from common import ROOT, T5_SMALL, machine, publish  # noqa: E402
 
 from toolchain.backends.executorch.quantize import stored_bytes, torchao_config  # noqa: E402
+from toolchain.errors import InputError  # noqa: E402
 from toolchain.schemes import Component, QuantScheme, requested  # noqa: E402
 from toolchain.specs import load_recipe  # noqa: E402
 
@@ -147,6 +148,16 @@ def main() -> int:
                     help="RESULTS.md whose kernels block to replace")
     a = ap.parse_args()
 
+    recipes = {}
+    for name in a.recipes:  # all checked before minutes of lowering: a bad one is one line, at once
+        try:
+            recipes[name] = load_recipe(name)
+        except InputError as e:
+            raise SystemExit(f"kernels bench: {e}") from None
+        if any(requested(recipes[name])[c] not in MEASURED
+               for c in (Component.ENCODER, Component.DECODER, Component.LM_HEAD)):
+            raise SystemExit(f"kernels bench: {name}: only none/8da8w/8da4w linears are measured here")
+
     from executorch.extension.pybindings import portable_lib
 
     portable_lib._unsafe_reset_threadpool(a.threads)
@@ -155,11 +166,8 @@ def main() -> int:
     bws = [roofline.measure_bandwidth(a.threads)["read_gbs"]]
     dec, enc = decode_shapes(T5_SMALL), encode_shapes(T5_SMALL)
     rows: dict[str, Measured] = {}
-    for name in a.recipes:
-        recipe = load_recipe(name)
+    for name, recipe in recipes.items():
         schemes = requested(recipe)
-        if any(schemes[c] not in MEASURED for c in (Component.ENCODER, Component.DECODER, Component.LM_HEAD)):
-            raise SystemExit(f"kernels bench: {name}: only none/8da8w/8da4w linears are measured here")
         print(f"kernels bench: lowering {name} ...", file=sys.stderr, flush=True)
         rows[name] = Measured(schemes, recipe.group_size, lowered(dec, schemes, recipe.group_size, 1),
                               lowered(enc, schemes, recipe.group_size, a.input_len), [], [])
