@@ -126,7 +126,7 @@ PEERS := optimum-onnx optimum-executorch faster-whisper ctranslate2
 bench: install bench-peers runner whisper-tiny
 	$(VPY) benchmarks/compare.py $(BENCH_ARGS)
 	$(VPY) benchmarks/native.py
-	$(VPY) benchmarks/kernels.py
+	$(VPY) benchmarks/kernel_floor.py
 	$(VPY) benchmarks/whisper.py $(WHISPER_BENCH_ARGS)
 
 # Whisper tiny.en through edgeseq's targets vs CTranslate2 / faster-whisper on the same weights
@@ -144,7 +144,7 @@ bench-native: install runner
 # XNNPACK's kernels alone under each recipe's decode step and encode (the floor under the
 # roofline ratios; about 5 minutes).
 bench-kernels: install
-	$(VPY) benchmarks/kernels.py
+	$(VPY) benchmarks/kernel_floor.py
 
 bench-quick: install bench-peers
 	$(VPY) benchmarks/compare.py --quick $(BENCH_ARGS)

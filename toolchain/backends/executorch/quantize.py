@@ -45,7 +45,7 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 
 def torchao_config(scheme: QuantScheme, group_size: int) -> Any:
-    """The torchao config that quantizes one module to `scheme` (benchmarks/kernels.py uses it too)."""
+    """The torchao config that quantizes one module to `scheme` (benchmarks/kernel_floor.py uses it too)."""
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 

@@ -10,7 +10,7 @@ the time beside the memory roofline of the same weights. The whole step cannot b
 its linears alone, so where they alone are above a target multiple of the roofline, no change
 to our graphs can bring the step under it: the bound is the kernels'.
 
-    .venv/bin/python benchmarks/kernels.py [--recipes fp32 int8 int4 mixed] [--rounds 5]
+    .venv/bin/python benchmarks/kernel_floor.py [--recipes fp32 int8 int4 mixed] [--rounds 5]
 
 `make bench` runs it after native.py; the result replaces the kernels block of RESULTS.md.
 """
@@ -182,7 +182,7 @@ def main() -> int:
     kv_mb = roofline.t5_kv_bytes(T5_SMALL, a.input_len, 32) / 1e6
     flops = 2 * a.input_len * sum(o * i for o, i, _ in enc)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = ["## What XNNPACK's kernels alone cost (`benchmarks/kernels.py`)", "",
+    lines = ["## What XNNPACK's kernels alone cost (`benchmarks/kernel_floor.py`)", "",
              f"{date}; {machine()}; read bandwidth {bw:.1f} GB/s (best of {len(bws)}: "
              f"{min(bws):.1f}-{bw:.1f}); {a.threads} threads; load average (1 min) at start / end: "
              f"{load0:.1f} / {os.getloadavg()[0]:.1f}; {a.rounds} interleaved rounds, medians; "
