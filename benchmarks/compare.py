@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ct2_targets  # noqa: E402
 import roofline  # noqa: E402
 from common import (  # noqa: E402
     ROOT,
@@ -619,6 +620,8 @@ def main() -> int:
         print(f"\n{name}:\n" + "\n".join(section_table(rows)), flush=True)
         if name == "t5-small":
             print("\nacceptance targets (t5-small):\n" + "\n".join(acceptance(rows, best)[0]), flush=True)
+        if SECTIONS[name]["model"] == "t5-small" and any(r.tool == "CTranslate2" for r in rows):
+            print(f"\nagainst CTranslate2 int8 ({name}):\n" + "\n".join(ct2_targets.verdicts(rows)), flush=True)
     if pairs:
         print("\npaper:\n" + "\n".join(paper_table(pairs, a.paper_recipe)), flush=True)
     load1 = os.getloadavg()
@@ -663,6 +666,8 @@ def main() -> int:
             acc, _ = acceptance(rows, best)
             lines += ["", "Acceptance targets (t5-small, this run):", "", *acc]
             readme = headline(rows, date)
+        if sec["model"] == "t5-small" and any(r.tool == "CTranslate2" for r in rows):
+            lines += ["", f"Against CTranslate2 int8 ({name}, this run):", "", *ct2_targets.verdicts(rows)]
         lines.append("")
     if "demo" in results:
         lines += ["The demo's 3.7 MB of weights sit in the 32 MiB L3 cache, so its DRAM roofline is not a bound: "
