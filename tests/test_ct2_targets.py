@@ -3,14 +3,18 @@ as plain rows: no benchmark run, no peers)."""
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import ct2_targets  # noqa: E402
+# Loaded from its file: benchmarks/ on sys.path would stay there for every later test of this worker.
+_spec = importlib.util.spec_from_file_location(
+    "ct2_targets", Path(__file__).resolve().parent.parent / "benchmarks" / "ct2_targets.py")
+assert _spec is not None and _spec.loader is not None
+ct2_targets = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ct2_targets)
 
 
 @dataclass
