@@ -5,7 +5,7 @@ says by itself whether edgeseq is >= 3x faster per token and >= 2x sooner to the
 than CTranslate2 int8, whether `mixed` is within 1.4x of its memory roofline, whether the
 quantized files are no bigger than CTranslate2's int8 file (+2%) and whether the int8 exports
 took <= 60 s. Rows are compare.Row (duck-typed here: tool, variant, precision, stats, mb,
-export_s, roof_ms), so tests can build them without the benchmark's imports.
+export_s, roof_ms, cross), so tests can build them without the benchmark's imports.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def verdicts(rows: list[Any]) -> list[str]:
                  f"{bf.stats['ttft_p50']:.2f} ms ({bf.name}) = {x:.2f}x (target >= {TTFT_X:g}x: {_verdict(x >= TTFT_X)})")
     for r in (r for r in quant if r.variant.startswith("mixed") and r.roof_ms):
         x = r.stats["tok_p50"] / r.roof_ms
-        mode = " (cross_attention: memory, its own roofline)" if getattr(r, "cross", "kv") == "memory" else ""
+        mode = " (cross_attention: memory, its own roofline)" if r.cross == "memory" else ""
         lines.append(f"- {r.name}{mode} per token / its roofline: {r.stats['tok_p50']:.3f} / {r.roof_ms:.2f} ms = {x:.2f}x "
                      f"(target <= {MIXED_ROOF_X:g}x: {_verdict(x <= MIXED_ROOF_X)})")
     sized = [r for r in quant if r.mb]

@@ -21,8 +21,11 @@ def test_no_benchmark_script_shadows_an_installed_module(monkeypatch):
         name = script.stem
         if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(script):
             continue
-        spec = None if name in sys.builtin_module_names else importlib.util.find_spec(name)
+        if name in sys.builtin_module_names:
+            shadowing.append(name)
+            continue
+        spec = importlib.util.find_spec(name)
         # a namespace package (origin None) is only a directory of this repo seen from the cwd
-        if name in sys.builtin_module_names or (spec is not None and spec.origin is not None):
+        if spec is not None and spec.origin is not None:
             shadowing.append(name)
     assert not shadowing, f"benchmarks/ scripts named like importable modules: {shadowing}"
