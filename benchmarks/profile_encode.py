@@ -49,6 +49,10 @@ def etdump_profile(path: Path, runs: int, threads: int, method: str = "encode") 
     if portable_lib._threadpool_get_thread_count() != threads:
         portable_lib._unsafe_reset_threadpool(threads)
     man = json.loads((path / "manifest.json").read_text())
+    if man["recipe"].get("encoder_attention") == "fused":  # the program calls edgeseq's own kernel
+        from toolchain.backends.executorch import kernels
+
+        kernels.load()
     m = portable_lib._load_for_executorch(str(path / "model.pte"), data_path=str(path / "weights.ptd"),
                                           enable_etdump=True, debug_buffer_size=0)
     s = man["recipe"]["max_input_len"]
@@ -82,6 +86,8 @@ def etdump_profile(path: Path, runs: int, threads: int, method: str = "encode") 
                 kinds[re.sub(r" #\d+$", "", str(ev.delegate_debug_identifier))] += med
             elif ev.name in ("DELEGATE_CALL", "Method::execute"):
                 total[ev.name] = total.get(ev.name, 0.0) + med
+            elif ev.name.startswith("edgeseq"):  # edgeseq's kernels (encoder_attention: fused), outside the delegate
+                kinds[f"{ev.name} (edgeseq kernel)"] += med
     return {"kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1])), "total": total, "manifest": man}
 
 

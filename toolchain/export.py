@@ -27,6 +27,15 @@ def base_versions() -> dict[str, str]:
             "transformers": version("transformers"), "python": platform.python_version()}
 
 
+def fuse_relative_attention(encode: Any) -> None:
+    """The recipe's encoder_attention: fused on an encode program (arch/programs.py)."""
+    from .arch.programs import EncoderStack
+
+    if not isinstance(encode, EncoderStack):
+        raise InputError(f"encoder_attention: fused needs a layer-stack encoder, got {type(encode).__name__}")
+    encode.fuse_relative_attention()
+
+
 def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str = "buffer"):
     """The split for this recipe, plus one shorter encode per recipe.encode_lengths entry
     (built by the adapter at that length, sharing the full encode's embedding module so the
@@ -41,9 +50,13 @@ def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str
     memory = recipe.cross_attention == "memory"
     if memory:
         parts.with_memory_cross()
+    if recipe.encoder_attention == "fused":
+        fuse_relative_attention(parts.encode)
     for length in recipe.encode_lengths:
         bucket = source.adapter.build(model, length, recipe.max_output_len, cache_mode)
         inner = (bucket.with_memory_cross() if memory else bucket).encode
+        if recipe.encoder_attention == "fused":
+            fuse_relative_attention(inner)
         if hasattr(parts.encode, "embed"):
             inner.embed = parts.encode.embed
         parts.encode_buckets[length] = PaddedEncode(inner, length, recipe.max_input_len).eval()

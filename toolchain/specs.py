@@ -104,6 +104,11 @@ class Recipe:
     # states once, the K/V projections applied per step. memory makes encode cheaper and its
     # outputs 2 * layers times smaller, for more work per step: for long inputs.
     cross_attention: Annotated[str, OneOf(("kv", "memory"))] = "kv"
+    # How encode runs its self-attention: "graph", as graph ops (bmm, bias add, softmax, bmm)
+    # every runtime delegates; "fused", one edgeseq::rel_attention kernel per layer
+    # (arch/rel_attention.py; ExecuTorch only, T5-style relative-position biases): bf16
+    # products with fp32 accumulation on CPUs with AVX512-BF16, fp32 elsewhere; for long inputs.
+    encoder_attention: Annotated[str, OneOf(("graph", "fused"))] = "graph"
     # The task metric verify scores with (toolchain.metrics.METRICS); auto: the input kind's
     # (wer for speech, exact otherwise).
     metric: Annotated[str, OneOf(METRICS)] = "auto"

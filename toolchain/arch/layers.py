@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .rel_attention import rel_attention
+
 NEG = -1e9
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), broadcastable to [H, S, Dh]
 
@@ -126,6 +128,20 @@ def heads_last(x: torch.Tensor) -> torch.Tensor:
     """[H, S, Dh] -> [1, S, H*Dh]."""
     h, s, dh = x.shape
     return x.transpose(0, 1).reshape(1, s, h * dh)
+
+
+class ToeplitzBias(NamedTuple):
+    """An encoder self-attention bias handed to the fused kernel (arch/rel_attention.py) instead
+    of as an [H, S, S] table: its diagonals [H, 2S-1] and the key mask [S]."""
+
+    diagonals: torch.Tensor
+    key_bias: torch.Tensor
+
+
+def toeplitz_diagonals(full: torch.Tensor) -> torch.Tensor:
+    """bias [H, S, S] -> its [H, 2S-1] diagonals, diagonals[h, S-1 + j - i] = bias[h, i, j]
+    where the bias is Toeplitz: its first column (going up), then its first row."""
+    return torch.cat([full[:, 1:, 0].flip(1), full[:, 0, :]], dim=1)
 
 
 def attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
@@ -284,7 +300,13 @@ class SelfAttention(Attention):
         super().__init__(o, heads, head_dim, scale, softcap, rope)
         self.q, self.k, self.v = q, k, v
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, rope: Rope | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | ToeplitzBias | None,
+                rope: Rope | None = None) -> torch.Tensor:
+        if isinstance(bias, ToeplitzBias):  # one fused op; EncoderStack.fuse_relative_attention checked the rest
+            # q, k, v [1, S, H*Dh] as the projections give them: no transposes, and no reshapes
+            # either (a reshape at the delegate's edge is a copy there)
+            q, k, v = (p(x) for p in (self.q, self.k, self.v))
+            return self.o(rel_attention(q, k, v, bias.diagonals, bias.key_bias, self.heads))
         q, k, v = (heads_first(p(x), self.heads) for p in (self.q, self.k, self.v))  # [H, S, Dh]
         if rope is not None:
             q, k = self.rotate(q, rope), self.rotate(k, rope)

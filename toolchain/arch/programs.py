@@ -38,11 +38,14 @@ from .layers import (
     DecoderLayer,
     EncoderLayer,
     Rope,
+    SelfAttention,
+    ToeplitzBias,
     heads_first,
     optional_buffer,
     position_onehot,
     register_cache,
     slot_masks,
+    toeplitz_diagonals,
 )
 from .memory import MemoryCrossAttention, memory_outputs
 
@@ -155,8 +158,12 @@ class EncoderStack(_Program):
         optional_buffer(self, "rope_sin", None if rope is None else rope[1])
 
     def encode(self, x: torch.Tensor, cross_bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        biases: dict[str, torch.Tensor | None] = {}
+        biases: dict[str, torch.Tensor | ToeplitzBias | None] = {}
         for kind in self.bias_kinds:  # per layer kind: [R, S, S] + the key mask [1, 1, S]
+            diagonals = getattr(self, f"fused_diagonals_{kind}", None)
+            if diagonals is not None and cross_bias is not None:  # fuse_relative_attention
+                biases[kind] = ToeplitzBias(diagonals, cross_bias.reshape(-1))
+                continue
             table = self.table(kind, cross_bias)
             biases[kind] = table if cross_bias is None else cross_bias if table is None else table + cross_bias
         rope = None if self.rope_cos is None or self.rope_sin is None else (self.rope_cos, self.rope_sin)
@@ -167,6 +174,41 @@ class EncoderStack(_Program):
         if self.memory_out:
             return memory_outputs(x, cross_bias)
         return cross_kv_outputs(x, cross_bias, self.cross_k, self.cross_v, self.heads, self.head_dim)
+
+    def fuse_relative_attention(self) -> None:
+        """The recipe's ``encoder_attention: fused``: every self-attention layer becomes one
+        ``edgeseq::rel_attention`` op (arch/rel_attention.py) fed the bias table's [H, 2S-1]
+        diagonals and the key mask, so the [H, S, S] table is neither stored nor computed. Only
+        for what the op computes exactly: one [H, S, S] Toeplitz table per layer kind (T5's
+        relative-position bias), no scale, softcap or RoPE; anything else is an InputError."""
+        from ..errors import InputError
+
+        attns = [getattr(layer, "attn", None) for layer in self.layers]
+        why = ("rotary positions" if self.rope_cos is not None else
+               next((f"layer {i}'s attention is {type(a).__name__}, scale {getattr(a, 'scale', None)}, softcap "
+                     f"{getattr(a, 'softcap', None)}" for i, a in enumerate(attns)
+                     if type(a) is not SelfAttention or a.scale != 1.0 or a.softcap is not None), None))
+        tables = {kind: self.table(kind) for kind in self.bias_kinds}
+        if why is None:
+            why = next((f"layer kind {kind!r} has no position-bias table" for kind, t in tables.items()
+                        if t is None or t.dim() != 3), None)
+        diagonals = {}
+        for kind, t in tables.items():
+            if why is not None or t is None:
+                break
+            with torch.no_grad():
+                d = toeplitz_diagonals(t).contiguous()
+                s = t.shape[-1]
+                i = torch.arange(s)
+                if not torch.equal(d[:, (s - 1) + i[None, :] - i[:, None]], t):
+                    why = f"layer kind {kind!r}'s bias table is not Toeplitz"
+            diagonals[kind] = d
+        if why is not None:
+            raise InputError(f"encoder_attention: fused computes T5-style relative-position attention only: {why}")
+        for kind, d in diagonals.items():
+            delattr(self, f"self_bias_{kind}")
+            self.register_buffer(f"self_bias_{kind}", None)
+            self.register_buffer(f"fused_diagonals_{kind}", d)
 
     def to_memory(self) -> tuple[list[nn.Linear], list[nn.Linear]]:
         """Memory mode (arch/memory.py): encode returns its final states instead of the cross

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import layers
 from .base import Adapter, Model, register, tied_head
-from .layers import frozen_embedding, frozen_linear
+from .layers import frozen_embedding, frozen_linear, toeplitz_diagonals
 from .programs import DEFAULT_KIND, Decoder, TextEncoder
 
 # Largest encoder bias stored as a constant (t5-small's 8 heads: up to 90 tokens; the demo's
@@ -67,12 +67,6 @@ class RelativeBias(nn.Module):
     def of(full: torch.Tensor) -> RelativeBias:
         """From a stored-form bias [H, S, S] (toeplitz_diagonals)."""
         return RelativeBias(toeplitz_diagonals(full))
-
-
-def toeplitz_diagonals(full: torch.Tensor) -> torch.Tensor:
-    """bias [H, S, S] -> its [H, 2S-1] diagonals, diagonals[h, S-1 + j - i] = bias[h, i, j]
-    where the bias is Toeplitz: its first column (going up), then its first row."""
-    return torch.cat([full[:, 1:, 0].flip(1), full[:, 0, :]], dim=1)
 
 
 def computed_or_constant(full: torch.Tensor, build: Callable[[torch.Tensor], nn.Module]) -> torch.Tensor | nn.Module:

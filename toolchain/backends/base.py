@@ -93,6 +93,8 @@ class Capabilities:
     scheme_note: str = ""
     # Several encode programs (the recipe's encode_lengths) in one artifact.
     encode_lengths: bool = False
+    # The recipe's encoder_attention: fused (edgeseq's own rel_attention kernel in the program).
+    fused_attention: bool = False
     # decode chooses greedy's next token in the program (Seq2SeqParts.with_next_token).
     next_token: bool = False
     # probe reports the compiler's estimate instead of running (NPU programs).
@@ -181,6 +183,12 @@ class Backend(ABC):
             raise InputError(f"recipe {recipe.name}: encode_lengths (several encode programs) is not supported by "
                              f"{target.name}; supported by runtime {', '.join(runtimes_with('encode_lengths'))}; "
                              f"remove the key for this target")
+        if recipe.encoder_attention == "fused" and not caps.fused_attention:
+            from . import runtimes_with
+
+            raise InputError(f"recipe {recipe.name}: encoder_attention: fused (edgeseq's attention kernel) is not "
+                             f"supported by {target.name}; supported by runtime "
+                             f"{', '.join(runtimes_with('fused_attention'))}; use encoder_attention: graph")
         self.check_target(recipe, target)
         check_schemes(recipe, target, caps.schemes, caps.scheme_note)
 

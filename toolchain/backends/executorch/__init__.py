@@ -61,6 +61,8 @@ class ExecuTorchBackend(Backend):
         # The recipe's encode_lengths become more methods of the same program (encode_16, ...),
         # their weights deduplicated into the one .ptd with the full encode's.
         encode_lengths=True,
+        # encoder_attention: fused, edgeseq's rel_attention kernel (kernels.py) beside the delegate.
+        fused_attention=True,
         # decode returns greedy's token too (argmax is a portable kernel after the delegate).
         next_token=True)
     distributions = ("executorch", "torchao")

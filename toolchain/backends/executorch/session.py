@@ -11,6 +11,7 @@ import numpy as np
 from ...logs import native_logs
 from ..base import Session
 from ..inputs import choose_encode
+from . import kernels
 
 if TYPE_CHECKING:
     from ...artifact import Artifact
@@ -108,6 +109,8 @@ class ExecuTorchSession(Session):
         self._torch = torch
         progs = artifact.manifest["programs"]
         data = progs["encode"].get("data_file")  # None when all weights live in the .pte (Core ML delegate)
+        # encoder_attention: fused programs call edgeseq's own kernel: it must be registered first
+        self.kernel_isa = kernels.load() if artifact.manifest["recipe"].get("encoder_attention") == "fused" else None
         program = load_program(artifact.file(progs["encode"]["file"]), artifact.file(data) if data else None,
                                threads)
         self._encode = program.load_method(progs["encode"]["method"])

@@ -1,0 +1,231 @@
+// edgeseq::rel_attention, the compute (no ExecuTorch types: et_kernel.cpp registers it).
+//
+// One encoder self-attention layer, every head: out = softmax(q k^T + bias + key_bias) v, for
+// T5's relative-position bias, which is Toeplitz per head and arrives as its 2S-1 diagonals, so
+// the [H, S, S] table is never built. In the graph this is bmm, add, softmax, bmm plus the
+// head transposes and the table: five passes over [H, S, S] (25.8 ms of a 512-token
+// t5-small-sized encode); here the scores live in a [6, S] scratch row block per task.
+//
+// Layouts: q, k, v, out are [S, H*Dh] (token-major, the projections' outputs as they are,
+// so no transposes); head h is columns h*Dh .. h*Dh+Dh-1.
+//
+// Numerics: on CPUs with AVX512-BF16 the two products take bf16 operands (round to nearest
+// even) and accumulate in fp32 (vdpbf16ps), as XNNPACK's and oneDNN's bf16 GEMMs do; the bias,
+// the softmax (max-subtracted, fp32 exp) and the normalisation stay fp32. Elsewhere all fp32.
+#include "rel_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define EDGESEQ_X86 1
+#endif
+
+namespace edgeseq {
+namespace {
+
+constexpr int kRows = 6;  // query rows per task: 6 x 4 accumulators of 16 lanes fit the 32 zmm registers
+
+// ---- fp32, any CPU: one query row per task -------------------------------------------------
+void fp32_rows(const RelAttentionArgs& a, int64_t begin, int64_t end) {
+  const int64_t S = a.S, Dh = a.Dh, HD = a.H * a.Dh;
+  std::vector<float> s(S), acc(Dh);
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t h = t / S, i = t % S;
+    const float* qi = a.q + i * HD + h * Dh;
+    const float* dg = a.diagonals + h * (2 * S - 1) + (S - 1 - i);  // dg[j] = bias[h, i, j]
+    float m = -INFINITY;
+    for (int64_t j = 0; j < S; ++j) {
+      const float* kj = a.k + j * HD + h * Dh;
+      float dot = 0.f;
+      for (int64_t d = 0; d < Dh; ++d) dot += qi[d] * kj[d];
+      s[j] = dot + dg[j] + a.key_bias[j];
+      m = std::max(m, s[j]);
+    }
+    float sum = 0.f;
+    for (int64_t j = 0; j < S; ++j) sum += (s[j] = std::exp(s[j] - m));
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int64_t j = 0; j < S; ++j) {
+      const float* vj = a.v + j * HD + h * Dh;
+      for (int64_t d = 0; d < Dh; ++d) acc[d] += s[j] * vj[d];
+    }
+    float* o = a.out + i * HD + h * Dh;
+    for (int64_t d = 0; d < Dh; ++d) o[d] = acc[d] / sum;
+  }
+}
+
+#ifdef EDGESEQ_X86
+#define EDGESEQ_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+
+// exp(x) for x <= 0 (scores minus their row max): 2^(x log2 e), split into an integer n and
+// f in [-0.5, 0.5]; 2^f by a degree-6 polynomial (relative error ~2e-7), scaled by 2^n.
+EDGESEQ_BF16 inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// 32 floats -> 16 words, each a bf16 pair (element 2p in the low half, 2p+1 in the high half:
+// the pairing vdpbf16ps multiplies lane by lane).
+EDGESEQ_BF16 inline __m512i pairs32(const float* x) {
+  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
+}
+
+// The bf16 path's per-call state: K and V of every head repacked once, so the inner loops load
+// 16 keys (QK) or 16 head dims (PV) per register:
+//   kp [H][Dh/2][Sp] words: kp[h][p][j] = (k[j, 2p], k[j, 2p+1]) of head h;
+//   vp [H][Sp/2][Dh] words: vp[h][jj][d] = (v[2jj, d], v[2jj+1, d]) of head h;
+// Sp = S rounded up to 64 (the QK block); keys past S are zeros and their scores -inf.
+struct Bf16Plan {
+  const RelAttentionArgs& a;
+  int64_t Sp, P2, HD;
+  std::vector<uint32_t> kp, vp;
+  explicit Bf16Plan(const RelAttentionArgs& args)
+      : a(args), Sp((args.S + 63) / 64 * 64), P2(args.Dh / 2), HD(args.H * args.Dh),
+        kp(static_cast<size_t>(args.H * P2 * Sp)), vp(static_cast<size_t>(args.H * (Sp / 2) * args.Dh)) {}
+
+  EDGESEQ_BF16 void pack(int64_t h) {
+    const int64_t S = a.S, Dh = a.Dh;
+    std::vector<uint32_t> rows(static_cast<size_t>(Sp * P2), 0u);  // [Sp][P2], transposed below
+    for (int64_t j = 0; j < S; ++j)
+      for (int64_t c = 0; c < Dh; c += 32)
+        _mm512_storeu_si512(rows.data() + j * P2 + c / 2, pairs32(a.k + j * HD + h * Dh + c));
+    uint32_t* kh = kp.data() + h * P2 * Sp;
+    for (int64_t j = 0; j < Sp; ++j)
+      for (int64_t p = 0; p < P2; ++p) kh[p * Sp + j] = rows[j * P2 + p];
+    uint32_t* vh = vp.data() + h * (Sp / 2) * Dh;
+    for (int64_t jj = 0; jj < Sp / 2; ++jj)
+      for (int64_t d = 0; d < Dh; d += 16) {
+        const int64_t j0 = 2 * jj, j1 = j0 + 1;
+        const __m512 zero = _mm512_setzero_ps();
+        const __m256i x0 = (__m256i)_mm512_cvtneps_pbh(j0 < S ? _mm512_loadu_ps(a.v + j0 * HD + h * Dh + d) : zero);
+        const __m256i x1 = (__m256i)_mm512_cvtneps_pbh(j1 < S ? _mm512_loadu_ps(a.v + j1 * HD + h * Dh + d) : zero);
+        // interleave 16-bit lanes: unpack works per 128-bit half, the permutes restore order
+        const __m256i lo = _mm256_unpacklo_epi16(x0, x1), hi = _mm256_unpackhi_epi16(x0, x1);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(vh + jj * Dh + d), _mm256_permute2x128_si256(lo, hi, 0x20));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(vh + jj * Dh + d + 8), _mm256_permute2x128_si256(lo, hi, 0x31));
+      }
+  }
+
+  // Query rows r0 .. r0+5 of head h. sc [6][Sp] fp32 scores, pw [6][Sp/2] bf16-pair probabilities,
+  // qw [6][P2] bf16-pair queries: the caller's scratch.
+  template <int NT>  // NT = Dh / 16 output registers per row
+  EDGESEQ_BF16 void rows(int64_t h, int64_t r0, float* sc, uint32_t* pw, uint32_t* qw) const {
+    const int64_t S = a.S, Dh = a.Dh, rn = std::min<int64_t>(kRows, S - r0);
+    for (int64_t r = 0; r < kRows; ++r)
+      for (int64_t c = 0; c < Dh; c += 32) {
+        const __m512i w = r < rn ? pairs32(a.q + (r0 + r) * HD + h * Dh + c) : _mm512_setzero_si512();
+        _mm512_storeu_si512(qw + r * P2 + c / 2, w);
+      }
+    const uint32_t* kh = kp.data() + h * P2 * Sp;
+    for (int64_t jb = 0; jb < Sp; jb += 64) {  // scores, 64 keys at a time
+      __m512 acc[kRows][4];
+      for (auto& row : acc) for (auto& x : row) x = _mm512_setzero_ps();
+      for (int64_t p = 0; p < P2; ++p) {
+        const uint32_t* b = kh + p * Sp + jb;
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16),
+                       b2 = (__m512bh)_mm512_loadu_si512(b + 32), b3 = (__m512bh)_mm512_loadu_si512(b + 48);
+#pragma GCC unroll 6
+        for (int r = 0; r < kRows; ++r) {
+          const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(qw[r * P2 + p]));
+          acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+          acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+          acc[r][2] = _mm512_dpbf16_ps(acc[r][2], x, b2);
+          acc[r][3] = _mm512_dpbf16_ps(acc[r][3], x, b3);
+        }
+      }
+      for (int r = 0; r < kRows; ++r)
+        for (int t = 0; t < 4; ++t) _mm512_storeu_ps(sc + r * Sp + jb + 16 * t, acc[r][t]);
+    }
+    float inv[kRows];
+    for (int64_t r = 0; r < kRows; ++r) {  // bias, softmax numerators (bf16 pairs), 1 / sum
+      uint32_t* prow = pw + r * (Sp / 2);
+      if (r >= rn) { std::memset(prow, 0, sizeof(uint32_t) * (Sp / 2)); inv[r] = 0.f; continue; }
+      float* s = sc + r * Sp;
+      const float* dg = a.diagonals + h * (2 * S - 1) + (S - 1 - (r0 + r));
+      for (int64_t j = 0; j < S; ++j) s[j] += dg[j] + a.key_bias[j];
+      for (int64_t j = S; j < Sp; ++j) s[j] = -INFINITY;
+      __m512 mx = _mm512_set1_ps(-INFINITY);
+      for (int64_t j = 0; j < Sp; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
+      const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t j = 0; j < Sp; j += 32) {
+        const __m512 e0 = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
+        const __m512 e1 = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j + 16), m));
+        sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+        _mm512_storeu_si512(prow + j / 2, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+      }
+      inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+    const uint32_t* vh = vp.data() + h * (Sp / 2) * Dh;
+    __m512 acc[kRows][NT];
+    for (auto& row : acc) for (auto& x : row) x = _mm512_setzero_ps();
+    for (int64_t jj = 0; jj < Sp / 2; ++jj) {  // probabilities x values, two keys per step
+      __m512bh b[NT];
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t) b[t] = (__m512bh)_mm512_loadu_si512(vh + jj * Dh + 16 * t);
+#pragma GCC unroll 6
+      for (int r = 0; r < kRows; ++r) {
+        const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(pw[r * (Sp / 2) + jj]));
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], x, b[t]);
+      }
+    }
+    for (int64_t r = 0; r < rn; ++r) {
+      float* o = a.out + (r0 + r) * HD + h * Dh;
+      for (int t = 0; t < NT; ++t) _mm512_storeu_ps(o + 16 * t, _mm512_mul_ps(acc[r][t], _mm512_set1_ps(inv[r])));
+    }
+  }
+};
+
+bool has_bf16() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+#endif  // EDGESEQ_X86
+
+bool bf16_shape(const RelAttentionArgs& a) { return a.Dh == 32 || a.Dh == 64; }
+
+}  // namespace
+
+const char* rel_attention_isa() {
+#ifdef EDGESEQ_X86
+  if (has_bf16()) return "avx512-bf16";
+#endif
+  return "fp32";
+}
+
+void rel_attention(const RelAttentionArgs& a, const ParallelFor& pfor) {
+#ifdef EDGESEQ_X86
+  if (has_bf16() && bf16_shape(a)) {
+    Bf16Plan plan(a);
+    pfor(a.H, [&](int64_t b, int64_t e) { for (int64_t h = b; h < e; ++h) plan.pack(h); });
+    const int64_t blocks = (a.S + kRows - 1) / kRows;
+    pfor(a.H * blocks, [&](int64_t b, int64_t e) {
+      std::vector<float> sc(static_cast<size_t>(kRows * plan.Sp));
+      std::vector<uint32_t> pw(static_cast<size_t>(kRows * plan.Sp / 2)), qw(static_cast<size_t>(kRows * plan.P2));
+      for (int64_t t = b; t < e; ++t) {
+        if (a.Dh == 64) plan.rows<4>(t / blocks, (t % blocks) * kRows, sc.data(), pw.data(), qw.data());
+        else plan.rows<2>(t / blocks, (t % blocks) * kRows, sc.data(), pw.data(), qw.data());
+      }
+    });
+    return;
+  }
+#endif
+  pfor(a.H * a.S, [&](int64_t b, int64_t e) { fp32_rows(a, b, e); });
+}
+
+}  // namespace edgeseq
