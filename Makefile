@@ -99,6 +99,13 @@ test-deps:
 	    apt-get install -y -q openssh-server >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q openssh-server >/dev/null; }; \
 	  else echo "note: sshd not installed (apt-get install openssh-server); the ssh probe tests will fail"; fi; }
+	@# A host C++ compiler and CMake: the native runner and edgeseq's own ExecuTorch kernels
+	@# (toolchain/backends/executorch/kernels.py, built on first use; tests/test_fused_attention.py).
+	@command -v g++ >/dev/null 2>&1 && command -v cmake >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q g++ cmake >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q g++ cmake >/dev/null; }; \
+	  else echo "note: g++/cmake not installed (apt-get install g++ cmake); the native runner and fused-attention tests will fail"; fi; }
 	@# The ARM64 native runner: Debian's cross compiler and qemu-user (tests/test_native_arm64.py).
 	@command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

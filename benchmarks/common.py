@@ -70,16 +70,26 @@ def rejects(recipe: str, target: str) -> str | None:
     return None
 
 
-def fresh_export(out: Path) -> dict | None:
-    """The manifest of a cached export made by this toolchain source, else None (missing, or
-    stale: the exporters changed since, so its numbers would not be this code's)."""
+def fresh_export(out: Path, recipe: dict | None = None) -> dict | None:
+    """The manifest of a cached export made by this toolchain source (and, given `recipe`, the
+    dict of the recipe it should have been made with: from this recipe), else None (missing, or
+    stale: the exporters or the recipe changed since, so its numbers would not be this code's)."""
     from toolchain import source_digest
     from toolchain.artifact import open_artifact
 
     if not (out / "manifest.json").is_file():
         return None
     manifest = open_artifact(out).manifest
-    return manifest if manifest["tool_versions"].get("edgeseq_source") == source_digest() else None
+    if manifest["tool_versions"].get("edgeseq_source") != source_digest():
+        return None
+    return manifest if recipe is None or manifest["recipe"] == recipe else None
+
+
+def wanted_recipe(recipe: str, max_output_len: int | None = None):  # -> toolchain.specs.Recipe
+    """The recipe an export of `recipe` (a name or a benchmarks/recipes file) is made with."""
+    from toolchain.specs import load_recipe, with_lengths
+
+    return with_lengths(load_recipe(recipe_ref(recipe)), max_output_len=max_output_len)
 
 
 def build(ckpt: Path, recipe: str, target: str, out: Path, max_output_len: int | None = None) -> float | None:
@@ -87,17 +97,17 @@ def build(ckpt: Path, recipe: str, target: str, out: Path, max_output_len: int |
     `max_output_len` overrides the recipe's (export's --max-output-len; keep it in `out`'s name)."""
     from toolchain.checkpoint import load_checkpoint
     from toolchain.export import export
-    from toolchain.specs import load_recipe, load_target, with_lengths
+    from toolchain.specs import load_target
 
-    manifest = fresh_export(out)
+    want = wanted_recipe(recipe, max_output_len)
+    manifest = fresh_export(out, want.to_dict())
     if manifest:
         return manifest["export_seconds"]
     if out.exists():
-        shutil.rmtree(out)  # exported by other toolchain code: a stale cache entry, export again
+        shutil.rmtree(out)  # exported by other toolchain code or from another recipe: stale, export again
     if rejects(recipe, target):
         return None
-    art = export(load_checkpoint(ckpt), with_lengths(load_recipe(recipe_ref(recipe)), max_output_len=max_output_len),
-                 load_target(target), out)
+    art = export(load_checkpoint(ckpt), want, load_target(target), out)
     return art.manifest["export_seconds"]
 
 

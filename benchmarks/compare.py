@@ -52,6 +52,7 @@ from common import (  # noqa: E402
     replace_block,
     summarize,
     t5_small_random,
+    wanted_recipe,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -169,7 +170,7 @@ def build_edgeseq(row: Row, ckpt: Path, target: str, recipe: str, out: Path) -> 
     if why:
         row.why = f"the target rejects the recipe: {why}"
         return
-    if not fresh_export(out):
+    if not fresh_export(out, wanted_recipe(recipe).to_dict()):
         log(f"export edgeseq {ckpt.name} -t {target} -r {recipe}")
     try:
         row.export_s = build(ckpt, recipe, target, out)

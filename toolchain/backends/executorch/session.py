@@ -132,6 +132,11 @@ class ExecuTorchSession(Session):
         self._in_place = self._decode.reads_inputs_in_place()
         self._bound_to: tuple[Any, Any] | None = None
 
+    def executed(self) -> str | None:
+        if self.kernel_isa is None:
+            return None
+        return f"XNNPACK + edgeseq::rel_attention ({self.kernel_isa} inner loops)"
+
     def encode(self, *inputs: np.ndarray | dict[str, np.ndarray]) -> list:
         method, self.encode_length, arrays = choose_encode(self._encode_inputs, inputs, self._encode, self._lengths)
         out = method.execute([self._torch.from_numpy(a) for a in arrays], clone=False)

@@ -90,7 +90,8 @@ EDGESEQ_BF16 inline __m512i pairs32(const float* x) {
 
 // The bf16 path's per-call state: K and V of every head repacked once, so the inner loops load
 // 16 keys (QK) or 16 head dims (PV) per register:
-//   kp [H][Dh/2][Sp] words: kp[h][p][j] = (k[j, 2p], k[j, 2p+1]) of head h;
+//   kp [H][Sp/64][Dh/2][64] words: kp[h][j/64][p][j%64] = (k[j, 2p], k[j, 2p+1]) of head h (each
+//      64-key block one contiguous run, read front to back by the score loop);
 //   vp [H][Sp/2][Dh] words: vp[h][jj][d] = (v[2jj, d], v[2jj+1, d]) of head h;
 // Sp = S rounded up to 64 (the QK block); keys past S are zeros and their scores -inf.
 struct Bf16Plan {
@@ -109,7 +110,7 @@ struct Bf16Plan {
         _mm512_storeu_si512(rows.data() + j * P2 + c / 2, pairs32(a.k + j * HD + h * Dh + c));
     uint32_t* kh = kp.data() + h * P2 * Sp;
     for (int64_t j = 0; j < Sp; ++j)
-      for (int64_t p = 0; p < P2; ++p) kh[p * Sp + j] = rows[j * P2 + p];
+      for (int64_t p = 0; p < P2; ++p) kh[(j / 64) * P2 * 64 + p * 64 + j % 64] = rows[j * P2 + p];
     uint32_t* vh = vp.data() + h * (Sp / 2) * Dh;
     for (int64_t jj = 0; jj < Sp / 2; ++jj)
       for (int64_t d = 0; d < Dh; d += 16) {
@@ -141,7 +142,7 @@ struct Bf16Plan {
       __m512 acc[kRows][4];
       for (auto& row : acc) for (auto& x : row) x = _mm512_setzero_ps();
       for (int64_t p = 0; p < P2; ++p) {
-        const uint32_t* b = kh + p * Sp + jb;
+        const uint32_t* b = kh + jb * P2 + p * 64;
         const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16),
                        b2 = (__m512bh)_mm512_loadu_si512(b + 32), b3 = (__m512bh)_mm512_loadu_si512(b + 48);
 #pragma GCC unroll 6
