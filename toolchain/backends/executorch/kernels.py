@@ -21,6 +21,9 @@ from pathlib import Path
 from ...errors import InputError
 
 CSRC = Path(__file__).resolve().parent / "csrc"
+# What a fused artifact costs on a CPU without AVX512-BF16 (measured: README, Fused encoder attention).
+SLOW_PATH = ("this CPU has no AVX512-BF16: edgeseq::rel_attention (encoder_attention: fused) runs its fp32 "
+             "reference loops, ~30x slower than the graph attention; export with encoder_attention: graph here")
 SOURCES = ("rel_attention.cpp", "et_kernel.cpp")
 HEADERS = ("rel_attention.h",)
 LIBRARY = "libedgeseq_kernels.so"
