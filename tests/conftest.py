@@ -14,10 +14,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # edgeseq's ExecuTorch kernels (backends/executorch/kernels.py) build into a directory of this
 # run, not the user's cache: a test run leaves nothing behind outside its temporary files.
-if "EDGESEQ_KERNEL_CACHE" not in os.environ:
+if "EDGESEQ_KERNEL_CACHE" not in os.environ:  # set by the controller; xdist workers inherit it
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["EDGESEQ_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="edgeseq-kernels-")
+    atexit.register(shutil.rmtree, os.environ["EDGESEQ_KERNEL_CACHE"], ignore_errors=True)
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 

@@ -48,14 +48,15 @@ def build_parts(source: SourceModel, recipe: Recipe, model=None, cache_mode: str
         raise InputError(f"recipe {recipe.name}: encode_lengths needs a text family (padded token inputs); "
                          f"{source.adapter.family} encodes {parts.input.get('kind')}")
     memory = recipe.cross_attention == "memory"
+    fused = recipe.encoder_attention == "fused"
     if memory:
         parts.with_memory_cross()
-    if recipe.encoder_attention == "fused":
+    if fused:
         fuse_relative_attention(parts.encode)
     for length in recipe.encode_lengths:
         bucket = source.adapter.build(model, length, recipe.max_output_len, cache_mode)
         inner = (bucket.with_memory_cross() if memory else bucket).encode
-        if recipe.encoder_attention == "fused":
+        if fused:
             fuse_relative_attention(inner)
         if hasattr(parts.encode, "embed"):
             inner.embed = parts.encode.embed

@@ -48,6 +48,7 @@ from .layers import (
     toeplitz_diagonals,
 )
 from .memory import MemoryCrossAttention, memory_outputs
+from .rel_attention import toeplitz_table
 
 DEFAULT_KIND = "full"
 
@@ -161,8 +162,9 @@ class EncoderStack(_Program):
         biases: dict[str, torch.Tensor | ToeplitzBias | None] = {}
         for kind in self.bias_kinds:  # per layer kind: [R, S, S] + the key mask [1, 1, S]
             diagonals = getattr(self, f"fused_diagonals_{kind}", None)
-            if diagonals is not None and cross_bias is not None:  # fuse_relative_attention
-                biases[kind] = ToeplitzBias(diagonals, cross_bias.reshape(-1))
+            if diagonals is not None:  # fuse_relative_attention; no key mask: every key counts
+                biases[kind] = ToeplitzBias(diagonals, x.new_zeros(x.shape[1]) if cross_bias is None
+                                            else cross_bias.reshape(-1))
                 continue
             table = self.table(kind, cross_bias)
             biases[kind] = table if cross_bias is None else cross_bias if table is None else table + cross_bias
@@ -183,31 +185,27 @@ class EncoderStack(_Program):
         relative-position bias), no scale, softcap or RoPE; anything else is an InputError."""
         from ..errors import InputError
 
-        attns = [getattr(layer, "attn", None) for layer in self.layers]
-        why = ("rotary positions" if self.rope_cos is not None else
-               next((f"layer {i}'s attention is {type(a).__name__}, scale {getattr(a, 'scale', None)}, softcap "
-                     f"{getattr(a, 'softcap', None)}" for i, a in enumerate(attns)
-                     if type(a) is not SelfAttention or a.scale != 1.0 or a.softcap is not None), None))
-        tables = {kind: self.table(kind) for kind in self.bias_kinds}
-        if why is None:
-            why = next((f"layer kind {kind!r} has no position-bias table" for kind, t in tables.items()
-                        if t is None or t.dim() != 3), None)
+        def refuse(why: str) -> InputError:
+            return InputError(f"encoder_attention: fused computes T5-style relative-position attention only: {why}")
+
+        if self.rope_cos is not None:
+            raise refuse("rotary positions")
+        for i, layer in enumerate(self.layers):
+            a = getattr(layer, "attn", None)
+            if type(a) is not SelfAttention or a.scale != 1.0 or a.softcap is not None:
+                raise refuse(f"layer {i}'s attention is {type(a).__name__}, scale {getattr(a, 'scale', None)}, "
+                             f"softcap {getattr(a, 'softcap', None)}")
         diagonals = {}
-        for kind, t in tables.items():
-            if why is not None or t is None:
-                break
+        for kind in self.bias_kinds:
             with torch.no_grad():
-                d = toeplitz_diagonals(t).contiguous()
-                s = t.shape[-1]
-                i = torch.arange(s)
-                if not torch.equal(d[:, (s - 1) + i[None, :] - i[:, None]], t):
-                    why = f"layer kind {kind!r}'s bias table is not Toeplitz"
-            diagonals[kind] = d
-        if why is not None:
-            raise InputError(f"encoder_attention: fused computes T5-style relative-position attention only: {why}")
+                table = self.table(kind)
+                if table is None or table.dim() != 3:
+                    raise refuse(f"layer kind {kind!r} has no position-bias table")
+                diagonals[kind] = toeplitz_diagonals(table).contiguous()
+                if not torch.equal(toeplitz_table(diagonals[kind]), table):
+                    raise refuse(f"layer kind {kind!r}'s bias table is not Toeplitz")
         for kind, d in diagonals.items():
             delattr(self, f"self_bias_{kind}")
-            self.register_buffer(f"self_bias_{kind}", None)
             self.register_buffer(f"fused_diagonals_{kind}", d)
 
     def to_memory(self) -> tuple[list[nn.Linear], list[nn.Linear]]:

@@ -20,6 +20,13 @@ _lib.define(f"rel_attention{_SCHEMA} -> Tensor")
 _lib.define(f"rel_attention.out{_SCHEMA[:-1]}, *, Tensor(a!) out) -> Tensor(a!)")
 
 
+def toeplitz_table(diagonals: torch.Tensor) -> torch.Tensor:
+    """diagonals [H, 2S-1] -> the bias [H, S, S] they stand for: bias[h, i, j] = diagonals[h, S-1 + j - i]."""
+    s = (diagonals.shape[-1] + 1) // 2
+    i = torch.arange(s, device=diagonals.device)
+    return diagonals[:, (s - 1) + i[None, :] - i[:, None]]
+
+
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, diagonals: torch.Tensor, key_bias: torch.Tensor,
               heads: int) -> torch.Tensor:
     """The op in fp32 torch: what eager runs and what the kernel is tested against."""
@@ -29,8 +36,7 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, diagonals: torc
     def split(x: torch.Tensor) -> torch.Tensor:  # [.., S, H*Dh] -> [H, S, Dh]
         return x.reshape(s, heads, dh).transpose(0, 1)
 
-    i = torch.arange(s, device=q.device)
-    bias = diagonals.reshape(heads, 2 * s - 1)[:, (s - 1) + i[None, :] - i[:, None]]  # [H, S, S]
+    bias = toeplitz_table(diagonals.reshape(heads, 2 * s - 1))  # [H, S, S]
     scores = torch.bmm(split(q), split(k).transpose(1, 2)) + bias + key_bias.reshape(1, 1, s)
     return torch.bmm(torch.softmax(scores, dim=-1), split(v)).transpose(0, 1).reshape(q.shape)
 

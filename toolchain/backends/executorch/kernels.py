@@ -29,15 +29,6 @@ HEADERS = ("rel_attention.h",)
 LIBRARY = "libedgeseq_kernels.so"
 
 
-def _executorch_root() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("executorch")  # a namespace package: no __file__
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("python package 'executorch' not installed")
-    return Path(next(iter(spec.submodule_search_locations))).resolve()
-
-
 def cache_dir() -> Path:
     """Where built kernels live: $EDGESEQ_KERNEL_CACHE, else the user's cache directory."""
     env = os.environ.get("EDGESEQ_KERNEL_CACHE")
@@ -46,7 +37,9 @@ def cache_dir() -> Path:
 
 
 def compile_command(out: Path) -> list[str]:
-    et = _executorch_root()
+    from ...native import executorch_root  # the wheel the native runner builds against too
+
+    et = executorch_root()
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     if not compiler:
         raise InputError("edgeseq's ExecuTorch kernels (encoder_attention: fused) need a C++ compiler: "
