@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-OP = "edgeseq::rel_attention"
 _SCHEMA = "(Tensor q, Tensor k, Tensor v, Tensor diagonals, Tensor key_bias, int heads)"
 
 _lib = torch.library.Library("edgeseq", "DEF")  # noqa: TOR901 (a plain op library: no autograd)
