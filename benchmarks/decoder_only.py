@@ -121,25 +121,28 @@ class Decode(nn.Module):
     def __init__(self, layers: nn.ModuleList, embed: nn.Embedding, norm: nn.Module, lm_head: nn.Linear,
                  seq: int, out_len: int, heads: int, head_dim: int, theta: float):
         super().__init__()
-        from toolchain.arch.layers import NEG, register_cache, rotate_half_matrix
+        from toolchain.arch.cache import register_cache
+        from toolchain.arch.layers import NEG, rotate_half_matrix
 
         self.layers, self.embed, self.final_norm, self.lm_head = layers, embed, norm, lm_head
-        self.seq, self.T, self.cache_mode = seq, out_len, "buffer"
+        self.seq, self.T, self.cache_mode = seq, out_len, "slot"
         cos, sin = _rope_tables(torch.arange(seq, seq + out_len), head_dim, theta)  # absolute positions S..S+T-1
         self.register_buffer("cos_table", cos.t().contiguous())  # [Dh, T]: F.linear(onehot, table) -> [1, Dh]
         self.register_buffer("sin_table", sin.t().contiguous())
         self.register_buffer("rot", rotate_half_matrix(head_dim))
         self.register_buffer("mask_table", torch.triu(torch.full((out_len, out_len), NEG), diagonal=1).t().contiguous())
-        register_cache(self, len(layers), heads, head_dim, out_len, "buffer")
+        register_cache(self, len(layers), heads, head_dim, out_len, "slot")
 
     def forward(self, token, position, *prompt_kv):
-        from toolchain.arch.layers import position_onehot, slot_masks, update_cache
+        from toolchain.arch.cache import position_onehot, slot_bias, write_slot
 
         t, s = self.T, self.seq
         onehot = position_onehot(position, t, self.positions)  # [1, T]
-        slots = slot_masks(onehot)  # shared by every layer, as edgeseq's decode step does
         cos, sin = F.linear(onehot, self.cos_table), F.linear(onehot, self.sin_table)  # [1, Dh]
-        bias = F.linear(onehot, self.mask_table).reshape(1, 1, t)  # generated slots after `position` masked
+        # As edgeseq's decode step does (cache mode "slot"): the generated slots after and at
+        # `position` masked, then the step's own key; its k/v written into the caches at the end.
+        bias = slot_bias(F.linear(onehot, self.mask_table).reshape(1, 1, t), onehot)  # [1, 1, T+1]
+        new_kv = []
         x = self.embed(token)  # [1, 1, D]
         for i, layer in enumerate(self.layers):
             h, dh = layer.heads, layer.head_dim
@@ -149,18 +152,21 @@ class Decode(nn.Module):
             v_new = layer.v(y).reshape(h, 1, dh)
             q = q * cos + F.linear(q, self.rot) * sin
             k = k * cos + F.linear(k, self.rot) * sin
-            ck = getattr(self, f"cache_k_{i}")
-            cv = getattr(self, f"cache_v_{i}")
-            k_all = update_cache(ck, k.reshape(h, dh, 1), slots.onehot_k, slots.keep_k)  # [H, Dh, T]
-            v_all = update_cache(cv, v_new, slots.onehot_v, slots.keep_v)  # [H, T, Dh]
+            ck, cv = getattr(self, f"cache_k_{i}"), getattr(self, f"cache_v_{i}")  # [H, Dh, T], [H, T, Dh]
+            k_new = k.reshape(h, dh, 1)
             pk, pv = prompt_kv[2 * i].reshape(h, dh, s), prompt_kv[2 * i + 1].reshape(h, s, dh)
             scale = 1.0 / math.sqrt(dh)
-            scores = torch.cat([torch.bmm(q, pk) * scale, torch.bmm(q, k_all) * scale + bias], dim=-1)  # [H,1,S+T]
+            scores = torch.cat([torch.bmm(q, pk) * scale,  # [H, 1, S + T + 1]: prompt, generated, this step
+                                (torch.cat([torch.bmm(q, ck), torch.bmm(q, k_new)], dim=-1) * scale + bias)], dim=-1)
             p = torch.softmax(scores, dim=-1)
-            att = torch.bmm(p[:, :, :s], pv) + torch.bmm(p[:, :, s:], v_all)  # [H, 1, Dh]
+            att = torch.bmm(p[:, :, :s], pv) + torch.bmm(p[:, :, s:s + t], cv) + p[:, :, s + t:] * v_new  # [H, 1, Dh]
             x = x + layer.o(att.reshape(1, 1, h * dh))
             x = x + layer.mlp(layer.norm2(x))
-        return self.lm_head(self.final_norm(x).reshape(1, -1))
+            new_kv.append((ck, cv, k_new, v_new))
+        logits = self.lm_head(self.final_norm(x).reshape(1, -1))
+        for ck, cv, k_new, v_new in new_kv:
+            write_slot(ck, cv, k_new, v_new, position)
+        return logits
 
 
 def build_parts(model, seq: int, out_len: int):
@@ -205,7 +211,7 @@ def build_parts(model, seq: int, out_len: int):
 
     return Parts(encode=prefill, decode=decode, num_layers=n, num_heads=h, head_dim=dh, vocab_size=cfg.vocab_size,
                  max_input_len=seq, max_output_len=out_len, decoder_start_token_id=cfg.bos_token_id,
-                 eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
+                 eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id, cache_mode="slot")
 
 
 def _check_parity(model, parts, seq: int) -> float:

@@ -38,7 +38,7 @@ def test_split_matches_transformers(bart_checkpoints, variant):
     src = load_checkpoint(bart_checkpoints[variant])
     assert src.adapter.family == "bart"
     model = src.load_model()
-    for cache_mode in ("buffer", "io"):
+    for cache_mode in ("buffer", "slot", "io"):
         parts = src.adapter.build(model, S, T, cache_mode)
         for length in (5, S):  # short, and exactly max_input_len
             rng = np.random.default_rng(length)

@@ -51,10 +51,16 @@ def test_delegation_and_size(artifacts, variant):
         d = m["delegation"][prog]
         assert d["delegated_fraction"] >= 0.9, d
         # What may stay on portable kernels: the embedding gather, the position compare, a cast,
-        # and decode's greedy argmax (XNNPACK has no argmax over a dim).
+        # decode's greedy argmax (XNNPACK has no argmax over a dim) and its cache slot writes.
         assert set(d["portable_ops"]) <= {"aten_embedding_default", "aten_eq_tensor", "aten_argmax_default",
-                                          "dim_order_ops__to_dim_order_copy_default"}, d
+                                          "dim_order_ops__to_dim_order_copy_default", "aten_index_put_default"}, d
         assert d["delegate_ops"] > 0 and sum(d["delegate_op_kinds"].values()) == d["delegate_ops"], d
+    # CacheMode.SLOT: the slot writes run in place (index_put_, one per cache) and no whole
+    # cache is copied back into its buffer (a copy_ per cache).
+    dec = m["delegation"]["decode"]
+    assert "aten::index_put_" in dec["runtime_ops"] and "aten::copy_" not in dec["runtime_ops"], dec["runtime_ops"]
+    assert m["programs"]["decode"]["cache_mode"] == "slot"
+    assert dec["portable_ops"]["aten_index_put_default"] == len(m["programs"]["decode"]["cache"]), dec
     # Constants of both methods stored once (tied embedding/lm_head included). The tiny
     # model is dominated by fixed overheads (program, position-bias tables), hence 2x here;
     # the demo test holds the 1.15x bound.

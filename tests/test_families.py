@@ -191,7 +191,7 @@ def _decoding(parts) -> dict:
 def _text_split_parity(ck: Path, family: str) -> None:
     src = load_checkpoint(ck)
     model = src.load_model()
-    for cache_mode in ("buffer", "io"):
+    for cache_mode in ("buffer", "slot", "io"):
         parts = src.adapter.build(model, S, T, cache_mode)
         for length in (5, S):
             rng = np.random.default_rng(length)
@@ -252,7 +252,7 @@ def test_whisper_split_matches_generate(tmp_path, language):
     src = load_checkpoint(ck)
     model = src.load_model()
     settings = _settings()
-    for cache_mode in ("buffer", "io"):
+    for cache_mode in ("buffer", "slot", "io"):
         parts = src.adapter.build(model, S, 16, cache_mode)
         assert parts.encode_input_names() == ["input_features"] and not parts.cross_bias
         for kind in audio.SYNTHETIC:

@@ -42,7 +42,7 @@ def _ids(length: int, seed: int) -> list[int]:
 
 
 @pytest.mark.parametrize("variant", ["v1.0", "v1.1-untied"])
-@pytest.mark.parametrize("cache_mode", ["buffer", "io"])
+@pytest.mark.parametrize("cache_mode", ["buffer", "slot", "io"])
 def test_eager_memory_split_matches_transformers(checkpoints, variant, cache_mode):
     src = load_checkpoint(checkpoints[variant])
     model = src.load_model()

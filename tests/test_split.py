@@ -18,7 +18,7 @@ S, T = 24, 12
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("length", [5, S])  # short, and exactly max_input_len
-@pytest.mark.parametrize("cache_mode", ["buffer", "io"])
+@pytest.mark.parametrize("cache_mode", ["buffer", "slot", "io"])
 def test_split_matches_transformers(checkpoints, variant, length, cache_mode):
     src = load_checkpoint(checkpoints[variant])
     model = src.load_model()
@@ -54,7 +54,7 @@ def test_untied_head_is_kept_separate(checkpoints):
     torch.testing.assert_close(parts.decode.lm_head.weight, model.lm_head.weight)
 
 
-@pytest.mark.parametrize("cache_mode", ["buffer", "io"])
+@pytest.mark.parametrize("cache_mode", ["buffer", "slot", "io"])
 @pytest.mark.parametrize("rules", [{}, {"min_new_tokens": 6, "suppress": [3, 7], "begin_suppress": [5],
                                         "forced_eos": 1, "max_new_tokens": 8}])
 def test_next_token_in_program_equals_the_logits_path(checkpoints, cache_mode, rules):

@@ -87,7 +87,7 @@ class Seq2SeqParts:
     decoder_start_token_id: int
     eos_token_id: int
     pad_token_id: int
-    cache_mode: str = "buffer"  # "buffer": cache inside decode; "io": cache in/out tensors
+    cache_mode: str = "buffer"  # "buffer"/"slot": cache inside decode (CacheMode); "io": cache in/out tensors
     tolerance: dict[str, float] = field(default_factory=dict)
     # What encode takes; default: text (input_ids, attention_mask [1, max_input_len]).
     encode_spec: list[TensorSpec] = field(default_factory=list)

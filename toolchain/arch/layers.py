@@ -2,15 +2,14 @@
 fill is toolchain/split.py's ``Seq2SeqParts``).
 
 Ops, in the forms that lower into ExecuTorch's XNNPACK delegate (seen there, see NOTES.md):
-batch is fixed at 1 and attention runs as 3D ``torch.bmm`` over heads (a 4D matmul lowers to
-an ``expand_copy`` that stays on portable kernels); the cache is updated with a one-hot mask
-(``cache * keep + new * onehot``, ``keep = 1 - onehot`` made once per step) instead of
-``index_copy_``; RMSNorm and LayerNorm take their means with a one-output ``F.linear`` (a
-[1, D] row of 1/D, the epsilon as its bias: one fully-connected operator, where XNNPACK's
-``mean`` needs a 4D view, two transposes and a pooling); a step reads its row of a
-constant table (position bias, causal mask, learned positions, RoPE cos/sin) with
-``F.linear(onehot(position), table)`` (a matmul) instead of a gather; masks use -1e9, not
--inf, so an all-masked row can never produce NaN.
+batch is fixed at 1 and attention runs as 3D ``torch.bmm`` over heads (a 4D matmul lowers to an
+``expand_copy`` that stays on portable kernels); the decode cache's slots, updates and
+one-query attention are in toolchain/arch/cache.py; RMSNorm and LayerNorm take their means with
+a one-output ``F.linear`` (a [1, D] row of 1/D, the epsilon as its bias: one fully-connected
+operator, where XNNPACK's ``mean`` needs a 4D view, two transposes and a pooling); a step reads
+its row of a constant table (position bias, causal mask, learned positions, RoPE cos/sin) with
+``F.linear(onehot(position), table)`` (a matmul) instead of a gather; masks use -1e9, not -inf,
+so an all-masked row can never produce NaN (cache.NEG).
 
 Operators per decode step matter as much as bytes: a delegate sets up and dispatches every
 operator on every call (~1 us each with 2 threads), and a t5-small-sized step reads only
@@ -33,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import NEG, SlotMasks, attend_with_step, update_cache
 from .rel_attention import rel_attention
 
-NEG = -1e9
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), broadcastable to [H, S, Dh]
 
 
@@ -161,43 +160,6 @@ def attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, bias: torch.Tens
     return torch.bmm(probs, v)
 
 
-def position_onehot(position: torch.Tensor, length: int, arange: torch.Tensor) -> torch.Tensor:
-    """position int64[1] -> float[1, T] with a single 1 at `position`."""
-    return (arange == position).to(torch.float32).reshape(1, length)
-
-
-class SlotMasks(NamedTuple):
-    """A decode step's cache slot in the two layouts the caches broadcast it in, made once per
-    step and shared by every layer: keys [H, Dh, T] take (onehot_k, keep_k) [1, 1, T], values
-    [H, T, Dh] take (onehot_v, keep_v) [1, T, 1]; keep = 1 - onehot."""
-
-    onehot_k: torch.Tensor
-    keep_k: torch.Tensor
-    onehot_v: torch.Tensor
-    keep_v: torch.Tensor
-
-
-def slot_masks(onehot: torch.Tensor) -> SlotMasks:
-    """onehot float[1, T] (position_onehot) -> the step's SlotMasks."""
-    t = onehot.shape[-1]
-    k, v = onehot.reshape(1, 1, t), onehot.reshape(1, t, 1)
-    return SlotMasks(k, 1.0 - k, v, 1.0 - v)
-
-
-def update_cache(cache: torch.Tensor, new: torch.Tensor, onehot: torch.Tensor, keep: torch.Tensor,
-                 in_place: bool = True) -> torch.Tensor:
-    """Write `new` into one slot of `cache` (in place if asked) and return the updated cache.
-
-    cache [H, T, Dh] with new [H, 1, Dh] and onehot/keep [1, T, 1], or (keys, transposed)
-    cache [H, Dh, T] with new [H, Dh, 1] and onehot/keep [1, 1, T]. A masked blend rather
-    than index_copy_ keeps the whole update inside the XNNPACK delegate (three operators).
-    """
-    updated = cache * keep + new * onehot
-    if in_place:
-        cache.copy_(updated)
-    return updated
-
-
 def optional_buffer(module: nn.Module, name: str, value: torch.Tensor | None) -> None:
     """Register `value` as a buffer, or set the attribute to None: a registered None buffer
     shifts torch.export's buffer inputs (seen with torch 2.13: an IndexError in export)."""
@@ -205,19 +167,6 @@ def optional_buffer(module: nn.Module, name: str, value: torch.Tensor | None) ->
         setattr(module, name, None)
     else:
         module.register_buffer(name, value)
-
-
-def register_cache(module: nn.Module, layers: int, heads: int, head_dim: int, length: int, cache_mode: str) -> None:
-    """Give a decode module its cache slots: `positions` (int64 [T], what a step's position
-    is compared with to pick its slot) and, in "buffer" mode, the per-layer self-attention
-    cache buffers (cache_k_l [H, Dh, T], cache_v_l [H, T, Dh], zero-initialised)."""
-    if cache_mode not in ("buffer", "io"):
-        raise ValueError(f"cache_mode must be 'buffer' or 'io', got {cache_mode!r}")
-    module.register_buffer("positions", torch.arange(length, dtype=torch.long))
-    if cache_mode == "buffer":
-        for i in range(layers):
-            module.register_buffer(f"cache_k_{i}", torch.zeros(heads, head_dim, length))
-            module.register_buffer(f"cache_v_{i}", torch.zeros(heads, length, head_dim))
 
 
 def causal_mask(length: int) -> torch.Tensor:
@@ -322,7 +271,12 @@ class CachedSelfAttention(Attention):
     goes in as a column of the transposed key cache [H, Dh, T] and its value as a row of the
     value cache [H, T, Dh], at the slot `slots` (SlotMasks) marks. "buffer" mode updates the
     cache tensors in place (they are the module's buffers), "io" only returns the updated
-    copies. Returns (output [1, 1, D], keys [H, Dh, T], values [H, T, Dh]).
+    copies: (output [1, 1, D], keys [H, Dh, T], values [H, T, Dh]).
+
+    "slot" mode leaves the caches alone: the step attends over the cache as it was (`bias`
+    [R, 1, T+1]: the cache's T slots with this step's own slot masked, then this step's key)
+    plus its own k/v, and returns (output, k [H, Dh, 1], v [H, 1, Dh]) for the caller to
+    write into the slot after the whole step (write_slot).
     """
 
     def __init__(self, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear, heads: int, head_dim: int,
@@ -331,13 +285,18 @@ class CachedSelfAttention(Attention):
         self.qkv = fused_linear(q, k, v)
 
     def forward(self, y: torch.Tensor, slots: SlotMasks, bias: torch.Tensor, rope: Rope | None,
-                cache_k: torch.Tensor, cache_v: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, ...]:
+                cache_k: torch.Tensor, cache_v: torch.Tensor, mode: str) -> tuple[torch.Tensor, ...]:
         h, dh = self.heads, self.head_dim
         qkv = self.qkv(y).reshape(3 * h, 1, dh)
         q, k, v_new = qkv[:h], qkv[h: 2 * h], qkv[2 * h:]  # [H, 1, Dh] each
         if rope is not None:
             q, k = self.rotate(q, rope), self.rotate(k, rope)
-        k_all = update_cache(cache_k, k.reshape(h, dh, 1), slots.onehot_k, slots.keep_k, in_place)  # [H, Dh, T]
+        k_new = k.reshape(h, dh, 1)  # a key column of the [H, Dh, T] layout
+        if mode == "slot":
+            ctx = attend_with_step(q, cache_k, cache_v, k_new, v_new, bias, self.scale, self.softcap)
+            return self.o(ctx.reshape(1, 1, h * dh)), k_new, v_new
+        in_place = mode == "buffer"
+        k_all = update_cache(cache_k, k_new, slots.onehot_k, slots.keep_k, in_place)  # [H, Dh, T]
         v_all = update_cache(cache_v, v_new, slots.onehot_v, slots.keep_v, in_place)  # [H, T, Dh]
         out = self.o(attend(q, k_all, v_all, bias, self.scale, self.softcap).reshape(1, 1, h * dh))
         return out, k_all, v_all
@@ -412,7 +371,8 @@ class EncoderLayer(_Sublayers):
 
 class DecoderLayer(_Sublayers):
     """One step of one decoder layer: cached self-attention, cross-attention, FFN, on x [1, 1, D].
-    Returns (x, this layer's updated key cache, value cache)."""
+    Returns (x, this layer's updated key cache, value cache), or in "slot" mode (x, the step's
+    key [H, Dh, 1], value [H, 1, Dh]) (CachedSelfAttention)."""
 
     def __init__(self, attn: CachedSelfAttention, cross: CrossAttention, ff: nn.Module, placement: str,
                  norms: Sequence[nn.Module], post_norms: Sequence[nn.Module] = ()):
@@ -421,8 +381,8 @@ class DecoderLayer(_Sublayers):
 
     def forward(self, x: torch.Tensor, slots: SlotMasks, self_bias: torch.Tensor, rope: Rope | None,
                 cross_bias: torch.Tensor | None, ck: torch.Tensor, cv: torch.Tensor, cache_k: torch.Tensor,
-                cache_v: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, ...]:
-        y, k_all, v_all = self.attn(self.enter(0, x), slots, self_bias, rope, cache_k, cache_v, in_place)
+                cache_v: torch.Tensor, mode: str) -> tuple[torch.Tensor, ...]:
+        y, k_all, v_all = self.attn(self.enter(0, x), slots, self_bias, rope, cache_k, cache_v, mode)
         x = self.leave(0, x, y)
         x = self.leave(1, x, self.cross(self.enter(1, x), ck, cv, cross_bias))
         return self.leave(2, x, self.ff(self.enter(2, x))), k_all, v_all

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import position_onehot, register_cache, slot_bias, slot_masks, write_slot
 from .layers import (
     NEG,
     CrossAttention,
@@ -42,9 +43,6 @@ from .layers import (
     ToeplitzBias,
     heads_first,
     optional_buffer,
-    position_onehot,
-    register_cache,
-    slot_masks,
     toeplitz_diagonals,
 )
 from .memory import MemoryCrossAttention, memory_outputs
@@ -243,10 +241,12 @@ class DecoderStep(_Program):
     ["io": the caches] [, token_bias] -> logits [1, V] [, the updated caches] [, next_token].
 
     cache_mode "buffer": the self-attention cache is registered buffers updated in place
-    (runtimes with mutable state). "io": the caches are extra inputs after the cross K/V
-    (cache_k_0, cache_v_0, ...) and the updated caches extra outputs after the logits
-    (runtimes without state: TFLite, ONNX). ``Decoder`` takes the encoder's key mask
-    cross_bias; ``UnmaskedDecoder`` is for families without one (Whisper).
+    (runtimes with mutable state). "slot": buffers too, but the step attends over the cache as
+    it was plus its own k/v, and writes its slot at the end (index_put in place: ExecuTorch;
+    arch/cache.py). "io": the caches are extra inputs after the cross K/V (cache_k_0,
+    cache_v_0, ...) and the updated caches extra outputs after the logits (runtimes without
+    state: TFLite, ONNX). ``Decoder`` takes the encoder's key mask cross_bias;
+    ``UnmaskedDecoder`` is for families without one (Whisper).
 
     ``next_token`` (set by ``Seq2SeqParts.with_next_token``): greedy's choice is made in the
     program. The last input is ``token_bias`` float[1, V] (0, or -1e9 for a token the
@@ -306,8 +306,9 @@ class DecoderStep(_Program):
         # states (memory_t, memory) that every layer reads.
         n_cross = 2 if self.memory_cross else 2 * n
         cross_kv = [rest[j % n_cross] for j in range(2 * n)]
-        in_place = self.cache_mode == "buffer"
-        caches = [getattr(self, f"cache_{kv}_{i}") for i in range(n) for kv in "kv"] if in_place else rest[n_cross:]
+        mode = self.cache_mode
+        stateful = mode != "io"
+        caches = [getattr(self, f"cache_{kv}_{i}") for i in range(n) for kv in "kv"] if stateful else rest[n_cross:]
         rope = None
         if self.rope_cos_table is not None and self.rope_sin_table is not None:
             rope = F.linear(onehot, self.rope_cos_table), F.linear(onehot, self.rope_sin_table)  # [1, Dh]
@@ -316,18 +317,22 @@ class DecoderStep(_Program):
             table = self.table(kind)
             if table is None:
                 raise ValueError(f"decode has no self-attention bias table for layer kind {kind!r}")
-            biases[kind] = F.linear(onehot, table).reshape(table.shape[0] // t, 1, t)
+            row = F.linear(onehot, table).reshape(table.shape[0] // t, 1, t)
+            biases[kind] = slot_bias(row, onehot) if mode == "slot" else row  # slot: [R, 1, T+1]
         x = self.tokens(token, onehot)  # [1, 1, D]
         new_caches: list[torch.Tensor] = []
         for i, (layer, kind) in enumerate(zip(self.layers, self.kinds, strict=True)):
             x, k_all, v_all = layer(x, slots, biases[kind], rope, cross_bias, cross_kv[2 * i], cross_kv[2 * i + 1],
-                                    caches[2 * i], caches[2 * i + 1], in_place)
+                                    caches[2 * i], caches[2 * i + 1], mode)
             new_caches += [k_all, v_all]
         logits = self.logits(x)
+        if mode == "slot":  # the steps' k/v into their slots, after every layer has read the caches
+            for i in range(n):
+                write_slot(caches[2 * i], caches[2 * i + 1], new_caches[2 * i], new_caches[2 * i + 1], position)
         if not self.next_token:
-            return logits if in_place else (logits, *new_caches)
+            return logits if stateful else (logits, *new_caches)
         next_token = torch.argmax(logits + token_bias, dim=-1)  # [1] int64
-        return (logits, next_token) if in_place else (logits, *new_caches, next_token)
+        return (logits, next_token) if stateful else (logits, *new_caches, next_token)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x [1, 1, D] -> [1, V]: final norm, output scale, head, logits bias, soft-cap."""

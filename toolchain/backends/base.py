@@ -78,7 +78,11 @@ def cross_input_problem(manifest: Mapping[str, Any],
 class CacheMode(StrEnum):
     """Where decode's self-attention KV cache lives."""
 
-    BUFFER = "buffer"  # inside the program, as mutable state (ExecuTorch buffers, Core ML states)
+    BUFFER = "buffer"  # inside the program, as mutable state blended in place (Core ML states)
+    # Mutable state too; attention reads the cache as it was plus the step's own k/v, and the
+    # step's slot is written after it with index_put, which ExecuTorch's reinplace pass turns
+    # into an in-place write: no whole-cache blend and write-back per layer and step.
+    SLOT = "slot"
     IO = "io"  # explicit decode inputs and outputs, carried by the Session
 
 

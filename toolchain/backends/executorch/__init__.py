@@ -55,7 +55,7 @@ def has_modules(*found: tuple[str, str]) -> tuple[bool, str]:
 
 class ExecuTorchBackend(Backend):
     capabilities = Capabilities(
-        cache_mode=CacheMode.BUFFER,
+        cache_mode=CacheMode.SLOT,
         schemes={Component.ENCODER: LINEARS, Component.DECODER: LINEARS, Component.LM_HEAD: LINEARS,
                  Component.EMBEDDINGS: EMBEDDINGS},
         # The recipe's encode_lengths become more methods of the same program (encode_16, ...),

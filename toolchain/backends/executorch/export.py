@@ -196,7 +196,8 @@ def lower(parts: Seq2SeqParts, recipe: Recipe, out_dir: Path, tool_versions: dic
     if parts.encode_buckets:  # inputs [1, L] each; outputs as the full encode's
         sig["encode"]["lengths"] = [{"length": n, "method": f"encode_{n}"} for n in sorted(parts.encode_buckets)]
     sig["decode"].update(file=PTE, method="decode",
-                         kv_cache="in-program mutable buffers (cache_k_*, cache_v_*), zero-initialised")
+                         kv_cache="in-program mutable buffers (cache_k_*, cache_v_*), zero-initialised; "
+                         "a step attends over them and then writes its slot in place (index_put_)")
     schemes = quantize.program_schemes(quant)
     for name in sig:
         sig[name]["data_file"] = PTD
@@ -237,6 +238,9 @@ def _to_executorch(edge: Any, programs: list[str], quant: dict) -> Any:
     return edge.to_executorch(ExecutorchBackendConfig(
         external_constants=lambda _node: _DATA_TAG,
         passes=[InitializedMutableBufferPass(["cache_"])],
+        # CacheMode.SLOT: decode's index_put into each cache buffer becomes index_put_, so the
+        # step writes its one slot in place (without it, a whole-cache copy per layer and step).
+        run_reinplace_pass=True,
         # decode's inputs are not memory-planned: the runtime reads the caller's tensors in
         # place instead of copying them into its arena on every step (the cross K/V are
         # 2 x layers x [H, Dh, S] floats: 1.5 MB per token on a t5-small-sized model).
