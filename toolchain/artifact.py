@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import interrupts
 from .errors import InputError, read_json_object
 from .hashing import sha256_file
 from .manifest import FORMAT_VERSION, Manifest, parse
@@ -146,6 +147,7 @@ def staging_dir(out: Path, force: bool) -> Iterator[Path]:
         raise InputError(f"cannot write to {parent}: {_why(e)}") from None
     try:
         yield tmp
+        interrupts.check()  # a Ctrl-C swallowed on its way up still means nothing lands
         _swap_in(tmp, out, parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

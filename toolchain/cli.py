@@ -11,16 +11,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import sys
-import threading
 import warnings
-from types import FrameType
 from typing import Any
 
 import click
 
-from . import logs, progress
+from . import interrupts, logs, progress
 from .commands import commands
 from .errors import CheckFailed, InputError
 
@@ -42,11 +39,6 @@ def _one_line(message: object) -> str:
     return " ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM unwinds like Ctrl-C (an export's staging dir is removed), exit status 128+15."""
-    raise SystemExit(128 + signum)
-
-
 # Options of the group that may also be written after the subcommand (`edgeseq run A x --debug`).
 GLOBAL_FLAGS = ("--debug", "--quiet", "--verbose")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -66,10 +58,10 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         debug = ctx.params.get("debug")
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _terminate)
-            ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+        # SIGTERM unwinds like Ctrl-C (an export's staging dir is removed), exit status 128+15;
+        # both are recorded, so one swallowed on its way up still stops the commit (interrupts.py).
+        interrupts.install()
+        ctx.call_on_close(interrupts.uninstall)
         try:
             return super().invoke(ctx)
         except InputError as e:

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from enum import Enum
 from typing import TextIO
 
+from . import interrupts
+
 
 class Mode(Enum):
     OFF = "off"
@@ -118,9 +120,12 @@ def note(message: str) -> None:
 @contextmanager
 def stage(what: str) -> Iterator[None]:
     """A named step: `what ...` when it starts, `what: done in 12.3 s` when it ends; in between
-    a ticking live line, or a `still ...` line every HEARTBEAT_S in lines mode."""
+    a ticking live line, or a `still ...` line every HEARTBEAT_S in lines mode. A Ctrl-C
+    received before either end stops here, even if something swallowed it (interrupts.py)."""
+    interrupts.check()
     if _State.mode is Mode.OFF:
         yield
+        interrupts.check()
         return
     start = time.monotonic()
     done = threading.Event()
@@ -147,6 +152,7 @@ def stage(what: str) -> Iterator[None]:
     ok = False
     try:
         yield
+        interrupts.check()
         ok = True
     finally:
         done.set()
