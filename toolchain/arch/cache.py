@@ -16,7 +16,7 @@ Cache modes (CacheMode in backends/base.py has the same values):
   step (write_slot: index_put, which ExecuTorch's reinplace pass makes an in-place write). A
   blend reads and rewrites every layer's whole cache per step, and its write-back into the
   buffer is one more whole-cache copy outside the delegate; on a t5-small-sized decoder
-  that was ~9 MB of traffic per token against ~30 MB of weights.
+  with 32 slots that was ~3 MB of traffic and 48 operators per token (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
