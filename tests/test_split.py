@@ -75,3 +75,33 @@ def test_next_token_in_program_equals_the_logits_path(checkpoints, cache_mode, r
     assert fast.tokens == checked.tokens == ref.tokens and fast.stopped == ref.stopped
     assert fast.logits == [] and fast.argmax_checked == 0
     assert_allclose(np.stack(checked.logits), np.stack(ref.logits), atol=1e-6)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_slot_attention_equals_attention_over_the_written_cache(softcap):
+    """Cache mode "slot": attending over the cache as it was plus the step's own k/v (the cache's
+    slot at `position` holding stale values, masked) gives what attention over the cache with the
+    step written into that slot gives; write_slot then writes exactly that slot."""
+    from toolchain.arch.cache import attend_with_step, position_onehot, slot_bias, write_slot
+    from toolchain.arch.layers import attend, causal_mask, step_table
+
+    g = torch.Generator().manual_seed(0)
+    h, dh, t = 4, 8, 6
+    rel = torch.randn(h, t, t, generator=g)  # a per-head bias plus the causal mask, as decode's tables hold them
+    table = step_table(rel + causal_mask(t))
+    positions = torch.arange(t)
+    for pos in (0, 3, t - 1):
+        position = torch.tensor([pos])
+        cache_k, cache_v = torch.randn(h, dh, t, generator=g), torch.randn(h, t, dh, generator=g)  # stale everywhere
+        q, k_new, v_new = (torch.randn(h, 1, dh, generator=g) for _ in range(3))
+        onehot = position_onehot(position, t, positions)
+        row = torch.nn.functional.linear(onehot, table).reshape(h, 1, t)
+        got = attend_with_step(q, cache_k, cache_v, k_new.reshape(h, dh, 1), v_new, slot_bias(row, onehot), 0.5,
+                               softcap)
+        written_k, written_v = cache_k.clone(), cache_v.clone()
+        write_slot(written_k, written_v, k_new.reshape(h, dh, 1), v_new, position)
+        want = attend(q, written_k, written_v, row, 0.5, softcap)
+        assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6, err_msg=f"position {pos}")
+        others = [i for i in range(t) if i != pos]
+        assert torch.equal(written_k[:, :, others], cache_k[:, :, others])
+        assert torch.equal(written_v[:, pos], v_new[:, 0]) and torch.equal(written_k[:, :, pos], k_new[:, 0])
