@@ -1,7 +1,8 @@
 """The recipe's ``encoder_attention: fused``: each encoder self-attention layer as one
 ``edgeseq::rel_attention`` op (arch/rel_attention.py), its ExecuTorch kernel built from
 backends/executorch/csrc (kernels.py). The kernel against the op's fp32 reference in the real
-ExecuTorch runtime (the bf16 inner loops where the CPU has AVX512-BF16, the fp32 ones always),
+ExecuTorch runtime (the bf16 inner loops where the CPU has AVX512-BF16; the fp32 vector loops
+always, in a process where EDGESEQ_REL_ATTENTION=fp32 turns the bf16 ones off),
 the fused split against transformers in eager and in executorch-xnnpack, and the refusals."""
 
 from __future__ import annotations
@@ -94,6 +95,47 @@ def test_eager_fused_matches_transformers(variant, tmp_path):
         assert gen.tokens == ref_tokens
 
 
+FP32_LOOPS = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from numpy.testing import assert_allclose
+from toolchain.arch.layers import NEG
+from toolchain.arch.rel_attention import reference
+from toolchain.backends.executorch import kernels
+from test_fused_attention import _run_op
+
+isa = kernels.load()
+assert isa.startswith("fp32-"), isa
+for s, h, dh in [(130, 2, 64), (37, 3, 32), (19, 2, 16)]:
+    gen = torch.Generator().manual_seed(s)
+    q, k, v = (torch.randn(s, h * dh, generator=gen) * 0.5 for _ in range(3))
+    diagonals = torch.randn(h, 2 * s - 1, generator=gen) * 2
+    key_bias = torch.zeros(s)
+    key_bias[-3:] = NEG
+    out = _run_op((q, k, v, diagonals, key_bias), h)
+    assert_allclose(out, reference(q, k, v, diagonals, key_bias, h), atol=2e-5, rtol=1e-5, err_msg=str((s, h, dh)))
+    k2, v2 = k.clone(), v.clone()
+    k2[-3:], v2[-3:] = 100.0, -100.0
+    assert torch.equal(_run_op((q, k2, v2, diagonals, key_bias), h), out)
+print(isa)
+"""
+
+
+def test_fp32_vector_loops_match_reference():
+    """The fp32 blocks (vector extensions: the clone this CPU resolves to) at the head sizes the
+    bf16 loops take, forced on with EDGESEQ_REL_ATTENTION=fp32 (read once per process)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    r = subprocess.run([sys.executable, "-c", FP32_LOOPS, str(tests)], capture_output=True, text=True, timeout=600,
+                       cwd=tests.parent, env={**os.environ, "EDGESEQ_REL_ATTENTION": "fp32"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1].startswith("fp32-")
+
+
 @pytest.mark.slow
 def test_executorch_fused_matches_transformers(tmp_path):
     """d_kv 32: the bf16 inner loops on CPUs that have them; with a shorter encode program too."""
@@ -105,7 +147,7 @@ def test_executorch_fused_matches_transformers(tmp_path):
     assert art.manifest["recipe"]["encoder_attention"] == "fused"
     assert "edgeseq::rel_attention" in art.manifest["delegation"]["encode"]["runtime_ops"]
     session = backends.for_target(art.target).open_session(art, threads=2)
-    assert session.kernel_isa in ("avx512-bf16", "fp32")
+    assert session.kernel_isa == "avx512-bf16" or session.kernel_isa.startswith("fp32")
     atol = 5e-2 if session.kernel_isa == "avx512-bf16" else 1e-3
     for ids in ([5, 6, 7, 1], [int(x) for x in np.arange(3, 3 + 15) % 40 + 3] + [1]):  # encode_8, then encode
         ref_tokens, ref_logits = hf_reference(model, ids, T)

@@ -11,14 +11,18 @@
 //
 // Numerics: on CPUs with AVX512-BF16 the two products take bf16 operands (round to nearest
 // even) and accumulate in fp32 (vdpbf16ps), as XNNPACK's and oneDNN's bf16 GEMMs do; the bias,
-// the softmax (max-subtracted, fp32 exp) and the normalisation stay fp32. Elsewhere a plain fp32
-// reference (correct, ~40x slower than the bf16 loops: README, Fused encoder attention).
+// the softmax (max-subtracted, fp32 exp) and the normalisation stay fp32. Elsewhere fp32 blocks
+// written with vector extensions (AVX-512F / AVX2+FMA / SSE2 clones on x86, NEON on ARM), and for
+// head sizes that are not a multiple of 8, plain fp32 reference loops.
 #include "rel_attention.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -30,7 +34,119 @@ namespace {
 
 constexpr int kRows = 6;  // query rows per task: 6 x 4 accumulators of 16 lanes fit the 32 zmm registers
 
-// ---- fp32, any CPU: one query row per task -------------------------------------------------
+// ---- fp32, any CPU: blocks of query rows against one head's keys packed [Dh, Sp] ------------
+//
+// Written with GCC/Clang vector extensions (8 floats), which compile to NEON on ARM and, through
+// target_clones on x86, to AVX-512F, AVX2+FMA or SSE2 code picked at load time. A task is kF
+// query rows of one head: scores [kF][Sp] start as the bias row (the Toeplitz diagonals and the
+// key mask), take q.k^T as rank-1 updates over Dh (each packed key row read once for kF queries),
+// go through the softmax in place, then out[r] = sum_j p[r][j] v[j] over 8-float slices of Dh.
+typedef float f8 __attribute__((vector_size(32)));
+typedef int32_t i8 __attribute__((vector_size(32)));
+constexpr int kF = 4;  // query rows per fp32 task: 4 x 2 accumulators + 2 key loads fit 16 registers
+
+#ifdef EDGESEQ_X86
+#define EDGESEQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define EDGESEQ_CLONES
+#endif
+
+// Helpers are always inlined, so each clone gets them in its own instruction set (and no f8 ever
+// crosses a call: GCC's -Wpsabi note about how one would be passed does not apply, hence off).
+#define EDGESEQ_INLINE __attribute__((always_inline)) inline
+EDGESEQ_INLINE f8 splat(float x) { return f8{x, x, x, x, x, x, x, x}; }
+EDGESEQ_INLINE f8 load8(const float* p) { f8 v; std::memcpy(&v, p, sizeof v); return v; }
+EDGESEQ_INLINE void store8(float* p, f8 v) { std::memcpy(p, &v, sizeof v); }
+
+// exp(x) for x <= 0 lane by lane: 2^n * e^r with n = round(x log2 e), |r| <= ln2/2, e^r by its
+// degree-6 Taylor polynomial (relative error < 3e-7); exactly 0 below -87 (masked keys: a padded
+// key gets no weight at all, as exp(-1e9) = 0 in the reference).
+EDGESEQ_INLINE f8 exp8(f8 x) {
+  const f8 lo = splat(-87.0f);
+  const i8 dead = x < lo;
+  x = dead ? lo : x;
+  const f8 magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to the nearest integer
+  const f8 n = (x * splat(1.44269504088896341f) + magic) - magic;
+  const f8 r = (x - n * splat(0.693145751953125f)) - n * splat(1.428606765330187e-06f);  // ln2, split
+  f8 p = splat(1.0f / 720);
+  p = p * r + splat(1.0f / 120);
+  p = p * r + splat(1.0f / 24);
+  p = p * r + splat(1.0f / 6);
+  p = p * r + splat(0.5f);
+  p = p * r + splat(1.0f);
+  p = p * r + splat(1.0f);
+  const i8 bits = (i8)p + (__builtin_convertvector(n, i8) << 23);
+  return dead ? splat(0.0f) : (f8)bits;
+}
+
+struct Fp32Plan {
+  const RelAttentionArgs& a;
+  int64_t Sp, HD;
+  std::vector<float> kt;  // [H][Dh][Sp]: kt[h][d][j] = k[j, h*Dh + d]; keys past S are zeros
+  explicit Fp32Plan(const RelAttentionArgs& args)
+      : a(args), Sp((args.S + 15) / 16 * 16), HD(args.H * args.Dh), kt(static_cast<size_t>(args.H * args.Dh * Sp)) {}
+
+  void pack(int64_t h) {
+    float* kh = kt.data() + h * a.Dh * Sp;
+    for (int64_t j = 0; j < a.S; ++j)
+      for (int64_t d = 0; d < a.Dh; ++d) kh[d * Sp + j] = a.k[j * HD + h * a.Dh + d];
+  }
+
+  // Query rows r0 .. r0+kF-1 (fewer at the end) of head h; sc: the caller's [kF][Sp] scratch.
+  EDGESEQ_CLONES void rows(int64_t h, int64_t r0, float* sc) const {
+    const int64_t S = a.S, Dh = a.Dh, rn = std::min<int64_t>(kF, S - r0);
+    const float* kh = kt.data() + h * Dh * Sp;
+    float q[kF][256];  // this block's queries (Dh <= 256: fp32_shape)
+    for (int64_t r = 0; r < kF; ++r)
+      for (int64_t d = 0; d < Dh; ++d) q[r][d] = r < rn ? a.q[(r0 + r) * HD + h * Dh + d] : 0.f;
+    for (int64_t j0 = 0; j0 < Sp; j0 += 16) {  // scores, 16 keys x kF rows in registers
+      f8 acc[kF][2];
+      for (int r = 0; r < kF; ++r) acc[r][0] = acc[r][1] = splat(0.f);
+      for (int64_t d = 0; d < Dh; ++d) {
+        const f8 k0 = load8(kh + d * Sp + j0), k1 = load8(kh + d * Sp + j0 + 8);
+        for (int r = 0; r < kF; ++r) {
+          const f8 x = splat(q[r][d]);
+          acc[r][0] += x * k0;
+          acc[r][1] += x * k1;
+        }
+      }
+      for (int r = 0; r < kF; ++r) {
+        store8(sc + r * Sp + j0, acc[r][0]);
+        store8(sc + r * Sp + j0 + 8, acc[r][1]);
+      }
+    }
+    float inv[kF];
+    for (int64_t r = 0; r < rn; ++r) {  // bias, then the softmax over the S real keys
+      float* s = sc + r * Sp;
+      const float* dg = a.diagonals + h * (2 * S - 1) + (S - 1 - (r0 + r));  // dg[j] = bias[h, r0+r, j]
+      float m = -INFINITY;
+      for (int64_t j = 0; j < S; ++j) m = std::max(m, s[j] += dg[j] + a.key_bias[j]);
+      for (int64_t j = S; j < Sp; ++j) s[j] = -INFINITY;  // padding: exp8 gives exactly 0
+      f8 sum = splat(0.f);
+      for (int64_t j = 0; j < Sp; j += 8) {
+        const f8 e = exp8(load8(s + j) - splat(m));
+        store8(s + j, e);
+        sum += e;
+      }
+      float total = 0.f;
+      for (int l = 0; l < 8; ++l) total += sum[l];
+      inv[r] = 1.f / total;
+    }
+    for (int64_t d0 = 0; d0 < Dh; d0 += 8) {  // out = p v, 8 head dims x kF rows in registers
+      f8 acc[kF];
+      for (int r = 0; r < kF; ++r) acc[r] = splat(0.f);
+      for (int64_t j = 0; j < S; ++j) {
+        const f8 vj = load8(a.v + j * HD + h * Dh + d0);
+        for (int r = 0; r < kF; ++r) acc[r] += splat(sc[r * Sp + j]) * vj;
+      }
+      for (int64_t r = 0; r < rn; ++r) store8(a.out + (r0 + r) * HD + h * Dh + d0, acc[r] * splat(inv[r]));
+    }
+  }
+};
+
+bool fp32_shape(const RelAttentionArgs& a) { return a.Dh % 8 == 0 && a.Dh <= 256; }
+
+// ---- fp32 reference, any shape: one query row per task (other head sizes only) --------------
 void fp32_rows(const RelAttentionArgs& a, int64_t begin, int64_t end) {
   const int64_t S = a.S, Dh = a.Dh, HD = a.H * a.Dh;
   std::vector<float> s(S), acc(Dh);
@@ -216,18 +332,34 @@ bool has_bf16() {
 
 bool bf16_shape(const RelAttentionArgs& a) { return a.Dh == 32 || a.Dh == 64; }
 
+// EDGESEQ_REL_ATTENTION=fp32 keeps a CPU with AVX512-BF16 on the fp32 loops (tests, A/B runs).
+bool bf16_allowed() {
+  static const bool yes = [] {
+    const char* env = std::getenv("EDGESEQ_REL_ATTENTION");
+    return env == nullptr || std::strcmp(env, "fp32") != 0;
+  }();
+  return yes;
+}
+
 }  // namespace
 
 const char* rel_attention_isa() {
 #ifdef EDGESEQ_X86
-  if (has_bf16()) return "avx512-bf16";
-#endif
+  if (has_bf16() && bf16_allowed()) return "avx512-bf16";
+  // the levels Fp32Plan::rows's clones are resolved by
+  if (__builtin_cpu_supports("x86-64-v4")) return "fp32-avx512";
+  if (__builtin_cpu_supports("x86-64-v3")) return "fp32-avx2";
+  return "fp32-sse2";
+#elif defined(__aarch64__)
+  return "fp32-neon";
+#else
   return "fp32";
+#endif
 }
 
 void rel_attention(const RelAttentionArgs& a, const ParallelFor& pfor) {
 #ifdef EDGESEQ_X86
-  if (has_bf16() && bf16_shape(a)) {
+  if (has_bf16() && bf16_allowed() && bf16_shape(a)) {
     Bf16Plan plan(a);
     pfor(a.H, [&](int64_t b, int64_t e) { for (int64_t h = b; h < e; ++h) plan.pack(h); });
     const int64_t blocks = (a.S + kRows - 1) / kRows;
@@ -242,6 +374,16 @@ void rel_attention(const RelAttentionArgs& a, const ParallelFor& pfor) {
     return;
   }
 #endif
+  if (fp32_shape(a)) {
+    Fp32Plan plan(a);
+    pfor(a.H, [&](int64_t b, int64_t e) { for (int64_t h = b; h < e; ++h) plan.pack(h); });
+    const int64_t blocks = (a.S + kF - 1) / kF;
+    pfor(a.H * blocks, [&](int64_t b, int64_t e) {
+      std::vector<float> sc(static_cast<size_t>(kF * plan.Sp));
+      for (int64_t t = b; t < e; ++t) plan.rows(t / blocks, (t % blocks) * kF, sc.data());
+    });
+    return;
+  }
   pfor(a.H * a.S, [&](int64_t b, int64_t e) { fp32_rows(a, b, e); });
 }
 
