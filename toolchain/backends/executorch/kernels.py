@@ -21,9 +21,10 @@ from pathlib import Path
 from ...errors import InputError
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-# What a fused artifact costs on a CPU without AVX512-BF16 (measured: README, Fused encoder attention).
-SLOW_PATH = ("this CPU has no AVX512-BF16: edgeseq::rel_attention (encoder_attention: fused) runs its fp32 "
-             "reference loops, ~30x slower than the graph attention; export with encoder_attention: graph here")
+# What a fused artifact costs where only the SSE2 baseline of the fp32 loops runs (x86 without
+# AVX2/FMA; README, Fused encoder attention). AVX2, AVX-512 and NEON get 8-float vector blocks.
+SLOW_PATH = ("this CPU has neither AVX512-BF16 nor AVX2+FMA: edgeseq::rel_attention (encoder_attention: "
+             "fused) runs its SSE2 fp32 loops; export with encoder_attention: graph here if encode is slow")
 SOURCES = ("rel_attention.cpp", "et_kernel.cpp")
 HEADERS = ("rel_attention.h",)
 LIBRARY = "libedgeseq_kernels.so"
@@ -81,8 +82,9 @@ def library_path() -> Path:
 
 @cache
 def load() -> str:
-    """Load the kernels into this process (once); returns the inner loops this CPU gets
-    ("avx512-bf16" or "fp32")."""
+    """Load the kernels into this process (once); returns the inner loops this CPU gets:
+    "avx512-bf16", or fp32 vector blocks "fp32-avx512" / "fp32-avx2" / "fp32-sse2" / "fp32-neon"
+    (EDGESEQ_REL_ATTENTION=fp32 keeps an AVX512-BF16 CPU on the fp32 ones)."""
     from .session import runtime_lib
 
     runtime_lib()  # the bindings first: they bring libexecutorch.so, whose registry the kernels join

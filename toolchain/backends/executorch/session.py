@@ -111,7 +111,7 @@ class ExecuTorchSession(Session):
         data = progs["encode"].get("data_file")  # None when all weights live in the .pte (Core ML delegate)
         # encoder_attention: fused programs call edgeseq's own kernel: it must be registered first
         self.kernel_isa = kernels.load() if artifact.manifest["recipe"].get("encoder_attention") == "fused" else None
-        if self.kernel_isa == "fp32":
+        if self.kernel_isa in ("fp32-sse2", "fp32"):
             from ... import progress
 
             progress.note(f"note: {kernels.SLOW_PATH}")

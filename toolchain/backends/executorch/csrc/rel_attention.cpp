@@ -54,7 +54,9 @@ constexpr int kF = 4;  // query rows per fp32 task: 4 x 2 accumulators + 2 key l
 // Helpers are always inlined, so each clone gets them in its own instruction set (and no f8 ever
 // crosses a call: GCC's -Wpsabi note about how one would be passed does not apply, hence off).
 #define EDGESEQ_INLINE __attribute__((always_inline)) inline
-EDGESEQ_INLINE f8 splat(float x) { return f8{x, x, x, x, x, x, x, x}; }
+// a vector-scalar operation broadcasts the scalar (one vbroadcastss / dup); building f8{x, x, ...}
+// became a chain of lane inserts in GCC 12's output
+EDGESEQ_INLINE f8 splat(float x) { return f8{} + x; }
 EDGESEQ_INLINE f8 load8(const float* p) { f8 v; std::memcpy(&v, p, sizeof v); return v; }
 EDGESEQ_INLINE void store8(float* p, f8 v) { std::memcpy(p, &v, sizeof v); }
 
@@ -83,13 +85,19 @@ struct Fp32Plan {
   const RelAttentionArgs& a;
   int64_t Sp, HD;
   std::vector<float> kt;  // [H][Dh][Sp]: kt[h][d][j] = k[j, h*Dh + d]; keys past S are zeros
+  std::vector<float> vh;  // [H][S][Dh]: head h's values, contiguous (v's rows are H*Dh apart)
   explicit Fp32Plan(const RelAttentionArgs& args)
-      : a(args), Sp((args.S + 15) / 16 * 16), HD(args.H * args.Dh), kt(static_cast<size_t>(args.H * args.Dh * Sp)) {}
+      : a(args), Sp((args.S + 15) / 16 * 16), HD(args.H * args.Dh), kt(static_cast<size_t>(args.H * args.Dh * Sp)),
+        vh(static_cast<size_t>(args.H * args.S * args.Dh)) {}
 
   void pack(int64_t h) {
     float* kh = kt.data() + h * a.Dh * Sp;
+    float* vo = vh.data() + h * a.S * a.Dh;
     for (int64_t j = 0; j < a.S; ++j)
-      for (int64_t d = 0; d < a.Dh; ++d) kh[d * Sp + j] = a.k[j * HD + h * a.Dh + d];
+      for (int64_t d = 0; d < a.Dh; ++d) {
+        kh[d * Sp + j] = a.k[j * HD + h * a.Dh + d];
+        vo[j * a.Dh + d] = a.v[j * HD + h * a.Dh + d];
+      }
   }
 
   // Query rows r0 .. r0+kF-1 (fewer at the end) of head h; sc: the caller's [kF][Sp] scratch.
@@ -105,9 +113,8 @@ struct Fp32Plan {
       for (int64_t d = 0; d < Dh; ++d) {
         const f8 k0 = load8(kh + d * Sp + j0), k1 = load8(kh + d * Sp + j0 + 8);
         for (int r = 0; r < kF; ++r) {
-          const f8 x = splat(q[r][d]);
-          acc[r][0] += x * k0;
-          acc[r][1] += x * k1;
+          acc[r][0] += q[r][d] * k0;
+          acc[r][1] += q[r][d] * k1;
         }
       }
       for (int r = 0; r < kF; ++r) {
@@ -117,14 +124,21 @@ struct Fp32Plan {
     }
     float inv[kF];
     for (int64_t r = 0; r < rn; ++r) {  // bias, then the softmax over the S real keys
-      float* s = sc + r * Sp;
-      const float* dg = a.diagonals + h * (2 * S - 1) + (S - 1 - (r0 + r));  // dg[j] = bias[h, r0+r, j]
-      float m = -INFINITY;
-      for (int64_t j = 0; j < S; ++j) m = std::max(m, s[j] += dg[j] + a.key_bias[j]);
+      float* __restrict s = sc + r * Sp;
+      const float* __restrict dg = a.diagonals + h * (2 * S - 1) + (S - 1 - (r0 + r));  // dg[j] = bias[h, r0+r, j]
+      const float* __restrict kb = a.key_bias;
+      for (int64_t j = 0; j < S; ++j) s[j] += dg[j] + kb[j];
       for (int64_t j = S; j < Sp; ++j) s[j] = -INFINITY;  // padding: exp8 gives exactly 0
+      f8 mx = splat(-INFINITY);
+      for (int64_t j = 0; j < Sp; j += 8) {
+        const f8 x = load8(s + j);
+        mx = x > mx ? x : mx;
+      }
+      float m = mx[0];
+      for (int l = 1; l < 8; ++l) m = std::max(m, mx[l]);
       f8 sum = splat(0.f);
       for (int64_t j = 0; j < Sp; j += 8) {
-        const f8 e = exp8(load8(s + j) - splat(m));
+        const f8 e = exp8(load8(s + j) - m);
         store8(s + j, e);
         sum += e;
       }
@@ -132,14 +146,31 @@ struct Fp32Plan {
       for (int l = 0; l < 8; ++l) total += sum[l];
       inv[r] = 1.f / total;
     }
-    for (int64_t d0 = 0; d0 < Dh; d0 += 8) {  // out = p v, 8 head dims x kF rows in registers
+    const float* vo = vh.data() + h * S * Dh;
+    int64_t d0 = 0;
+    for (; d0 + 16 <= Dh; d0 += 16) {  // out = p v, 16 head dims x kF rows in registers
+      f8 acc[kF][2];
+      for (int r = 0; r < kF; ++r) acc[r][0] = acc[r][1] = splat(0.f);
+      for (int64_t j = 0; j < S; ++j) {
+        const f8 v0 = load8(vo + j * Dh + d0), v1 = load8(vo + j * Dh + d0 + 8);
+        for (int r = 0; r < kF; ++r) {
+          acc[r][0] += sc[r * Sp + j] * v0;
+          acc[r][1] += sc[r * Sp + j] * v1;
+        }
+      }
+      for (int64_t r = 0; r < rn; ++r) {
+        store8(a.out + (r0 + r) * HD + h * Dh + d0, acc[r][0] * inv[r]);
+        store8(a.out + (r0 + r) * HD + h * Dh + d0 + 8, acc[r][1] * inv[r]);
+      }
+    }
+    if (d0 < Dh) {  // Dh = 16k + 8: the last 8 head dims
       f8 acc[kF];
       for (int r = 0; r < kF; ++r) acc[r] = splat(0.f);
       for (int64_t j = 0; j < S; ++j) {
-        const f8 vj = load8(a.v + j * HD + h * Dh + d0);
-        for (int r = 0; r < kF; ++r) acc[r] += splat(sc[r * Sp + j]) * vj;
+        const f8 vj = load8(vo + j * Dh + d0);
+        for (int r = 0; r < kF; ++r) acc[r] += sc[r * Sp + j] * vj;
       }
-      for (int64_t r = 0; r < rn; ++r) store8(a.out + (r0 + r) * HD + h * Dh + d0, acc[r] * splat(inv[r]));
+      for (int64_t r = 0; r < rn; ++r) store8(a.out + (r0 + r) * HD + h * Dh + d0, acc[r] * inv[r]);
     }
   }
 };
