@@ -220,6 +220,25 @@ def test_ctrl_c_exits_130_and_leaves_nothing(checkpoint, small_recipe, tmp_path)
     assert not out.exists() and not list(tmp_path.glob(".a.*"))
 
 
+def test_a_recorded_interrupt_ends_with_its_command():
+    """After the command that received a signal (uninstall at its close), the process is clean:
+    a later command or library call in the same process is not interrupted by the old signal."""
+    import threading
+
+    from toolchain import interrupts
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are main-thread only")
+    interrupts._received.append(signal.SIGINT)  # what _handler records
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.check()
+    interrupts.uninstall()
+    try:
+        interrupts.check()
+    except KeyboardInterrupt:  # not let through: it would stop the whole test session
+        pytest.fail("a signal recorded for an ended command still interrupts the process")
+
+
 SWALLOWED_CTRL_C = """
 import os, signal, sys, time
 from pathlib import Path

@@ -43,8 +43,11 @@ def install() -> None:
 
 
 def uninstall() -> None:
+    """Put the default handlers back and forget what was received: the command that saw the
+    signal has ended, and a later one in the same process (a notebook, a test) starts clean."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _received.clear()
     if signal.getsignal(signal.SIGINT) is _handler:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.getsignal(signal.SIGTERM) is _handler:
