@@ -107,7 +107,7 @@ class Recipe:
     # How encode runs its self-attention: "graph", as graph ops (bmm, bias add, softmax, bmm)
     # every runtime delegates; "fused", one edgeseq::rel_attention kernel per layer
     # (arch/rel_attention.py; ExecuTorch only, T5-style relative-position biases): bf16
-    # products with fp32 accumulation on CPUs with AVX512-BF16 (elsewhere slow fp32 reference loops).
+    # products with fp32 accumulation on CPUs with AVX512-BF16, fp32 vector blocks elsewhere.
     encoder_attention: Annotated[str, OneOf(("graph", "fused"))] = "graph"
     # The task metric verify scores with (toolchain.metrics.METRICS); auto: the input kind's
     # (wer for speech, exact otherwise).

@@ -284,7 +284,7 @@ class CachedSelfAttention(Attention):
         super().__init__(o, heads, head_dim, scale, softcap, rope)
         self.qkv = fused_linear(q, k, v)
 
-    def forward(self, y: torch.Tensor, slots: SlotMasks, bias: torch.Tensor, rope: Rope | None,
+    def forward(self, y: torch.Tensor, slots: SlotMasks | None, bias: torch.Tensor, rope: Rope | None,
                 cache_k: torch.Tensor, cache_v: torch.Tensor, mode: str) -> tuple[torch.Tensor, ...]:
         h, dh = self.heads, self.head_dim
         qkv = self.qkv(y).reshape(3 * h, 1, dh)
@@ -295,6 +295,7 @@ class CachedSelfAttention(Attention):
         if mode == "slot":
             ctx = attend_with_step(q, cache_k, cache_v, k_new, v_new, bias, self.scale, self.softcap)
             return self.o(ctx.reshape(1, 1, h * dh)), k_new, v_new
+        assert slots is not None, "buffer and io modes blend at the step's SlotMasks"
         in_place = mode == "buffer"
         k_all = update_cache(cache_k, k_new, slots.onehot_k, slots.keep_k, in_place)  # [H, Dh, T]
         v_all = update_cache(cache_v, v_new, slots.onehot_v, slots.keep_v, in_place)  # [H, T, Dh]
@@ -379,7 +380,7 @@ class DecoderLayer(_Sublayers):
         super().__init__(placement, norms, post_norms)
         self.attn, self.cross, self.ff = attn, cross, ff
 
-    def forward(self, x: torch.Tensor, slots: SlotMasks, self_bias: torch.Tensor, rope: Rope | None,
+    def forward(self, x: torch.Tensor, slots: SlotMasks | None, self_bias: torch.Tensor, rope: Rope | None,
                 cross_bias: torch.Tensor | None, ck: torch.Tensor, cv: torch.Tensor, cache_k: torch.Tensor,
                 cache_v: torch.Tensor, mode: str) -> tuple[torch.Tensor, ...]:
         y, k_all, v_all = self.attn(self.enter(0, x), slots, self_bias, rope, cache_k, cache_v, mode)

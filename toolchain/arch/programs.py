@@ -301,7 +301,8 @@ class DecoderStep(_Program):
         if self.next_token:
             rest, token_bias = rest[:-1], rest[-1]
         onehot = position_onehot(position, t, self.positions)  # [1, T]
-        slots = slot_masks(onehot)  # the cache slot, once per step for every layer's blends
+        # the cache slot, once per step for every layer's blends ("slot" mode blends nothing)
+        slots = slot_masks(onehot) if self.cache_mode != "slot" else None
         # Per layer (keys-like, values-like): its own cross K/V, or in memory mode the encoder
         # states (memory_t, memory) that every layer reads.
         n_cross = 2 if self.memory_cross else 2 * n
